@@ -1,7 +1,7 @@
 """Capture the small real Kineto traces that tests/test_dataset.py and tests/test_diff.py read.
 
 Run on a CUDA machine: `python tests/data/capture_repeats_kineto.py OUTDIR`. It writes
-`repeats-a.pt.trace.json.gz` and `repeats-b.pt.trace.json.gz` (+ a manifest JSON beside each):
+`repeats-a.pt.trace.json.gz` and `repeats-b.pt.trace.json.gz` (+ the manifest NAME.json beside each, as the capture writes it):
 two pages x 3 repeats, each a `request` range holding the DeepSeek-OCR stage layout
 (preprocess; prefill > sam, clip, projector per view batch, llm_prefill; decode > decode_step).
 The stage bodies are plain bf16 matmuls sized so the stages differ (page p2 has half the rows
@@ -73,7 +73,7 @@ def capture(out: Path, name: str, rows: int, sam_layers: int, decode_steps: int,
     with open(raw, "rb") as src, gzip.open(out / f"{name}.pt.trace.json.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     raw.unlink()
-    (out / f"{name}.manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(manifest, indent=1))
 
 
 if __name__ == "__main__":
