@@ -1,0 +1,351 @@
+"""Nsight Systems SQLite export (nsys 2021.2 .. 2026.2) -> the base tables, inside DuckDB, offline.
+
+How the SQLite file is read (measured on this 2-core machine, 1e6-row CUPTI_ACTIVITY_KIND_KERNEL,
+7 columns; page cache warm):
+- ADBC SQLite driver (`adbc-driver-sqlite`, the C driver behind an Arrow C stream), consumed by
+  DuckDB directly from the stream: 0.65-1.0 s; importing `adbc_driver_sqlite` + `adbc_driver_manager`
+  costs ~10 ms (the `.dbapi` module would pull in pyarrow and polars: 0.4 s, so it is not used).
+  SQLite itself needs 0.46 s just to step through those rows (`SELECT total(...)`), so ADBC is
+  close to the floor.
+- Python `sqlite3` + building Arrow arrays: 6.1 s (18 columns) -- row-by-row Python; rejected.
+- DuckDB's own sqlite extension is downloaded at run time by default; the pinned PyPI package
+  `duckdb-extension-sqlite-scanner` stops at 1.5.5 and does not load into duckdb 2.0; rejected.
+So the choice is ADBC (PyPI `adbc-driver-sqlite`, which pulls `adbc-driver-manager`): every SQLite
+query is a typed `SELECT` (explicit CASTs, because the driver infers a column's Arrow type from the
+first batch and fails on a later mixed-type value) whose Arrow stream DuckDB turns into a table.
+
+Tables and columns are discovered by name (sqlite_master + PRAGMA table_info); every table but
+StringIds may be absent and columns come and go across versions (../shared/docs/nsys-sqlite-schema.md).
+Kernel names stay StringIds ids (table `strings`), so a 1e7-kernel trace never materialises 1e7
+name strings; the canonical `kernels` view joins the text back.
+
+Produces in the DuckDB connection (same columns as analyze.schema.BASE_TABLES, except that kernel
+and API names are ids into `strings(id, value)`):
+  base_ops, base_launches, base_ranges, base_marks, gpus, meta, strings
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from analyze.errors import TraceError
+
+NVTX_RANGE_TYPES = (59, 60, 70, 71)   # PushPop, StartEnd, NVTXT PushPop, NVTXT StartEnd
+NVTX_PUSHPOP_TYPES = (59, 70)
+NVTX_MARK = 34
+NVTX_DOMAIN_CREATE = 75
+MEMSET_NAME_ID = -1000                 # synthetic `strings` ids for memcpy/memset names
+MEMCPY_NAME_BASE = -100                # -100 - copyKind
+
+# ENUM_CUDA_MEMCPY_OPER ids (identical in every export that has the enum); names as nsys >= 2024 prints them.
+MEMCPY_KINDS = {
+    0: "Unknown", 1: "Host-to-Device", 2: "Device-to-Host", 3: "Host-to-Array", 4: "Array-to-Host",
+    5: "Array-to-Array", 6: "Array-to-Device", 7: "Device-to-Array", 8: "Device-to-Device",
+    9: "Host-to-Host", 10: "Peer-to-Peer", 11: "Unified Host-to-Device", 12: "Unified Device-to-Host",
+    13: "Unified Device-to-Device",
+}
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class _Sqlite:
+    """A read-only ADBC connection to one export, with the table/column catalogue."""
+
+    def __init__(self, path: Path):
+        import adbc_driver_manager as adbc
+        import adbc_driver_sqlite
+
+        self._adbc = adbc
+        uri = "file:" + str(path.resolve()) + "?mode=ro&immutable=1"
+        try:
+            self._db = adbc_driver_sqlite.connect(uri)
+            self._conn = adbc.AdbcConnection(self._db)
+            names = self.rows("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        except Exception as e:  # adbc raises its own DatabaseError / OperationalError types
+            raise TraceError(f"{path} is not a readable SQLite database ({_first_line(e)}); "
+                             "re-export it with `nsys export --type sqlite`") from None
+        self.tables = {_table_key(n[0]): n[0] for n in names}
+        self._columns: dict[str, dict[str, str]] = {}
+
+    def table(self, name: str) -> str | None:
+        """The real name of a table (also accepts a `_Vn` suffixed variant), or None."""
+        if name in self.tables:
+            return self.tables[name]
+        versions = sorted((k for k in self.tables if re.fullmatch(re.escape(name) + r"_V\d+", k)),
+                          key=lambda k: int(k.rsplit("_V", 1)[1]))
+        return self.tables[versions[-1]] if versions else None
+
+    def columns(self, table: str) -> dict[str, str]:
+        """lower-case column name -> real column name."""
+        if table not in self._columns:
+            rows = self.rows(f"PRAGMA table_info('{table}')")
+            self._columns[table] = {r[1].lower(): r[1] for r in rows}
+        return self._columns[table]
+
+    def into(self, db, sql: str, target: str | None = None):
+        """Run `sql` on SQLite; store the Arrow stream as DuckDB table `target`, or return its rows."""
+        statement = self._adbc.AdbcStatement(self._conn)
+        try:
+            statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            statement.set_sql_query(sql)
+            handle, _ = statement.execute_query()
+            if target is None:
+                return db.execute("SELECT * FROM handle").fetchall()
+            db.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM handle")
+        finally:
+            statement.close()
+
+    def rows(self, sql: str) -> list[tuple]:
+        """Small result sets only (catalogue, metadata)."""
+        import duckdb
+
+        return self.into(duckdb.connect(), sql)
+
+    def close(self):
+        self._conn.close()
+        self._db.close()
+
+
+def _table_key(name: str) -> str:
+    return name
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _col(cols: dict[str, str], name: str, cast: str = "INTEGER", default: str = "NULL") -> str:
+    """`CAST(col AS cast)` when the column exists, else the default, aliased to the canonical name."""
+    real = cols.get(name.lower())
+    expr = f'CAST("{real}" AS {cast})' if real else default
+    return f"{expr} AS {name}"
+
+
+def _copy(db, sq: _Sqlite, target: str, sql: str) -> None:
+    """Run `sql` on the SQLite file and store the result as DuckDB table `target`."""
+    try:
+        sq.into(db, sql, target)
+    except TraceError:
+        raise
+    except Exception as e:
+        raise TraceError(f"cannot read {target} from the export ({_first_line(e)}); "
+                         "the file may be truncated or corrupt: re-export it with `nsys export --type sqlite`") from None
+
+
+def load_nsys(db, path: Path, warnings: list[str]) -> None:
+    """Fill the DuckDB connection `db` with the base tables of the nsys export at `path`."""
+    sq = _Sqlite(path)
+    try:
+        _load(db, sq, path, warnings)
+    finally:
+        sq.close()
+
+
+def _load(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
+    strings = sq.table("StringIds")
+    known = [t for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_RUNTIME", "NVTX_EVENTS",
+                         "TARGET_INFO_GPU", "META_DATA_EXPORT", "EXPORT_META_DATA") if sq.table(t)]
+    if strings is None or not known:
+        raise TraceError(f"{path} is an SQLite database but not an Nsight Systems export (no StringIds / "
+                         "CUPTI / NVTX tables); export a report with `nsys export --type sqlite REPORT.nsys-rep`")
+
+    _copy(db, sq, "strings", f'SELECT CAST(id AS INTEGER) AS id, CAST(value AS TEXT) AS value FROM "{strings}"')
+    extra = [(MEMCPY_NAME_BASE - k, f"[CUDA memcpy {v}]") for k, v in MEMCPY_KINDS.items()]
+    extra.append((MEMSET_NAME_ID, "[CUDA memset]"))
+    db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
+
+    _load_ops(db, sq)
+    _load_launches(db, sq)
+    _load_nvtx(db, sq)
+    _load_gpus(db, sq)
+    _load_meta(db, sq, path, warnings)
+
+
+def _load_ops(db, sq: _Sqlite) -> None:
+    """base_ops: KERNEL + MEMCPY + MEMSET, one row per GPU operation."""
+    parts = []
+    kernel = sq.table("CUPTI_ACTIVITY_KIND_KERNEL")
+    if kernel:
+        c = sq.columns(kernel)
+        shared = (f'CAST(coalesce("{c["staticsharedmemory"]}", 0) + coalesce("{c["dynamicsharedmemory"]}", 0) AS INTEGER)'
+                  if "staticsharedmemory" in c and "dynamicsharedmemory" in c else "NULL")
+        parts.append(f"""SELECT 0 AS kind, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
+            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
+            {_col(c, 'demangledName')}, {_col(c, 'shortName')},
+            {_col(c, 'gridX')}, {_col(c, 'gridY')}, {_col(c, 'gridZ')},
+            {_col(c, 'blockX')}, {_col(c, 'blockY')}, {_col(c, 'blockZ')},
+            {_col(c, 'registersPerThread')}, {shared} AS sharedMem, NULL AS bytes, {_col(c, 'graphNodeId')}
+            FROM "{kernel}" """)
+    memcpy = sq.table("CUPTI_ACTIVITY_KIND_MEMCPY")
+    if memcpy:
+        c = sq.columns(memcpy)
+        kind = f'{MEMCPY_NAME_BASE} - CAST(coalesce("{c["copykind"]}", 0) AS INTEGER)' if "copykind" in c else str(MEMCPY_NAME_BASE)
+        parts.append(f"""SELECT 1, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
+            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
+            {kind}, {kind}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {_col(c, 'bytes')}, {_col(c, 'graphNodeId')}
+            FROM "{memcpy}" """)
+    memset = sq.table("CUPTI_ACTIVITY_KIND_MEMSET")
+    if memset:
+        c = sq.columns(memset)
+        parts.append(f"""SELECT 2, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
+            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
+            {MEMSET_NAME_ID}, {MEMSET_NAME_ID}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {_col(c, 'bytes')}, {_col(c, 'graphNodeId')}
+            FROM "{memset}" """)
+    # One DuckDB table per source table, then one typed union (the streams cannot be UNIONed in SQLite
+    # cheaply, and DuckDB does the union at memory speed).
+    sources = []
+    for i, sql in enumerate(parts):
+        _copy(db, sq, f"_raw_ops{i}", sql)
+        sources.append(f"SELECT * FROM _raw_ops{i}")
+    if not sources:
+        sources = ["SELECT * FROM (SELECT 0 AS kind, 0 AS start, 0 AS \"end\", 0 AS deviceId, 0 AS streamId, "
+                   "0 AS correlationId, 0 AS globalPid, 0 AS demangledName, 0 AS shortName, 0 AS gridX, 0 AS gridY, "
+                   "0 AS gridZ, 0 AS blockX, 0 AS blockY, 0 AS blockZ, 0 AS registersPerThread, 0 AS sharedMem, "
+                   "0 AS bytes, 0 AS graphNodeId) WHERE false"]
+    db.execute(f"""
+        -- GPU operations of every kind, in start order; op_id = that order.
+        CREATE OR REPLACE TABLE base_ops AS
+        SELECT CAST(row_number() OVER (ORDER BY start, kind, correlationId) - 1 AS BIGINT) AS op_id,
+               CAST(kind AS UTINYINT) AS kind, CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
+               CAST(deviceId AS INTEGER) AS device, CAST(streamId AS BIGINT) AS stream,
+               CAST(globalPid AS BIGINT) AS gpid, CAST((globalPid >> 24) & 16777215 AS BIGINT) AS pid,
+               CAST(correlationId AS BIGINT) AS correlation,
+               CAST(demangledName AS BIGINT) AS name_id, CAST(coalesce(shortName, demangledName) AS BIGINT) AS short_name_id,
+               CAST(gridX AS INTEGER) AS grid_x, CAST(gridY AS INTEGER) AS grid_y, CAST(gridZ AS INTEGER) AS grid_z,
+               CAST(blockX AS INTEGER) AS block_x, CAST(blockY AS INTEGER) AS block_y, CAST(blockZ AS INTEGER) AS block_z,
+               CAST(registersPerThread AS INTEGER) AS registers, CAST(sharedMem AS BIGINT) AS shared_mem,
+               CAST(bytes AS BIGINT) AS bytes, CAST(graphNodeId AS BIGINT) AS graph_node
+        FROM ({' UNION ALL '.join(sources)})
+    """)
+    for i in range(len(parts)):
+        db.execute(f"DROP TABLE _raw_ops{i}")
+
+
+def _load_launches(db, sq: _Sqlite) -> None:
+    """base_launches: every CUDA runtime and driver API call (CUPTI_ACTIVITY_KIND_RUNTIME)."""
+    runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
+    if runtime:
+        c = sq.columns(runtime)
+        _copy(db, sq, "_raw_launches", f"""SELECT {_col(c, 'correlationId')}, {_col(c, 'globalTid')},
+              {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'nameId')} FROM "{runtime}" """)
+    else:
+        db.execute("CREATE OR REPLACE TABLE _raw_launches AS SELECT 0 AS correlationId, 0 AS globalTid, "
+                   "0 AS start, 0 AS \"end\", 0 AS nameId WHERE false")
+    db.execute("""
+        CREATE OR REPLACE TABLE base_launches AS
+        SELECT CAST(correlationId AS BIGINT) AS correlation,
+               CAST(globalTid & ~16777215 AS BIGINT) AS gpid,
+               CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid,
+               CAST(globalTid & 16777215 AS BIGINT) AS tid,
+               CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
+               CAST(nameId AS BIGINT) AS api_id
+        FROM _raw_launches;
+        DROP TABLE _raw_launches;
+    """)
+
+
+def _load_nvtx(db, sq: _Sqlite) -> None:
+    """base_ranges and base_marks from NVTX_EVENTS (ranges 59/60/70/71, marks 34, domains 75)."""
+    nvtx = sq.table("NVTX_EVENTS")
+    if nvtx:
+        c = sq.columns(nvtx)
+        payload_cols = [n for n in ("int64Value", "uint64Value", "int32Value", "uint32Value", "doubleValue",
+                                    "floatValue", "jsonText") if n.lower() in c]
+        payload = (f"CAST(coalesce({', '.join(chr(34) + c[n.lower()] + chr(34) for n in payload_cols)}) AS TEXT)"
+                   if payload_cols else "NULL")
+        types = ", ".join(map(str, NVTX_RANGE_TYPES + (NVTX_MARK, NVTX_DOMAIN_CREATE)))
+        _copy(db, sq, "_raw_nvtx", f"""SELECT {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'eventType')},
+              {_col(c, 'globalTid')}, {_col(c, 'endGlobalTid')}, {_col(c, 'text', 'TEXT')}, {_col(c, 'textId')},
+              {_col(c, 'domainId', 'INTEGER', '0')}, {payload} AS payload
+              FROM "{nvtx}" WHERE eventType IN ({types})""")
+    else:
+        db.execute("CREATE OR REPLACE TABLE _raw_nvtx AS SELECT 0 AS start, 0 AS \"end\", 0 AS eventType, "
+                   "0 AS globalTid, 0 AS endGlobalTid, '' AS text, 0 AS textId, 0 AS domainId, '' AS payload WHERE false")
+    pushpop = ", ".join(map(str, NVTX_PUSHPOP_TYPES))
+    ranges = ", ".join(map(str, NVTX_RANGE_TYPES))
+    db.execute(f"""
+        -- NVTX text = the registered string (textId) or the inline text; domains are per process.
+        CREATE OR REPLACE TEMP TABLE _nvtx AS
+        SELECT n.*, coalesce(s.value, n.text) AS message, CAST(n.globalTid & ~16777215 AS BIGINT) AS gpid
+        FROM _raw_nvtx n LEFT JOIN strings s ON s.id = n.textId;
+
+        CREATE OR REPLACE TEMP TABLE _domains AS
+        SELECT gpid, domainId, any_value(message) AS domain
+        FROM _nvtx WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY ALL;
+
+        CREATE OR REPLACE TEMP TABLE _named AS
+        SELECT n.*, coalesce(d.domain, '') AS domain_name,
+               CASE WHEN coalesce(d.domain, '') = '' THEN coalesce(n.message, '')
+                    ELSE d.domain || ':' || coalesce(n.message, '') END AS qualified
+        FROM _nvtx n LEFT JOIN _domains d ON d.gpid = n.gpid AND d.domainId = n.domainId
+        WHERE n.eventType <> {NVTX_DOMAIN_CREATE};
+
+        CREATE OR REPLACE TABLE base_ranges AS
+        SELECT CAST(row_number() OVER (ORDER BY start, globalTid, "end" DESC NULLS FIRST) - 1 AS BIGINT) AS range_id,
+               qualified AS name, domain_name AS domain,
+               CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
+               gpid, CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid, CAST(globalTid & 16777215 AS BIGINT) AS tid,
+               CASE WHEN eventType IN ({pushpop}) THEN 'pushpop' ELSE 'startend' END AS style,
+               CASE WHEN endGlobalTid IS NOT NULL AND endGlobalTid <> globalTid
+                    THEN CAST(endGlobalTid & 16777215 AS BIGINT) END AS end_tid,
+               payload
+        FROM _named WHERE eventType IN ({ranges});
+
+        CREATE OR REPLACE TABLE base_marks AS
+        SELECT CAST(start AS BIGINT) AS ts_ns, qualified AS name, domain_name AS domain, gpid,
+               CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid, CAST(globalTid & 16777215 AS BIGINT) AS tid,
+               payload
+        FROM _named WHERE eventType = {NVTX_MARK};
+
+        -- NVIDIA ends a never-closed range at the last NVTX timestamp of the export.
+        CREATE OR REPLACE TEMP TABLE _nvtx_last AS
+        SELECT greatest(max(start), max("end")) AS last_ns FROM _raw_nvtx;
+        UPDATE base_ranges SET end_ns = (SELECT last_ns FROM _nvtx_last) WHERE end_ns IS NULL;
+
+        DROP TABLE _raw_nvtx; DROP TABLE _nvtx; DROP TABLE _domains; DROP TABLE _named; DROP TABLE _nvtx_last;
+    """)
+
+
+def _load_gpus(db, sq: _Sqlite) -> None:
+    gpu = sq.table("TARGET_INFO_GPU")
+    if gpu:
+        c = sq.columns(gpu)
+        cc = (f'CAST("{c["computemajor"]}" AS TEXT) || \'.\' || CAST("{c["computeminor"]}" AS TEXT)'
+              if "computemajor" in c and "computeminor" in c else "NULL")
+        _copy(db, sq, "gpus", f"""SELECT {_col(c, 'id')}, {_col(c, 'name', 'TEXT')}, {_col(c, 'smCount')},
+              {_col(c, 'clockRate')}, {_col(c, 'memoryBandwidth')}, {_col(c, 'totalMemory')}, {cc} AS cc
+              FROM "{gpu}" """)
+        db.execute("""CREATE OR REPLACE TABLE gpus AS
+            SELECT DISTINCT CAST(id AS INTEGER) AS device, name, CAST(smCount AS INTEGER) AS sm_count,
+                   CAST(clockRate AS BIGINT) AS clock_hz, CAST(memoryBandwidth AS BIGINT) AS memory_bandwidth_Bps,
+                   CAST(totalMemory AS BIGINT) AS total_memory, cc AS compute_capability FROM gpus""")
+    else:
+        db.execute("""CREATE OR REPLACE TABLE gpus (device INTEGER, name VARCHAR, sm_count INTEGER, clock_hz BIGINT,
+                      memory_bandwidth_Bps BIGINT, total_memory BIGINT, compute_capability VARCHAR)""")
+
+
+def _load_meta(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
+    db.execute("CREATE OR REPLACE TABLE meta (key VARCHAR, value VARCHAR)")
+    for table in ("META_DATA_EXPORT", "EXPORT_META_DATA", "META_DATA_CAPTURE"):
+        real = sq.table(table)
+        if real and {"name", "value"} <= set(sq.columns(real)):
+            _copy(db, sq, "_raw_meta", f'SELECT CAST(name AS TEXT) AS key, CAST(value AS TEXT) AS value FROM "{real}"')
+            db.execute("INSERT INTO meta SELECT key, value FROM _raw_meta WHERE key NOT LIKE '%ENVIRONMENT_VARIABLE%'")
+            db.execute("DROP TABLE _raw_meta")
+    db.execute("INSERT INTO meta VALUES ('source', 'nsys')")
+
+    # CUDA graphs traced at graph level: one GRAPH_TRACE row per launch, no per-kernel rows.
+    graph_rows = 0
+    graph_trace = sq.table("CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
+    if graph_trace:
+        graph_rows = sq.rows(f'SELECT count(*) FROM "{graph_trace}"')[0][0]
+    graph_mode = db.execute("SELECT any_value(value) FROM meta WHERE key LIKE '%CUDA_GRAPH_TRACE_OPTIONS:MODE'").fetchone()[0]
+    graph_launches = db.execute("""SELECT count(*) FROM base_launches l JOIN strings s ON s.id = l.api_id
+                                   WHERE s.value LIKE 'cudaGraphLaunch%' OR s.value LIKE 'cuGraphLaunch%'""").fetchone()[0]
+    if graph_rows or (graph_mode == "Graph" and graph_launches):
+        n = graph_rows or graph_launches
+        warnings.append(f"CUDA graphs were traced at graph level ({n} graph launches): per-kernel rows of graph "
+                        "launches are absent from this export and their GPU time is not attributed; "
+                        "capture with `nsys profile --cuda-graph-trace=node`")
+        db.execute("INSERT INTO meta VALUES ('cuda_graph_trace', 'graph')")
