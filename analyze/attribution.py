@@ -316,7 +316,8 @@ def name_tables(db) -> None:
     names = db.execute("""SELECT DISTINCT o.name_id, s.value, o.kind FROM base_ops o
                           JOIN strings s ON s.id = o.name_id""").fetchall()
     categorize = _categorizer()
-    rows = [(i, "memcpy/memset" if kind else categorize(name)) for i, name, kind in names]
+    kinds = ("kernel", "memcpy", "memset")
+    rows = [(i, categorize(name, kinds[kind])) for i, name, kind in names]
     db.execute("CREATE OR REPLACE TABLE name_categories (name_id BIGINT, category VARCHAR)")
     if rows:
         db.executemany("INSERT INTO name_categories VALUES (?, ?)", rows)
@@ -325,8 +326,8 @@ def name_tables(db) -> None:
 def _categorizer():
     try:
         from analyze.categories import categorize
-    except ImportError:  # engineer A2's module; until it exists every kernel is 'other'
-        return lambda name: "other"
+    except ImportError:  # analyze.categories missing: every kernel is 'other'
+        return lambda name, kind="kernel": "other"
     return categorize
 
 
