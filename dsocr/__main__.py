@@ -1,0 +1,3 @@
+from dsocr.cli import main
+
+raise SystemExit(main())
