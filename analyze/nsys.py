@@ -60,10 +60,12 @@ class _Sqlite:
         try:
             self._db = adbc_driver_sqlite.connect(uri)
             self._conn = adbc.AdbcConnection(self._db)
-            names = self.rows("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            import duckdb
+
+            names = self.into(duckdb.connect(), "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
         except Exception as e:  # adbc raises its own DatabaseError / OperationalError types
-            raise TraceError(f"{path} is not a readable SQLite database ({_first_line(e)}); "
-                             "re-export it with `nsys export --type sqlite`") from None
+            raise TraceError(f"{path} cannot be read as SQLite ({_reason(e)}): the file is truncated or corrupt; "
+                             "copy it again or re-export it with `nsys export --type sqlite`") from None
         self.tables = {_table_key(n[0]): n[0] for n in names}
         self._columns: dict[str, dict[str, str]] = {}
 
@@ -99,7 +101,11 @@ class _Sqlite:
         """Small result sets only (catalogue, metadata)."""
         import duckdb
 
-        return self.into(duckdb.connect(), sql)
+        try:
+            return self.into(duckdb.connect(), sql)
+        except Exception as e:
+            raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
+                             "copy it again or re-export it with `nsys export --type sqlite`") from None
 
     def close(self):
         self._conn.close()
@@ -110,9 +116,11 @@ def _table_key(name: str) -> str:
     return name
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def _reason(e: BaseException) -> str:
+    """The SQLite message of an ADBC error, without the driver's prefixes."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text.rsplit("] ", 1)[-1].replace("Failed to prepare query: ", "")
 
 
 def _col(cols: dict[str, str], name: str, cast: str = "INTEGER", default: str = "NULL") -> str:
@@ -129,8 +137,8 @@ def _copy(db, sq: _Sqlite, target: str, sql: str) -> None:
     except TraceError:
         raise
     except Exception as e:
-        raise TraceError(f"cannot read {target} from the export ({_first_line(e)}); "
-                         "the file may be truncated or corrupt: re-export it with `nsys export --type sqlite`") from None
+        raise TraceError(f"cannot read {target} from the export ({_reason(e)}): the file is truncated or corrupt; "
+                         "copy it again or re-export it with `nsys export --type sqlite`") from None
 
 
 def load_nsys(db, path: Path, warnings: list[str]) -> None:
