@@ -222,12 +222,14 @@ class ClipEmbeddings(nn.Module):
         # In the checkpoint but never applied: CLIP reads SAM's feature map instead of pixels.
         self.patch_embedding = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size,
                                          stride=cfg.patch_size, bias=False)
-        self.position_embedding = nn.Embedding(cfg.num_positions, cfg.width)
+        # _weight skips nn.Embedding's own normal_ init, whose first call on the meta device costs seconds
+        self.position_embedding = nn.Embedding(cfg.num_positions, cfg.width,
+                                               _weight=torch.empty(cfg.num_positions, cfg.width))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.class_embedding, std=self.class_embedding.shape[0] ** -0.5)
-        nn.init.normal_(self.position_embedding.weight, std=0.02)
+        nn.init.trunc_normal_(self.class_embedding, std=self.class_embedding.shape[0] ** -0.5)
+        nn.init.trunc_normal_(self.position_embedding.weight, std=0.02)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         table = self.position_embedding.weight                     # (1 + 16*16, width)
