@@ -24,7 +24,7 @@ launching thread that encloses its launch call):
     inclusive_ns     their total duration (= nvtx_kern_sum Total Time, summed over kernel names)
     exclusive_ns     kernel ns whose innermost range is this one
     gpu_ops, gpu_op_ns   the same over kernels + memcpy + memset
-    busy_ns          union of the instance's GPU op intervals (ops of one thread never overlap here)
+    busy_ns          union of the instance's kernel intervals (= inclusive_ns: a thread's kernels never overlap here)
     span_ns          per instance first op start -> last op end (like nvtx_gpu_proj_sum), summed
     kernel_span_ns   the same over kernels only
     cpu_ns           range wall time (end - start), summed
@@ -61,6 +61,9 @@ VM_BITS = 1 << 48
 
 # Token opcodes of a thread's program (what the thread does, in order).
 IDLE, PUSH, POP, LAUNCH, API, MARK = 0, 1, 2, 3, 4, 5
+
+
+VERSION = 2   # bump when the rows or the truth change: the benchmark regenerates cached files
 
 
 class GeneratorError(Exception):
@@ -389,7 +392,7 @@ def range_truth(th: Thread):
         "launches": between(launch.astype(np.int64)),
         "cpu_ns": th.t[ends] - th.t[starts],
     }
-    m["busy_ns"] = m["gpu_op_ns"]        # one FIFO stream per thread: a range's ops never overlap
+    m["busy_ns"] = m["inclusive_ns"]     # one FIFO stream per thread: a range's kernels never overlap
     for key, mask in (("span_ns", launch), ("kernel_span_ns", kern)):
         pos = np.flatnonzero(mask)
         first = np.searchsorted(pos, starts, side="right")
@@ -642,7 +645,7 @@ def generate(kernels: int, out: Path, seed: int = 0, schema_from: Path = SCHEMA_
     meta = {"SYNTHETIC_GENERATOR": "dsocr-perf benchmarks/gen_synthetic.py",
             "SYNTHETIC_SEED": str(seed), "SYNTHETIC_KERNELS": str(truth["kernels"])}
     counts = write_export(out, threads, PROCESSES, schema_from, meta)
-    truth.update(seed=seed, requested_kernels=kernels, rows=counts, schema_from=str(schema_from),
+    truth.update(generator_version=VERSION, seed=seed, requested_kernels=kernels, rows=counts, schema_from=str(schema_from),
                  semantics="NVIDIA launch-time: an op belongs to every range on the launching thread that encloses "
                            "its launch API call; names are 'dsocr:text' in domain dsocr, plain text otherwise")
     truth_path.write_text(json.dumps(truth, indent=1, sort_keys=True))

@@ -157,5 +157,6 @@ def test_analysis_matches_truth(synthetic):
     table = range_table(open_trace(path, cache=False))
     got = {row["name"]: row for row in table.iter_rows(named=True)}
     for name, t in truth["ranges"].items():
-        for key in ("instances", "kernels", "inclusive_ns", "exclusive_ns", "span_ns", "cpu_ns"):
+        for key in ("instances", "kernels", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "gpu_ops",
+                    "launches"):
             assert got[name][key] == t[key], (name, key)
