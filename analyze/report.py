@@ -1,0 +1,712 @@
+"""`dsocr-analyze report TRACE --out DIR`: the report files people read, and the numbers behind them.
+
+Files written to DIR (nothing is overwritten without --force):
+  report.md               setup, workload, stage table (with FLOPs/MFU/MBU when the metrics apply),
+                          dataset statistics, top kernels per stage, kernel category mix, decode step
+                          time vs context length, warnings
+  report.html             the same, self-contained (inline CSS and SVG plots, no network): stage
+                          breakdown, decode step time over steps, category mix per stage, roofline
+  stakeholder_summary.md  one page in plain words: where the GPU time goes, the biggest opportunity
+  metrics.json            every number of the report (schema below)
+  env.json                the analysis environment (python, packages, platform) and the capture's
+  inputs.yaml             what went in: the trace (path, size, sha256), options, manifest pages
+  assumptions.md          definitions and modelling assumptions behind the numbers
+
+metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trace clock, shares in
+[0, 1], null where a number does not apply):
+  trace        {path, source ('nsys'|'kineto'), size_bytes, sha256, exporter}
+  generated_utc
+  gpu          {name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory, peak_tflops, peak_gbs,
+                peak_source, dtype}
+  model        the manifest's model object (preset, weights, seed, dtype, attention), config left out
+  workload     the manifest's workload object (mode, tile_grid, views, image_tokens, prompt_tokens,
+               generated_tokens, decode_kv_lengths) or null
+  totals       {kernel_ns (all kernels), gpu_op_ns (kernels+memcpy+memset), kernels, gpu_ops,
+                first_ns, last_ns, wall_ns (first GPU op start -> last end), busy_share}
+  stages       list, one per stage (DeepSeek-OCR stages in pipeline order, else the busiest
+               top-level ranges): {name, stage, instances, inclusive_ns, exclusive_ns, busy_ns,
+               span_ns, cpu_ns, kernels, gpu_ops, launches, share (inclusive_ns / totals.kernel_ns),
+               gpu_idle_share (1 - busy_ns / cpu_ns), flops, bytes, tflops, mfu, gbs, mbu,
+               intensity, bound} (analyze.metrics: tflops 1e12 FLOP/s over busy time, gbs 1e9 B/s,
+               mfu and mbu in PERCENT of the peaks, intensity FLOP/byte, bound 'compute'|'memory')
+  breakdown    list of {part, ns, share}: kernel time split into disjoint parts (leaf stages, the
+               rest of prefill, outside every stage) that sum to totals.kernel_ns
+  model_mfu    analyze.metrics' model level over prefill + decode: {stages, flops, bytes, busy_ns, tflops,
+               mfu, gbs, mbu, intensity, bound}, or null
+  top_kernels  {stage: [{name, short_name, category, instances, total_ns, share}]} (top 5 each)
+  category_mix {stage: {category: ns}} GPU-op time per kernel category, plus "(all)" for the trace
+  decode       {steps: [{request, step, kv_length, gpu_ns, wall_ns, kernels}],
+                by_step: [{step, kv_length, n, mean_gpu_ns, mean_wall_ns}],
+                fit: {x ('kv_length'|'step'), slope_ns, intercept_ns, r2}} or null
+  dataset      analyze.dataset.DatasetStats.to_dict() or null
+  opportunity  {kind ('idle'|'headroom'|'largest'), stage, ns, share, text}
+  warnings     list of strings
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+import polars as pl
+
+from analyze.errors import TraceError
+from dsocr import stages
+
+REPORT_SCHEMA = "dsocr-report/1"
+FILES = ("report.md", "report.html", "stakeholder_summary.md", "metrics.json", "env.json", "inputs.yaml",
+         "assumptions.md")
+STAGE_ORDER = [stages.REQUEST, stages.PREPROCESS, stages.PREFILL, stages.SAM, stages.CLIP, stages.PROJECTOR,
+               stages.LLM_PREFILL, stages.DECODE, stages.DECODE_STEP]
+# Disjoint parts of a DeepSeek-OCR page's kernel time (prefill's children, then prefill's rest).
+LEAVES = [stages.PREPROCESS, stages.SAM, stages.CLIP, stages.PROJECTOR, stages.LLM_PREFILL, stages.DECODE]
+TOP_KERNELS = 5
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def bare(name: str) -> str:
+    prefix = stages.DOMAIN + ":"
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _rows(con, sql: str, params=None) -> list[dict]:
+    cursor = con.execute(sql, params or [])
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def _file_facts(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size_bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _totals(con) -> dict:
+    row = _rows(con, """
+        SELECT coalesce(sum(dur_ns) FILTER (WHERE kind = 'kernel'), 0)::BIGINT AS kernel_ns,
+               coalesce(sum(dur_ns), 0)::BIGINT AS gpu_op_ns,
+               count(*) FILTER (WHERE kind = 'kernel') AS kernels, count(*) AS gpu_ops,
+               min(start_ns) AS first_ns, max(end_ns) AS last_ns
+        FROM kernels""")[0]
+    # busy = union of kernel intervals on each device, summed over devices
+    busy = con.execute("""
+        SELECT coalesce(sum(greatest(0, end_ns - greatest(start_ns, coalesce(reach, start_ns)))), 0)::BIGINT
+        FROM (SELECT start_ns, end_ns, max(end_ns) OVER (PARTITION BY device ORDER BY start_ns, end_ns
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+              FROM kernels WHERE kind = 'kernel')""").fetchone()[0]
+    wall = (row["last_ns"] - row["first_ns"]) if row["first_ns"] is not None else 0
+    row.update(wall_ns=wall, busy_ns=busy, busy_share=(busy / wall if wall else None))
+    return row
+
+
+def _stage_names(table: pl.DataFrame, con) -> list[str]:
+    """DeepSeek-OCR stage names present (in pipeline order), else the busiest top-level ranges."""
+    by_bare = {}
+    for name in table["name"].to_list():
+        by_bare.setdefault(bare(name), name)
+    known = [by_bare[s] for s in STAGE_ORDER if s in by_bare]
+    if any(bare(n) in stages.REPORTED_STAGES for n in known):
+        return known
+    top = {r["name"] for r in _rows(con, "SELECT DISTINCT name FROM ranges WHERE depth = 0")}
+    busiest = table.filter(pl.col("name").is_in(list(top))).sort("inclusive_ns", descending=True).head(12)
+    return busiest["name"].to_list()
+
+
+def _metrics(trace, table: pl.DataFrame, manifest, gpu_name, peak_tflops, peak_gbs, warnings) -> tuple[dict, dict | None, dict]:
+    """(name -> metric dict, model-level dict, peaks dict) from analyze.metrics (mfu/mbu in percent)."""
+    from analyze.metrics import stage_metrics
+
+    bandwidth = trace.con.execute("SELECT any_value(memory_bandwidth_Bps) FROM gpus").fetchone()[0]
+    try:
+        rows, extras = stage_metrics(table, manifest, gpu_name, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
+                                     trace_bandwidth_Bps=bandwidth)
+    except ValueError as error:  # bad overrides: one line for the user
+        raise TraceError(str(error)) from None
+    warnings += extras.get("messages") or []
+    gpu = extras.get("gpu") or {}
+    peaks = {"peak_tflops": gpu.get("peak_tflops"), "peak_gbs": gpu.get("peak_gbs"), "peak_source": gpu.get("source"),
+             "dtype": gpu.get("dtype"), "attention_policy": extras.get("attention_policy")}
+    keep = ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound")
+    return {r["name"]: {k: r.get(k) for k in keep} for r in rows}, extras.get("model"), peaks
+
+
+def _breakdown(stage_rows: dict[str, dict], total_ns: int, is_dsocr: bool) -> list[dict]:
+    parts = []
+    if is_dsocr:
+        by_bare = {bare(n): r for n, r in stage_rows.items()}
+        for leaf in LEAVES:
+            if leaf in by_bare:
+                parts.append((leaf, by_bare[leaf]["inclusive_ns"]))
+        if stages.PREFILL in by_bare:
+            children = sum(by_bare[s]["inclusive_ns"] for s in (stages.SAM, stages.CLIP, stages.PROJECTOR,
+                                                                 stages.LLM_PREFILL) if s in by_bare)
+            parts.append(("prefill (rest)", max(0, by_bare[stages.PREFILL]["inclusive_ns"] - children)))
+        top = sum(by_bare[s]["inclusive_ns"] for s in (stages.PREPROCESS, stages.PREFILL, stages.DECODE) if s in by_bare)
+    else:
+        parts = [(n, r["inclusive_ns"]) for n, r in stage_rows.items()]
+        top = sum(ns for _, ns in parts)
+    parts.append(("outside stages", max(0, total_ns - top)))
+    return [{"part": p, "ns": int(ns), "share": (ns / total_ns if total_ns else None)} for p, ns in parts]
+
+
+def _top_kernels(con, names: list[str]) -> dict[str, list[dict]]:
+    if not names:
+        return {}
+    marks = ", ".join("?" for _ in names)
+    rows = _rows(con, f"""
+        -- per stage name: its kernels by total time (inclusive attribution), top {TOP_KERNELS}
+        WITH per AS (
+            SELECT r.name AS stage, k.name, any_value(k.short_name) AS short_name, any_value(k.category) AS category,
+                   count(*)::BIGINT AS instances, sum(k.dur_ns)::BIGINT AS total_ns
+            FROM kernel_ranges kr JOIN kernels k USING (op_id) JOIN ranges r USING (range_id)
+            WHERE k.kind = 'kernel' AND r.name IN ({marks})
+            GROUP BY r.name, k.name),
+        ranked AS (
+            SELECT *, total_ns / sum(total_ns) OVER (PARTITION BY stage) AS share,
+                   row_number() OVER (PARTITION BY stage ORDER BY total_ns DESC, name) AS rank
+            FROM per)
+        SELECT stage, name, short_name, category, instances, total_ns, share FROM ranked
+        WHERE rank <= {TOP_KERNELS} ORDER BY stage, rank""", names)
+    out: dict[str, list[dict]] = {n: [] for n in names}
+    for row in rows:
+        out[row.pop("stage")].append(row)
+    return out
+
+
+def _category_mix(con, names: list[str]) -> dict[str, dict[str, int]]:
+    mix: dict[str, dict[str, int]] = {}
+    if names:
+        marks = ", ".join("?" for _ in names)
+        for row in _rows(con, f"""
+                -- GPU-op time per stage and kernel category (inclusive attribution)
+                SELECT r.name AS stage, k.category, sum(k.dur_ns)::BIGINT AS ns
+                FROM kernel_ranges kr JOIN kernels k USING (op_id) JOIN ranges r USING (range_id)
+                WHERE r.name IN ({marks})
+                GROUP BY 1, 2 ORDER BY 3 DESC""", names):
+            mix.setdefault(row["stage"], {})[row["category"] or "other"] = row["ns"]
+        mix = {n: mix[n] for n in names if n in mix}  # pipeline order
+    mix["(all)"] = {r["category"] or "other": r["ns"] for r in _rows(con, """
+        SELECT category, sum(dur_ns)::BIGINT AS ns FROM kernels GROUP BY 1 ORDER BY 2 DESC""")}
+    return mix
+
+
+def _decode(con, manifest: dict | None, requests: pl.DataFrame | None) -> dict | None:
+    """Per decode step: GPU and wall time, and the KV length it saw (from the manifest)."""
+    steps = _rows(con, f"""
+        -- every decode_step instance with its kernel time; step = payload, else order inside its parent
+        WITH s AS (
+            SELECT r.range_id, r.pid, r.start_ns, r.end_ns, r.payload, r.parent_id,
+                   row_number() OVER (PARTITION BY r.parent_id ORDER BY r.start_ns) - 1 AS order_in_parent
+            FROM ranges r
+            WHERE r.name IN ('{stages.DOMAIN}:{stages.DECODE_STEP}', '{stages.DECODE_STEP}')),
+        g AS (SELECT kr.range_id, sum(k.dur_ns)::BIGINT AS gpu_ns, count(*)::BIGINT AS kernels
+              FROM kernel_ranges kr JOIN kernels k USING (op_id) WHERE k.kind = 'kernel' GROUP BY 1)
+        SELECT s.range_id, s.pid, s.start_ns, s.end_ns - s.start_ns AS wall_ns, s.payload, s.order_in_parent,
+               coalesce(g.gpu_ns, 0) AS gpu_ns, coalesce(g.kernels, 0) AS kernels
+        FROM s LEFT JOIN g USING (range_id) ORDER BY s.start_ns""")
+    if not steps:
+        return None
+    manifest = manifest or {}
+    default_kv = ((manifest.get("workload") or {}).get("decode_kv_lengths")) or []
+    page_kv = {int(p["request"]): (p.get("workload") or {}).get("decode_kv_lengths")
+               for p in manifest.get("pages") or [] if isinstance(p, dict) and p.get("request") is not None}
+    spans = [] if requests is None else requests.select("request", "start_ns", "end_ns").to_dicts()
+    out = []
+    for s in steps:
+        payload = s["payload"]
+        step = int(payload) if payload is not None and str(payload).lstrip("-").isdigit() else int(s["order_in_parent"])
+        request = next((r["request"] for r in spans if r["start_ns"] <= s["start_ns"] <= r["end_ns"]), None)
+        kv_list = page_kv.get(request) if request is not None else None
+        kv_list = kv_list or default_kv
+        kv = kv_list[step] if 0 <= step < len(kv_list) else None
+        out.append({"request": request, "step": step, "kv_length": kv, "gpu_ns": s["gpu_ns"],
+                    "wall_ns": s["wall_ns"], "kernels": s["kernels"]})
+    frame = pl.DataFrame(out, schema={"request": pl.Int64, "step": pl.Int64, "kv_length": pl.Int64, "gpu_ns": pl.Int64,
+                                      "wall_ns": pl.Int64, "kernels": pl.Int64})
+    by_step = (frame.group_by("step").agg(pl.col("kv_length").first(), pl.len().alias("n"),
+                                          pl.col("gpu_ns").mean().alias("mean_gpu_ns"),
+                                          pl.col("wall_ns").mean().alias("mean_wall_ns")).sort("step"))
+    x_name = "kv_length" if by_step["kv_length"].null_count() == 0 else "step"
+    fit = _line_fit(by_step[x_name].cast(pl.Float64).to_list(), by_step["mean_gpu_ns"].to_list())
+    return {"steps": out, "by_step": by_step.to_dicts(), "fit": {"x": x_name, **fit} if fit else None}
+
+
+def _line_fit(xs: list[float], ys: list[float]) -> dict | None:
+    """Least-squares y = intercept + slope * x, with r^2."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    return {"slope_ns": slope, "intercept_ns": intercept, "r2": (1 - ss_res / ss_tot) if ss_tot else None}
+
+
+def _opportunity(stage_rows: list[dict], breakdown: list[dict], total_ns: int) -> dict | None:
+    """The largest time that could be saved, judged from the numbers:
+    - idle: wall time of a top-level stage in which its GPU does nothing (cpu_ns - busy_ns);
+    - headroom: a leaf stage's busy time beyond what its roofline bound needs (busy * (1 - max(MFU, MBU)));
+    - otherwise the largest part of the kernel-time breakdown."""
+    candidates = []
+    leaves = {p["part"] for p in breakdown}
+    for r in stage_rows:
+        name = r["stage"]
+        if name in (stages.PREPROCESS, stages.PREFILL, stages.DECODE) and r["cpu_ns"] and r["busy_ns"] is not None:
+            idle = r["cpu_ns"] - r["busy_ns"]
+            if idle > 0 and r["gpu_idle_share"] and r["gpu_idle_share"] > 0.2:
+                candidates.append({"kind": "idle", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
+        utilisation = max(r.get("mfu") or 0, r.get("mbu") or 0) / 100  # percent -> fraction
+        if name in leaves and utilisation > 0:
+            candidates.append({"kind": "headroom", "stage": name, "ns": int(r["busy_ns"] * (1 - min(utilisation, 1))),
+                               "share": 1 - min(utilisation, 1), "utilisation": utilisation, "bound": r.get("bound")})
+    if candidates:
+        best = max(candidates, key=lambda c: c["ns"])
+    else:
+        parts = [p for p in breakdown if p["part"] != "outside stages"] or breakdown
+        if not parts or not total_ns:
+            return None
+        top = max(parts, key=lambda p: p["ns"])
+        best = {"kind": "largest", "stage": top["part"], "ns": top["ns"], "share": top["share"]}
+    best["text"] = _opportunity_text(best)
+    return best
+
+
+def _ms(ns) -> str:
+    return "-" if ns is None else f"{ns / 1e6:,.2f} ms"
+
+
+def _opportunity_text(o: dict) -> str:
+    if o["kind"] == "idle":
+        return (f"The GPU sits idle for {100 * o['share']:.0f}% of `{o['stage']}` ({_ms(o['ns'])} of its wall time): "
+                "it waits on the host (Python, kernel launches, synchronisation). Fewer, larger kernels "
+                "(CUDA graphs, fused ops, torch.compile) and no host syncs inside the stage would reclaim most of it.")
+    if o["kind"] == "headroom":
+        bound = o.get("bound") or "roofline"
+        return (f"`{o['stage']}` runs at {100 * o['utilisation']:.0f}% of its {bound} limit; "
+                f"reaching the hardware's peak would save up to {_ms(o['ns'])} of GPU time.")
+    return (f"`{o['stage']}` takes the largest share of GPU kernel time ({100 * (o['share'] or 0):.0f}%, "
+            f"{_ms(o['ns'])}); it is where optimisation pays most.")
+
+
+def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | None = None) -> dict:
+    """Every number of the report, as the metrics.json object."""
+    from analyze.attribution import range_table
+    from analyze.dataset import dataset_stats, find_manifest
+
+    con = trace.con
+    warnings = list(getattr(trace, "warnings", []) or [])
+    manifest = find_manifest(trace)
+    table = range_table(trace)
+    totals = _totals(con)
+    gpu = (_rows(con, "SELECT * FROM gpus ORDER BY device LIMIT 1") or [{}])[0]
+    gpu_name = gpu.get("name") or ((manifest or {}).get("environment") or {}).get("gpu_name")
+    names = _stage_names(table, con)
+    is_dsocr = any(bare(n) in stages.REPORTED_STAGES for n in names)
+    metric_rows, model_mfu, peaks_info = _metrics(trace, table.filter(pl.col("name").is_in(names)), manifest,
+                                                  gpu_name, peak_tflops, peak_gbs, warnings)
+    stage_rows = []
+    for row in table.filter(pl.col("name").is_in(names)).iter_rows(named=True):
+        extra = metric_rows.get(row["name"], {})
+        row = {**row, "stage": bare(row["name"]),
+               "share": row["inclusive_ns"] / totals["kernel_ns"] if totals["kernel_ns"] else None,
+               "gpu_idle_share": (1 - row["busy_ns"] / row["cpu_ns"]) if row["cpu_ns"] else None}
+        for key in ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound"):
+            row[key] = extra.get(key)
+        stage_rows.append(row)
+    stage_rows.sort(key=lambda r: names.index(r["name"]))
+    breakdown = _breakdown({r["name"]: r for r in stage_rows if r["stage"] != stages.REQUEST},
+                           totals["kernel_ns"], is_dsocr)
+    outside = next((p for p in breakdown if p["part"] == "outside stages"), None)
+    if outside and outside["share"] and outside["share"] > 0.1:
+        warnings.append(f"{100 * outside['share']:.0f}% of kernel time is launched outside every stage range")
+    if totals["kernels"] == 0:
+        warnings.append("the trace has no kernels: every GPU time is zero")
+    stats = dataset_stats(trace, manifest)
+    report = {
+        "schema": REPORT_SCHEMA,
+        "trace": {"path": str(Path(trace.path).resolve()), "source": trace.source, **_file_facts(Path(trace.path)),
+                  "exporter": (trace.meta or {}).get("EXPORT_PRODUCT_VERSION")},
+        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gpu": {"name": gpu_name, "sm_count": gpu.get("sm_count"), "clock_hz": gpu.get("clock_hz"),
+                "memory_bandwidth_Bps": gpu.get("memory_bandwidth_Bps"), "total_memory": gpu.get("total_memory"),
+                **{k: peaks_info.get(k) for k in ("peak_tflops", "peak_gbs", "peak_source", "dtype")},
+                "attention_policy": peaks_info.get("attention_policy")},
+        "model": {k: v for k, v in ((manifest or {}).get("model") or {}).items() if k != "config"} or None,
+        "workload": (manifest or {}).get("workload"),
+        "capture": (manifest or {}).get("capture"),
+        "environment": (manifest or {}).get("environment"),
+        "totals": totals,
+        "stages": stage_rows,
+        "breakdown": breakdown,
+        "model_mfu": model_mfu,
+        "top_kernels": _top_kernels(con, [n for n in names if bare(n) != stages.REQUEST]),
+        "category_mix": _category_mix(con, [n for n in names if bare(n) != stages.REQUEST]),
+        "decode": _decode(con, manifest, stats.requests.join(_request_spans(con), on="request") if stats else None),
+        "dataset": stats.to_dict() if stats else None,
+        "warnings": warnings,
+    }
+    report["opportunity"] = _opportunity(stage_rows, breakdown, totals["kernel_ns"])
+    return report
+
+
+def _request_spans(con) -> pl.DataFrame:
+    from analyze.dataset import REQUEST_RANGES_SQL
+    rows = con.execute(REQUEST_RANGES_SQL).fetchall()
+    out = []
+    for order, (_, _, start, end, payload) in enumerate(rows):
+        index = int(payload) if payload not in (None, "") and str(payload).lstrip("-").isdigit() else order
+        out.append({"request": index, "start_ns": start, "end_ns": end})
+    return pl.DataFrame(out, schema={"request": pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64})
+
+
+# ------------------------------------------------------------------------------------------ markdown
+
+def _fmt_ms(ns, digits=3) -> str:
+    return "-" if ns is None else f"{ns / 1e6:,.{digits}f}"
+
+
+def _fmt_pct(x, digits=1) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def _fmt_num(x, fmt="{:,.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines
+
+
+def _short(name: str, limit: int = 70) -> str:
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
+def render_markdown(data: dict) -> str:
+    lines = [f"# DeepSeek-OCR trace report: {Path(data['trace']['path']).name}", ""]
+    lines += ["## Setup", ""]
+    g = data["gpu"]
+    setup = [["trace", f"`{data['trace']['path']}` ({data['trace']['source']}, {data['trace']['size_bytes']:,} bytes)"],
+             ["exporter", data["trace"].get("exporter") or "-"],
+             ["GPU", f"{g.get('name') or 'unknown'}" + (f", {g['sm_count']} SMs" if g.get("sm_count") else "")],
+             ["peaks", (f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), {_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s"
+                        f" -- {g.get('peak_source')}") if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
+    if data.get("model"):
+        m = data["model"]
+        setup.append(["model", ", ".join(f"{k} {v}" for k, v in m.items() if v is not None)])
+    if data.get("environment"):
+        e = data["environment"]
+        setup.append(["capture env", ", ".join(f"{k} {e[k]}" for k in ("driver", "cuda", "torch", "nsys") if e.get(k))])
+    lines += _table(["", ""], setup, "ll") + [""]
+
+    lines += ["## Workload", ""]
+    w = data.get("workload")
+    if w:
+        views = ", ".join(f"{v.get('count')}x {v.get('name')} {v.get('side')}px" for v in w.get("views") or [])
+        lines += _table(["", ""], [["mode", w.get("mode")], ["image", f"{w.get('image_width')}x{w.get('image_height')}"],
+                                   ["tile grid", w.get("tile_grid")], ["views", views or "-"],
+                                   ["image tokens", w.get("image_tokens")], ["prompt tokens", w.get("prompt_tokens")],
+                                   ["generated tokens", w.get("generated_tokens")]], "ll") + [""]
+    else:
+        lines += ["No workload manifest in this trace: shapes, FLOPs and MFU are unknown.", ""]
+
+    t = data["totals"]
+    lines += ["## Stages", "",
+              f"GPU kernel time in the trace: {_fmt_ms(t['kernel_ns'])} ms in {t['kernels']:,} kernels; "
+              f"the GPU was busy {_fmt_pct(t['busy_share'])} of the {_fmt_ms(t['wall_ns'])} ms from first to last GPU op.",
+              "Inclusive = kernels launched inside the stage's ranges (nested stages count in their parents too); "
+              "busy = union of those kernels' intervals; CPU = wall time of the ranges.", ""]
+    has_metrics = any(r.get("flops") is not None for r in data["stages"])
+    header = ["stage", "n", "inclusive ms", "share", "exclusive ms", "busy ms", "CPU ms", "GPU idle", "kernels", "launches"]
+    if has_metrics:
+        header += ["GFLOP", "TFLOP/s", "MFU", "GB/s", "MBU", "bound"]
+    rows = []
+    for r in data["stages"]:
+        row = [r["name"], r["instances"], _fmt_ms(r["inclusive_ns"]), _fmt_pct(r["share"]), _fmt_ms(r["exclusive_ns"]),
+               _fmt_ms(r["busy_ns"]), _fmt_ms(r["cpu_ns"]), _fmt_pct(r["gpu_idle_share"], 0), f"{r['kernels']:,}",
+               f"{r['launches']:,}"]
+        if has_metrics:
+            row += [_fmt_num(None if r["flops"] is None else r["flops"] / 1e9), _fmt_num(r["tflops"]),
+                    _fmt_num(r["mfu"], "{:.1f}%"), _fmt_num(r["gbs"], "{:,.0f}"), _fmt_num(r["mbu"], "{:.1f}%"),
+                    r.get("bound") or "-"]
+        rows.append(row)
+    lines += _table(header, rows) + [""]
+    if data.get("model_mfu"):
+        mm = data["model_mfu"]
+        lines += [f"Model-level (prefill + decode): {_fmt_num((mm.get('flops') or 0) / 1e9)} GFLOP, "
+                  f"{_fmt_num(mm.get('tflops'))} TFLOP/s, MFU {_fmt_num(mm.get('mfu'), '{:.1f}%')}, "
+                  f"MBU {_fmt_num(mm.get('mbu'), '{:.1f}%')}.", ""]
+    lines += ["Where the kernel time goes (disjoint parts, summing to the trace's kernel time):", ""]
+    lines += _table(["part", "ms", "share"], [[p["part"], _fmt_ms(p["ns"]), _fmt_pct(p["share"])] for p in data["breakdown"]])
+    lines += [""]
+
+    if data.get("dataset"):
+        d = data["dataset"]
+        tp = d["throughput"]
+        lines += ["## Pages and repeats", "",
+                  f"{d['requests']} requests over {d['pages']} page(s), up to {d['max_repeats']} repeat(s) each"
+                  + ("" if d["pages_known"] else " (no manifest: each request counted as its own page)") + ". "
+                  f"Throughput: {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
+                  f"{_fmt_num(tp.get('tokens_per_s'), '{:,.1f}')} tokens/s end to end, "
+                  f"{_fmt_num(tp.get('decode_tokens_per_s'), '{:,.1f}')} tokens/s in decode.", "",
+                  "Stage GPU time per request (inclusive kernel time; cv = std/mean; repeat cv = pooled "
+                  "within-page std / mean, the run-to-run noise):", ""]
+        lines += _table(["stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv", "repeat cv"],
+                        [[o["stage"], o["n"], _fmt_ms(o["mean_ns"]), _fmt_ms(o["std_ns"]), _fmt_ms(o["min_ns"]),
+                          _fmt_ms(o["max_ns"]), _fmt_pct(o["cv"]), _fmt_pct(o.get("repeat_cv"))] for o in d["overall"]])
+        if d["pages_known"]:
+            lines += ["", "Per page:", ""]
+            lines += _table(["page", "stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv"],
+                            [[p["page"], p["stage"], p["n"], _fmt_ms(p["mean_ns"]), _fmt_ms(p["std_ns"]),
+                              _fmt_ms(p["min_ns"]), _fmt_ms(p["max_ns"]), _fmt_pct(p["cv"])] for p in d["per_page"]])
+        lines += [""]
+
+    lines += ["## Top kernels per stage", ""]
+    for stage, kernels in data["top_kernels"].items():
+        if not kernels:
+            continue
+        lines += [f"**{stage}**", ""]
+        lines += _table(["kernel", "category", "count", "total ms", "share of stage"],
+                        [[f"`{_short(k['short_name'] or k['name'])}`", k["category"], k["instances"], _fmt_ms(k["total_ns"]),
+                          _fmt_pct(k["share"])] for k in kernels]) + [""]
+
+    lines += ["## Kernel category mix", "", "Share of each stage's GPU-op time per kernel category:", ""]
+    mix = data["category_mix"]
+    categories = sorted({c for m in mix.values() for c in m}, key=lambda c: -mix["(all)"].get(c, 0))
+    rows = []
+    for stage, m in mix.items():
+        total = sum(m.values())
+        rows.append([stage] + [_fmt_pct(m.get(c, 0) / total if total else None, 0) for c in categories])
+    lines += _table(["stage"] + categories, rows) + [""]
+
+    lines += ["## Decode step time vs context length", ""]
+    dec = data.get("decode")
+    if dec:
+        fit = dec.get("fit")
+        if fit:
+            unit = "token of context" if fit["x"] == "kv_length" else "step"
+            lines += [f"Least-squares fit of mean GPU time per step: {fit['intercept_ns'] / 1e3:,.1f} µs "
+                      f"+ {fit['slope_ns']:,.2f} ns per {unit} (r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).", ""]
+        by = dec["by_step"]
+        shown = by if len(by) <= 12 else by[:6] + [None] + by[-5:]
+        rows = [["...", "", "", "", ""] if s is None else
+                [s["step"], _fmt_num(s["kv_length"], "{:,}") if s["kv_length"] is not None else "-", s["n"],
+                 _fmt_ms(s["mean_gpu_ns"]), _fmt_ms(s["mean_wall_ns"])] for s in shown]
+        lines += _table(["step", "KV length", "n", "mean GPU ms", "mean wall ms"], rows) + [""]
+    else:
+        lines += ["No decode_step ranges in this trace.", ""]
+
+    if data.get("opportunity"):
+        lines += ["## Biggest opportunity", "", data["opportunity"]["text"], ""]
+    lines += ["## Warnings", ""]
+    lines += [f"- {w}" for w in data["warnings"]] or ["- none"]
+    lines += ["", f"Generated {data['generated_utc']} by dsocr-analyze report; numbers in metrics.json.", ""]
+    return "\n".join(lines)
+
+
+def render_summary(data: dict) -> str:
+    """One page, plain words, every sentence computed from the numbers."""
+    name = Path(data["trace"]["path"]).name
+    t = data["totals"]
+    lines = [f"# Summary: {name}", ""]
+    w = data.get("workload")
+    what = (f"one {w.get('mode')}-mode page ({w.get('image_tokens')} image tokens, {w.get('generated_tokens')} "
+            f"generated tokens)") if w else "a traced run"
+    ds = data.get("dataset")
+    if ds:
+        what = (f"{ds['requests']} page runs ({ds['pages']} distinct page(s), up to {ds['max_repeats']} repeats)")
+    gpu = data["gpu"].get("name") or "an unknown GPU"
+    lines += [f"**What was measured.** DeepSeek-OCR on {gpu}: {what}. The GPU ran {t['kernels']:,} kernels for "
+              f"{_fmt_ms(t['kernel_ns'], 1)} ms and was busy {_fmt_pct(t['busy_share'], 0)} of the time between "
+              "its first and last operation.", ""]
+    parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
+    if parts:
+        top = parts[:3]
+        words = "; ".join(f"{p['part']} {_fmt_pct(p['share'], 0)} ({_fmt_ms(p['ns'], 1)} ms)" for p in top)
+        lines += [f"**Where the GPU time goes.** {words}."]
+        idle = [r for r in data["stages"] if r["stage"] in (stages.PREFILL, stages.DECODE) and r["gpu_idle_share"]]
+        for r in idle:
+            lines += [f"During {r['stage']} the GPU is idle {_fmt_pct(r['gpu_idle_share'], 0)} of the wall time "
+                      f"({_fmt_ms(r['cpu_ns'], 1)} ms wall, {_fmt_ms(r['busy_ns'], 1)} ms of kernels)."]
+        lines += [""]
+    with_mfu = [r for r in data["stages"] if r.get("mfu") is not None or r.get("mbu") is not None]
+    if with_mfu:
+        lines += ["**How close to the hardware.** " + "; ".join(
+            f"{r['stage']} reaches {_fmt_num(r.get('mfu'), '{:.0f}%')} of peak compute and "
+            f"{_fmt_num(r.get('mbu'), '{:.0f}%')} of peak "
+            f"memory bandwidth" + (f" ({r['bound']}-bound)" if r.get("bound") else "") for r in with_mfu) + ".", ""]
+    else:
+        lines += ["**How close to the hardware.** Not computed: the trace carries no workload manifest "
+                  "or the GPU's peaks are unknown.", ""]
+    if data.get("opportunity"):
+        lines += [f"**Biggest opportunity.** {data['opportunity']['text']}", ""]
+    if ds and any(o.get("repeat_cv") is not None for o in ds["overall"]):
+        noisy = max((o for o in ds["overall"] if o.get("repeat_cv") is not None), key=lambda o: o["repeat_cv"])
+        lines += [f"**How reliable.** Across repeats of the same page the stage times vary by at most "
+                  f"{_fmt_pct(noisy['repeat_cv'])} (std/mean, {noisy['stage']}); differences smaller than about twice "
+                  "that are noise.", ""]
+    if data["warnings"]:
+        lines += [f"**Caveats.** {len(data['warnings'])} warning(s), listed in report.md.", ""]
+    return "\n".join(lines)
+
+
+def render_assumptions(data: dict) -> str:
+    return "\n".join([
+        "# Assumptions behind the numbers", "",
+        "- **Attribution** (NVIDIA's rule, as `nsys stats` nvtx_kern_sum): a GPU operation belongs to the CUDA API call "
+        "with the same correlation id in the same process; a range contains it when that call lies inside the range "
+        "on the same thread. When the kernel runs does not matter.",
+        "- **GPU time of a stage** = inclusive kernel time: the summed durations of the kernels launched inside any of "
+        "its ranges (memcpy/memset excluded). Nested stages (sam inside prefill) count in both; the breakdown table "
+        "splits the kernel time into disjoint parts instead.",
+        "- **Busy** = length of the union of a stage's kernel intervals (overlapping streams count once); "
+        "**GPU idle** = 1 - busy / wall time of the stage's ranges.",
+        "- **Dataset statistics**: a stage's time in a request is the sum over its instances inside that request's "
+        "range; std is the sample std (n-1); the repeat std pools the per-page variances (weights n-1).",
+        "- **Decode steps**: the step index is the range payload (else its order inside `decode`); the KV length "
+        "of a step comes from the manifest (`decode_kv_lengths`). The fit is ordinary least squares of the mean GPU "
+        "time per step index against KV length (or step index when KV lengths are unknown).",
+        "- **FLOPs and bytes** come from the analytic model of `dsocr.flops` applied to the workload recorded in the "
+        "trace's manifest (see that module for the counting rules and the attention policy); MFU = achieved "
+        "TFLOP/s / peak, MBU = achieved GB/s / peak, both over busy time.",
+        f"- **Peaks**: {data['gpu'].get('peak_source') or 'unknown'} "
+        f"({_fmt_num(data['gpu'].get('peak_tflops'))} TFLOP/s {data['gpu'].get('dtype') or ''}, "
+        f"{_fmt_num(data['gpu'].get('peak_gbs'), '{:,.0f}')} GB/s).",
+        "- **Biggest opportunity**: the largest of (a) GPU idle time inside preprocess/prefill/decode when idle > 20% "
+        "of their wall time, (b) a stage's busy time x (1 - max(MFU, MBU)); without either, the largest part of "
+        "the kernel-time breakdown.",
+        "- Times are the trace's clock in ns; nothing is extrapolated beyond the traced run.", ""])
+
+
+def environment() -> dict:
+    from importlib import metadata
+    packages = {}
+    for name in ("dsocr-perf", "duckdb", "polars", "pyarrow", "click", "sqlite-utils", "matplotlib"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+            "packages": packages, "argv": sys.argv}
+
+
+def _yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def to_yaml(value, indent: int = 0) -> str:
+    """A tiny YAML emitter for dicts, lists and scalars (block style, strings double-quoted)."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return pad + "{}\n"
+        out = ""
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                out += f"{pad}{key}:\n" + to_yaml(item, indent + 1)
+            else:
+                out += f"{pad}{key}: {_yaml_scalar(item) if not isinstance(item, (dict, list)) else ('{}' if isinstance(item, dict) else '[]')}\n"
+        return out
+    if isinstance(value, list):
+        if not value:
+            return pad + "[]\n"
+        out = ""
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                body = to_yaml(item, indent + 1)
+                out += f"{pad}- " + body.lstrip()
+            else:
+                out += f"{pad}- {_yaml_scalar(item)}\n"
+        return out
+    return pad + _yaml_scalar(value) + "\n"
+
+
+def inputs(data: dict, options: dict, manifest: dict | None) -> dict:
+    pages = [{"request": p.get("request"), "repeat": p.get("repeat"), "image": (p.get("image") or {}).get("path"),
+              "sha256": (p.get("image") or {}).get("sha256")} for p in (manifest or {}).get("pages") or []]
+    return {"trace": {k: data["trace"][k] for k in ("path", "source", "size_bytes", "sha256")},
+            "options": options, "model": data.get("model") or {}, "capture": data.get("capture") or {},
+            "pages": pages}
+
+
+def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None, peak_gbs=None,
+                 progress: bool = False) -> dict:
+    """Write every report file into out_dir; returns the metrics.json object."""
+    from analyze.dataset import find_manifest
+    from analyze.report_html import render_html
+
+    out_dir = Path(out_dir)
+    existing = [f for f in FILES if (out_dir / f).exists()]
+    if existing and not force:
+        raise TraceError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TraceError(f"{out_dir} is a file, not a folder: pass --out a folder")
+    step = (lambda text: click.echo(f"report: {text}", err=True)) if progress else (lambda text: None)
+    step("attributing and aggregating")
+    data = build_report(trace, peak_tflops=peak_tflops, peak_gbs=peak_gbs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    step("plots and html")
+    files = {
+        "metrics.json": json.dumps(data, indent=2, default=str) + "\n",
+        "report.md": render_markdown(data),
+        "stakeholder_summary.md": render_summary(data),
+        "report.html": render_html(data, trace),
+        "env.json": json.dumps({"analysis": environment(), "capture": data.get("environment")}, indent=2, default=str) + "\n",
+        "inputs.yaml": to_yaml(inputs(data, {"peak_tflops": peak_tflops, "peak_gbs": peak_gbs}, find_manifest(trace))),
+        "assumptions.md": render_assumptions(data),
+    }
+    for name, text in files.items():
+        tmp = out_dir / (name + ".part")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_dir / name)
+    step(f"wrote {len(files)} files to {out_dir}")
+    return data
+
+
+@click.command("report")
+@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the report files (default: NAME.report/ beside TRACE).")
+@click.option("--force", is_flag=True, help="Overwrite report files already in the folder.")
+@click.option("--peak-tflops", type=float, default=None, help="Override the GPU's dense peak TFLOP/s.")
+@click.option("--peak-gbs", type=float, default=None, help="Override the GPU's peak memory bandwidth in GB/s.")
+def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs) -> None:
+    """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
+    from analyze.load import open_trace
+
+    if out_dir is None:
+        name = trace_path.name
+        for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".sqlite", ".json.gz", ".json"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        out_dir = trace_path.with_name(name + ".report")
+    existing = [f for f in FILES if (out_dir / f).exists()]
+    if existing and not force:  # checked before the (slow) load
+        raise TraceError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out another folder")
+    trace = open_trace(trace_path)
+    write_report(trace, out_dir, force=force, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
+                 progress=sys.stderr.isatty())
+    click.echo(f"wrote {out_dir}/ ({', '.join(FILES)})")
