@@ -148,3 +148,31 @@ def test_sam_resizes_pos_embed_for_640(tiny):
         const = sam.position_embedding(40, 40)
         sam.pos_embed.copy_(saved)
     assert const == pytest.approx(torch.full_like(const, 0.25), abs=1e-6)
+
+
+def doc_vision_flops(side: int) -> tuple[int, int, int]:
+    """SAM, CLIP and projector FLOPs of one view, written out as in doc §9."""
+    g = side // 16
+    n, n_pad, t = g * g, (14 * -(-g // 14)) ** 2, (side // 64) ** 2 + 1
+    sam = (2 * n * 768 * 768
+           + 8 * (2 * n_pad * 768 * 3072 + 4 * n_pad * 196 * 768 + 4 * n_pad * 768 * 14 + 2 * n * 768 * 6144)
+           + 4 * (2 * n * 768 * 3072 + 4 * n * n * 768 + 4 * n * 768 * g + 2 * n * 768 * 6144)
+           + 2 * n * 768 * 256 + 2 * n * 256 * 256 * 9 + 2 * (n // 4) * 256 * 512 * 9
+           + 2 * (n // 16) * 512 * 1024 * 9)
+    clip = 24 * (2 * t * 1024 * 12288 + 4 * t * t * 1024)
+    return sam, clip, 2 * (side // 64) ** 2 * 2048 * 1280
+
+
+@pytest.mark.parametrize("side,total_gf", [(1024, 1139.97), (640, 388.15)])
+def test_flop_counter_on_meta_matches_doc_formulas(official, side, total_gf):
+    from torch.utils.flop_counter import FlopCounterMode
+    _, sam, clip, proj = official
+    with torch.device("meta"), FlopCounterMode(display=False) as sam_flops:
+        features = sam(torch.empty(1, 3, side, side))
+    with torch.device("meta"), FlopCounterMode(display=False) as clip_flops:
+        clip_out = clip(features)
+    with torch.device("meta"), FlopCounterMode(display=False) as proj_flops:
+        proj(fuse(clip_out, features))
+    counts = [c.get_total_flops() for c in (sam_flops, clip_flops, proj_flops)]
+    assert tuple(counts) == doc_vision_flops(side)
+    assert sum(counts) / 1e9 == pytest.approx(total_gf, abs=0.005)   # doc §9 table
