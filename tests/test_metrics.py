@@ -155,3 +155,20 @@ def test_decode_model_rows_of_the_manifest():
     rows = metrics.decode_model_rows(manifest(generated=3))
     assert [r["kv_length"] for r in rows if r["layer"] == 0] == [914, 915, 916]
     assert sum(r["flops"] for r in rows if r["step"] == 0) == flops.decode_step_cost(OFFICIAL.decoder, 914).flops
+
+
+def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
+    from analyze.errors import TraceError
+    from analyze.roofline import plot_roofline
+    rows, extras = metrics.stage_metrics(ranges(), manifest(), H100)
+    paths = plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
+    assert [p.name for p in paths] == ["roofline.png", "roofline.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = paths[1].read_text()
+    assert "<svg" in svg and "llm_prefill" in svg and "decode_step" in svg
+    with pytest.raises(TraceError, match="already exists; pass --force"):
+        plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
+    plot_roofline(rows, extras["gpu"], tmp_path / "roofline", force=True)
+    none, _ = metrics.stage_metrics(ranges(), None, H100)
+    with pytest.raises(TraceError, match="nothing to put on a roofline"):
+        plot_roofline(none, extras["gpu"], tmp_path / "empty")
