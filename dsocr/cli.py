@@ -44,6 +44,8 @@ def resolve_weights(args) -> str | None:
     if args.random_weights:
         return None
     if args.weights:
+        if not Path(args.weights).is_dir():
+            raise DsocrError(f"weights folder not found: {args.weights} (see models/README.md, or use --random-weights)")
         return args.weights
     for folder in (DEFAULT_WEIGHTS, PACKAGE_WEIGHTS):
         if folder.is_dir():
