@@ -11,6 +11,12 @@ Per size: generate the export (cached as /tmp/dsocr-syn-SIZE-sSEED.sqlite with i
 assert that both give the generator's per-range totals (kernel ns and kernel count per range name, nsys
 rows summed over kernel names; our range instances too), and print a Markdown table.
 Exit status 1 when a total differs; the targets of issue 6 are reported, not asserted.
+
+    python benchmarks/bench_analyze.py --profile 1e6
+
+runs the same cold analysis in this process with every DuckDB statement timed (a proxy connection
+handed to analyze.load's internal `_build`; it follows that module's internals, so it may need a touch
+when they change) and prints where the time goes: per phase, per calling function, top statements.
 """
 from __future__ import annotations
 
@@ -39,16 +45,24 @@ class BenchError(Exception):
     pass
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, int, str]:
-    """Run cmd in a fresh process: (wall seconds, peak RSS bytes, stdout). Fails loudly."""
+CPU_SECONDS: dict[str, float] = {}   # command line -> user + system CPU seconds of its last run
+
+
+def timed(cmd: list[str]) -> tuple[float, int, str]:
+    """Run cmd in a fresh process: (wall seconds, peak RSS bytes, stdout); CPU seconds go to CPU_SECONDS."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         t0 = time.perf_counter()
-        proc = subprocess.run([TIME, "-f", "%M", "-o", rss.name, *cmd], capture_output=True, text=True, env=env)
+        proc = subprocess.run([TIME, "-f", "%M %U %S", "-o", rss.name, *cmd], capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-        peak_kib = int(rss.read().split()[-1])
-    return wall, peak_kib * 1024, proc.stdout
+        peak_kib, user, system = rss.read().split()[-3:]
+    CPU_SECONDS[" ".join(cmd)] = float(user) + float(system)
+    return wall, int(peak_kib) * 1024, proc.stdout
+
+
+def cpu_of(cmd: list[str]) -> float:
+    return CPU_SECONDS[" ".join(cmd)]
 
 
 def trace_for(size: int, seed: int) -> tuple[Path, dict, float | None]:
@@ -93,12 +107,13 @@ def range_rows(doc) -> list[dict]:
 
 def run_ours(trace: Path) -> dict:
     drop_cache(trace)
-    wall, rss, out = timed([*dsocr_analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"])
+    cmd = [*dsocr_analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"]
+    wall, rss, out = timed(cmd)
     rows = range_rows(json.loads(out))
     if not rows:
         raise BenchError("dsocr-analyze --json printed no per-range rows (objects with name and inclusive_ns)")
     totals = {r["name"]: (int(r["inclusive_ns"]), int(r["kernels"]), int(r["instances"])) for r in rows}
-    return {"wall": wall, "rss": rss, "totals": totals}
+    return {"wall": wall, "cpu": cpu_of(cmd), "rss": rss, "totals": totals}
 
 
 def run_cached(trace: Path) -> dict:
@@ -124,8 +139,9 @@ def run_nsys(trace: Path, nsys: str) -> dict:
         copy = Path(tmp) / trace.name
         shutil.copyfile(trace, copy)
         prefix = Path(tmp) / "out"
-        wall, rss, _ = timed([nsys, "stats", "--report", "nvtx_kern_sum", "--format", "csv", "--output",
-                              str(prefix), str(copy)])
+        cmd = [nsys, "stats", "--report", "nvtx_kern_sum", "--format", "csv", "--output", str(prefix), str(copy)]
+        wall, rss, _ = timed(cmd)
+        cpu = cpu_of(cmd)
         csv_path = Path(tmp) / "out_nvtx_kern_sum.csv"
         if not csv_path.exists():
             raise BenchError(f"nsys stats wrote no {csv_path.name}")
@@ -138,7 +154,7 @@ def run_nsys(trace: Path, nsys: str) -> dict:
                 t = totals.setdefault(name, [0, 0])
                 t[0] += int(row["Total Time (ns)"])
                 t[1] += int(row["Kern Inst"])
-    return {"wall": wall, "rss": rss, "totals": {k: tuple(v) for k, v in totals.items()}}
+    return {"wall": wall, "cpu": cpu, "rss": rss, "totals": {k: tuple(v) for k, v in totals.items()}}
 
 
 def compare(truth: dict, ours: dict | None, nsys: dict | None) -> list[str]:
@@ -172,6 +188,70 @@ def fmt_mb(x) -> str:
     return "–" if x is None else f"{x / 2**20:,.0f}"
 
 
+class TimedConnection:
+    """A DuckDB connection that times every statement, labelled by the analysis function that ran it."""
+
+    def __init__(self, con):
+        self._con = con
+        self.log: list[tuple[float, str, str]] = []   # (seconds, calling function, first SQL line)
+
+    def execute(self, sql, *args):
+        caller = sys._getframe(1)
+        while caller.f_code.co_name in ("_script", "_copy", "into", "rows") and caller.f_back is not None:
+            caller = caller.f_back
+        result = None
+        statements = self._con.extract_statements(sql) if isinstance(sql, str) and not args else [sql]
+        for statement in statements:
+            text = statement.query if hasattr(statement, "query") else str(statement)
+            label = next((line.strip() for line in text.splitlines()
+                          if line.strip() and not line.strip().startswith("--")), "")[:90]
+            t0 = time.perf_counter()
+            result = self._con.execute(statement, *args)
+            self.log.append((time.perf_counter() - t0, caller.f_code.co_name, label))
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def profile(size: int, seed: int) -> int:
+    trace, truth, _ = trace_for(size, seed)
+    start = time.perf_counter()
+    importer = [sys.executable, "-c", "import analyze.cli, analyze.load, analyze.attribution, analyze.nsys, duckdb, "
+                "adbc_driver_sqlite, adbc_driver_manager"]
+    import_s, _, _ = timed(importer)
+    bare_s, _, _ = timed([sys.executable, "-c", "pass"])
+    import duckdb
+    from analyze import cli, load
+
+    phases = {}
+    con = TimedConnection(duckdb.connect(":memory:"))
+    t0 = time.perf_counter()
+    load._build(con, trace, load.sniff(trace), cache=False)
+    phases["open (load + attribution)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = cli.stage_rows(load._trace(con, trace, None), "all")
+    phases["stage table (stage_rows)"] = time.perf_counter() - t0
+    total_sql = sum(t for t, _, _ in con.log)
+    print(f"# profile of the cold analysis, {truth['kernels']:,} kernels ({trace}), {len(rows)} range names, "
+          f"load {os.getloadavg()[0]:.1f}")
+    print(f"python start {bare_s:.2f} s; python + imports (analyze, duckdb, adbc) {import_s:.2f} s")
+    for name, secs in phases.items():
+        print(f"{name}: {secs:.2f} s")
+    print(f"DuckDB statements: {total_sql:.2f} s in {len(con.log)} statements")
+    by_caller: dict[str, float] = {}
+    for secs, caller, _ in con.log:
+        by_caller[caller] = by_caller.get(caller, 0.0) + secs
+    print("\n| function | s |\n|---|---:|")
+    for caller, secs in sorted(by_caller.items(), key=lambda kv: -kv[1]):
+        print(f"| {caller} | {secs:.2f} |")
+    print("\n| s | function | statement |\n|---:|---|---|")
+    for secs, caller, label in sorted(con.log, reverse=True)[:15]:
+        print(f"| {secs:.2f} | {caller} | `{label}` |")
+    print(f"\nwall {time.perf_counter() - start:.1f} s for the whole profile")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1e5,1e6", help="kernel counts, comma separated (e.g. 1e5,1e6,1e7)")
@@ -179,7 +259,14 @@ def main(argv=None) -> int:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--ours-only", action="store_true", help="skip nsys stats")
     which.add_argument("--baseline-only", action="store_true", help="only nsys stats")
+    which.add_argument("--profile", metavar="SIZE", help="time every DuckDB statement of one cold analysis")
     args = ap.parse_args(argv)
+    if args.profile:
+        try:
+            return profile(int(float(args.profile)), args.seed)
+        except (BenchError, gen_synthetic.GeneratorError, ValueError) as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return 2
     try:
         sizes = [int(float(s)) for s in args.sizes.split(",")]
     except ValueError:
@@ -196,10 +283,12 @@ def main(argv=None) -> int:
                   flush=True)
             ours = None if args.baseline_only else run_ours(trace)
             if ours:
-                print(f"  dsocr-analyze cold: {ours['wall']:.2f} s, peak RSS {fmt_mb(ours['rss'])} MB", flush=True)
+                print(f"  dsocr-analyze cold: {ours['wall']:.2f} s ({ours['cpu']:.2f} s CPU), "
+                      f"peak RSS {fmt_mb(ours['rss'])} MB", flush=True)
             base = None if args.ours_only else run_nsys(trace, nsys)
             if base:
-                print(f"  nsys stats nvtx_kern_sum: {base['wall']:.2f} s, peak RSS {fmt_mb(base['rss'])} MB", flush=True)
+                print(f"  nsys stats nvtx_kern_sum: {base['wall']:.2f} s ({base['cpu']:.2f} s CPU), "
+                      f"peak RSS {fmt_mb(base['rss'])} MB", flush=True)
             cached = None if args.baseline_only else run_cached(trace)
             if cached:
                 ops = truth["kernels"] + truth["rows"].get("CUPTI_ACTIVITY_KIND_MEMCPY", 0) + \
@@ -217,14 +306,15 @@ def main(argv=None) -> int:
         return 2
 
     print()
-    print("| kernels | dsocr-analyze cold (s) | peak RSS (MB) | nsys stats nvtx_kern_sum (s) | nsys / ours "
-          "| cached `sql count(*)` (s) | per-range totals |")
+    print("| kernels | dsocr-analyze cold, s (CPU s) | peak RSS, MB | nsys stats nvtx_kern_sum, s (CPU s) "
+          "| nsys / ours (wall) | cached `sql count(*)`, s | per-range totals |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for size, truth, ours, base, cached, same in results:
         ratio = f"{base['wall'] / ours['wall']:.1f}x" if ours and base else "–"
-        print(f"| {truth['kernels']:,} | {fmt_s(ours and ours['wall'])} | {fmt_mb(ours and ours['rss'])} "
-              f"| {fmt_s(base and base['wall'])} | {ratio} | {fmt_s(cached and cached['wall'])} "
-              f"| {'identical' if same else 'DIFFER'} |")
+        ours_s = f"{ours['wall']:.2f} ({ours['cpu']:.2f})" if ours else "–"
+        base_s = f"{base['wall']:.2f} ({base['cpu']:.2f})" if base else "–"
+        print(f"| {truth['kernels']:,} | {ours_s} | {fmt_mb(ours and ours['rss'])} | {base_s} | {ratio} "
+              f"| {fmt_s(cached and cached['wall'])} | {'identical' if same else 'DIFFER'} |")
     print()
     for size, truth, ours, base, cached, _ in results:
         if size in TARGETS and ours:
