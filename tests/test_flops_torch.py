@@ -128,3 +128,20 @@ def test_tiny_preset_gundam_matches_too():
     assert_close(llm_total, expected[stages.LLM_PREFILL].flops, "tiny llm_prefill")
     step, _, _ = count(model.decode_step, torch.zeros(1, 1, dtype=torch.long, device="meta"), cache)
     assert_close(step, expected[stages.DECODE].flops, "tiny decode step")
+
+
+def test_fvcore_second_opinion_on_clip():
+    """fvcore (jit trace; 1 multiply-add = 1 flop) counts CLIP's linears like we do; it skips SDPA and adds
+    5 flops per element for each LayerNorm, so compare its `linear` count with ours minus the attention core."""
+    fvcore = pytest.importorskip("fvcore.nn")
+    from dsocr.vision import ClipEncoder
+    cfg = load_preset("official").clip
+    with torch.device("meta"):
+        clip = ClipEncoder(cfg).eval()
+    analysis = fvcore.FlopCountAnalysis(clip, torch.empty(1, 1024, 16, 16, device="meta"))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    linear_macs = analysis.by_operator()["linear"]
+    t = 16 * 16 + 1
+    attention_core = cfg.layers * 4 * t * t * cfg.width
+    assert 2 * linear_macs == flops.clip_cost(cfg, 16).flops - attention_core

@@ -168,7 +168,6 @@ def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
     assert "<svg" in svg and "llm_prefill" in svg and "decode_step" in svg
     with pytest.raises(TraceError, match="already exists; pass --force"):
         plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
-    plot_roofline(rows, extras["gpu"], tmp_path / "roofline", force=True)
     none, _ = metrics.stage_metrics(ranges(), None, H100)
     with pytest.raises(TraceError, match="nothing to put on a roofline"):
         plot_roofline(none, extras["gpu"], tmp_path / "empty")
