@@ -256,11 +256,12 @@ def format_stats(stats: DatasetStats) -> str:
 @click.command("dataset")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def dataset_command(trace_path: Path, as_json: bool) -> None:
+@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+def dataset_command(trace_path: Path, as_json: bool, no_cache: bool) -> None:
     """Per-page and overall stage statistics over the `request` ranges of TRACE (pages x repeats)."""
     from analyze.load import open_trace
 
-    trace = open_trace(trace_path)
+    trace = open_trace(trace_path, cache=not no_cache)
     stats = dataset_stats(trace)
     if stats is None:
         raise TraceError(f"{trace_path} has no '{stages.REQUEST}' ranges: capture pages with dsocr-trace "

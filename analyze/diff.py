@@ -92,12 +92,12 @@ def _gpu_name(trace) -> str | None:
     return (manifest.get("environment") or {}).get("gpu_name")
 
 
-def side_of(path: Path, label: str) -> Side:
+def side_of(path: Path, label: str, cache: bool = True) -> Side:
     from analyze.attribution import range_table
     from analyze.dataset import dataset_stats, find_manifest
     from analyze.load import open_trace
 
-    trace = open_trace(path)
+    trace = open_trace(path, cache=cache)
     manifest = find_manifest(trace)
     table = range_table(trace)
     metrics = _stage_metrics(trace, table, manifest)
@@ -219,8 +219,8 @@ def _signed(x, scale=1.0, fmt="{:+,.3f}") -> str:
 
 
 def format_diff(result: dict) -> str:
-    lines = [f"A: {result['a']['trace']} ({result['a']['requests']} requests)",
-             f"B: {result['b']['trace']} ({result['b']['requests']} requests)",
+    lines = [f"A: {result['a']['trace']} ({result['a']['requests']} request ranges)",
+             f"B: {result['b']['trace']} ({result['b']['requests']} request ranges)",
              f"GPU time = inclusive kernel time, {result['unit']}; significant: {result['significance']}", ""]
     width = max([5] + [len(r["stage"]) for r in result["stages"]])
     head = (f"{'stage':<{width}} {'A ms':>10} {'B ms':>10} {'delta ms':>10} {'delta':>8} {'kernels A>B':>15} "
@@ -249,10 +249,11 @@ def format_diff(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--top", default=TOP_KERNELS, show_default=True, help="How many changed kernels to list.")
 @click.option("--force", is_flag=True, help="Diff even when the traces ran different models.")
-def diff_command(trace_a: Path, trace_b: Path, as_json: bool, top: int, force: bool) -> None:
+@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the traces.")
+def diff_command(trace_a: Path, trace_b: Path, as_json: bool, top: int, force: bool, no_cache: bool) -> None:
     """What changed from trace A to trace B: per-stage time, kernels, FLOPs, MFU; kernels that moved most."""
-    a = side_of(trace_a, f"A ({trace_a.name})")
-    b = side_of(trace_b, f"B ({trace_b.name})")
+    a = side_of(trace_a, f"A ({trace_a.name})", cache=not no_cache)
+    b = side_of(trace_b, f"B ({trace_b.name})", cache=not no_cache)
     reason = check_same_model(a, b)
     if reason and not force:
         raise TraceError(reason)

@@ -257,17 +257,20 @@ def _line_fit(xs: list[float], ys: list[float]) -> dict | None:
 
 def _opportunity(stage_rows: list[dict], breakdown: list[dict], total_ns: int) -> dict | None:
     """The largest time that could be saved, judged from the numbers:
-    - idle: wall time of a top-level stage in which its GPU does nothing (cpu_ns - busy_ns);
+    - host: wall time of `preprocess` in which the GPU does nothing (CPU-side image work);
+    - idle: wall time of prefill / decode in which the GPU does nothing (cpu_ns - busy_ns), when
+      more than 20% of the stage's wall time;
     - headroom: a leaf stage's busy time beyond what its roofline bound needs (busy * (1 - max(MFU, MBU)));
     - otherwise the largest part of the kernel-time breakdown."""
     candidates = []
     leaves = {p["part"] for p in breakdown}
     for r in stage_rows:
         name = r["stage"]
-        if name in (stages.PREPROCESS, stages.PREFILL, stages.DECODE) and r["cpu_ns"] and r["busy_ns"] is not None:
-            idle = r["cpu_ns"] - r["busy_ns"]
-            if idle > 0 and r["gpu_idle_share"] and r["gpu_idle_share"] > 0.2:
-                candidates.append({"kind": "idle", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
+        idle = (r["cpu_ns"] or 0) - (r["busy_ns"] or 0)
+        if name == stages.PREPROCESS and idle > 0:
+            candidates.append({"kind": "host", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
+        if name in (stages.PREFILL, stages.DECODE) and idle > 0 and (r["gpu_idle_share"] or 0) > 0.2:
+            candidates.append({"kind": "idle", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
         utilisation = max(r.get("mfu") or 0, r.get("mbu") or 0) / 100  # percent -> fraction
         if name in leaves and utilisation > 0:
             candidates.append({"kind": "headroom", "stage": name, "ns": int(r["busy_ns"] * (1 - min(utilisation, 1))),
@@ -289,6 +292,10 @@ def _ms(ns) -> str:
 
 
 def _opportunity_text(o: dict) -> str:
+    if o["kind"] == "host":
+        return (f"Preprocessing keeps the GPU waiting for {_ms(o['ns'])}: it runs on the CPU while the GPU "
+                "has nothing to do. Preparing the next page while the GPU works on the current one "
+                "(a two-stage pipeline) would hide most of it.")
     if o["kind"] == "idle":
         return (f"The GPU sits idle for {100 * o['share']:.0f}% of `{o['stage']}` ({_ms(o['ns'])} of its wall time): "
                 "it waits on the host (Python, kernel launches, synchronisation). Fewer, larger kernels "
@@ -424,7 +431,7 @@ def render_markdown(data: dict) -> str:
                                    ["image tokens", w.get("image_tokens")], ["prompt tokens", w.get("prompt_tokens")],
                                    ["generated tokens", w.get("generated_tokens")]], "ll") + [""]
     else:
-        lines += ["No workload manifest in this trace: shapes, FLOPs and MFU are unknown.", ""]
+        lines += ["No workload in the trace's manifest (or no manifest): shapes, FLOPs and MFU are unknown.", ""]
 
     t = data["totals"]
     lines += ["## Stages", "",
@@ -460,7 +467,8 @@ def render_markdown(data: dict) -> str:
         d = data["dataset"]
         tp = d["throughput"]
         lines += ["## Pages and repeats", "",
-                  f"{d['requests']} requests over {d['pages']} page(s), up to {d['max_repeats']} repeat(s) each"
+                  f"{_plural(d['requests'], 'request')} over {_plural(d['pages'], 'page')}, "
+                  f"up to {_plural(d['max_repeats'], 'repeat')} each"
                   + ("" if d["pages_known"] else " (no manifest: each request counted as its own page)") + ". "
                   f"Throughput: {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
                   f"{_fmt_num(tp.get('tokens_per_s'), '{:,.1f}')} tokens/s end to end, "
@@ -520,6 +528,10 @@ def render_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def render_summary(data: dict) -> str:
     """One page, plain words, every sentence computed from the numbers."""
     name = Path(data["trace"]["path"]).name
@@ -530,9 +542,11 @@ def render_summary(data: dict) -> str:
             f"generated tokens)") if w else "a traced run"
     ds = data.get("dataset")
     if ds:
-        what = (f"{ds['requests']} page runs ({ds['pages']} distinct page(s), up to {ds['max_repeats']} repeats)")
+        what = (f"{_plural(ds['requests'], 'page run')} ({_plural(ds['pages'], 'distinct page')}, "
+                f"up to {_plural(ds['max_repeats'], 'repeat')} each)")
     gpu = data["gpu"].get("name") or "an unknown GPU"
-    lines += [f"**What was measured.** DeepSeek-OCR on {gpu}: {what}. The GPU ran {t['kernels']:,} kernels for "
+    model = "DeepSeek-OCR" if data.get("workload") else "The traced program"
+    lines += [f"**What was measured.** {model} on {gpu}: {what}. The GPU ran {t['kernels']:,} kernels for "
               f"{_fmt_ms(t['kernel_ns'], 1)} ms and was busy {_fmt_pct(t['busy_share'], 0)} of the time between "
               "its first and last operation.", ""]
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
@@ -692,7 +706,8 @@ def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None,
 @click.option("--force", is_flag=True, help="Overwrite report files already in the folder.")
 @click.option("--peak-tflops", type=float, default=None, help="Override the GPU's dense peak TFLOP/s.")
 @click.option("--peak-gbs", type=float, default=None, help="Override the GPU's peak memory bandwidth in GB/s.")
-def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs) -> None:
+@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs, no_cache: bool) -> None:
     """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
     from analyze.load import open_trace
 
@@ -703,10 +718,7 @@ def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tfl
                 name = name[: -len(suffix)]
                 break
         out_dir = trace_path.with_name(name + ".report")
-    existing = [f for f in FILES if (out_dir / f).exists()]
-    if existing and not force:  # checked before the (slow) load
-        raise TraceError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out another folder")
-    trace = open_trace(trace_path)
+    trace = open_trace(trace_path, cache=not no_cache)
     write_report(trace, out_dir, force=force, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
                  progress=sys.stderr.isatty())
     click.echo(f"wrote {out_dir}/ ({', '.join(FILES)})")

@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _short
+from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short
 
 CSS = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
@@ -214,7 +214,8 @@ def render_html(data: dict, trace=None) -> str:
                   ["tokens", _esc(f"{w.get('image_tokens')} image, {w.get('prompt_tokens')} prompt, "
                                   f"{w.get('generated_tokens')} generated")]]
     else:
-        setup.append(["workload", "<span class='muted'>no manifest in the trace: shapes, FLOPs and MFU unknown</span>"])
+        setup.append(["workload", "<span class='muted'>no workload in the trace's manifest (or no manifest): shapes, "
+                              "FLOPs and MFU unknown</span>"])
     parts.append("<h2>Setup and workload</h2>" + _table(None, setup, left=2))
 
     # stage table
@@ -249,8 +250,8 @@ def render_html(data: dict, trace=None) -> str:
     ds = data.get("dataset")
     if ds:
         tp = ds["throughput"]
-        parts.append(f"<h2>Pages and repeats</h2><p>{ds['requests']} requests over {ds['pages']} page(s), up to "
-                     f"{ds['max_repeats']} repeat(s) each. Throughput {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
+        parts.append(f"<h2>Pages and repeats</h2><p>{_plural(ds['requests'], 'request')} over "
+                     f"{_plural(ds['pages'], 'page')}, up to {_plural(ds['max_repeats'], 'repeat')} each. Throughput {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
                      f"{_fmt_num(tp.get('tokens_per_s'), '{:,.1f}')} tokens/s end to end, "
                      f"{_fmt_num(tp.get('decode_tokens_per_s'), '{:,.1f}')} tokens/s in decode.</p>")
         parts.append(_table(["stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv", "repeat cv"],

@@ -133,16 +133,17 @@ def write_analysis_db(trace, out: Path) -> dict[str, int]:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output database (default: NAME.analysis.sqlite beside TRACE).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output database.")
-def writeback_command(trace_path: Path, out: Path | None, force: bool) -> None:
+@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+def writeback_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
     """Save the stage and kernel tables of TRACE as NAME.analysis.sqlite (for sqlite3 / Datasette)."""
     from analyze.load import open_trace
 
+    trace = open_trace(trace_path, cache=not no_cache)
     out = out or default_output(trace_path)
     if out.exists() and not force:
         raise TraceError(f"{out} exists: pass --force to overwrite it, or --out another file")
     if not out.parent.is_dir():
         raise TraceError(f"folder {out.parent} does not exist: create it or pass --out elsewhere")
-    trace = open_trace(trace_path)
     if sys.stderr.isatty():
         click.echo("writeback: building tables...", err=True)
     counts = write_analysis_db(trace, out)
