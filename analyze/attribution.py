@@ -4,124 +4,134 @@ Semantics (NVIDIA's, ../shared/docs/nsys-sqlite-schema.md §5.1): a GPU operatio
 call with the same correlation id in the same process; a range contains the operation when that
 call lies inside the range on the same thread (range.start <= call.start and call.end <= range.end).
 When the kernel runs does not matter. Start/end ranges ended on another thread are listed but
-contain nothing.
+contain nothing. A range never closed ends at the last NVTX timestamp (the loaders do that).
 
-Algorithm (sort-based, no range join over the big tables):
-1. Push/pop ranges nest per thread. Their start and end events, sorted per thread, give each range
-   its depth (running count of open ranges) and its parent (the last range one level up that started
-   before it, an ASOF join).
-2. The same events give, per thread, a step function "innermost open range at time t": at a start
-   the range itself, at an end its parent. One ASOF join of every launch call on (process, thread,
-   time) against that step function gives the call's innermost push/pop range; every enclosing
-   push/pop range is that range plus its ancestors (`_ancestors`, n_ranges x depth rows).
-3. Start/end ranges (few) are matched with a range join (the thread equality written as `a - b = 0`
-   so DuckDB keeps the inequality join instead of a hash join on the thread).
-4. Per range instance: sums and min/max aggregate bottom-up through `_ancestors` from the per
-   innermost-range aggregates; busy time (union of kernel intervals) needs the ops themselves:
-   one window pass over (range, op) pairs sorted by start.
-If push/pop ranges of one thread do not nest (possible across NVTX domains), steps 1-2 would be
-wrong; that is detected and the containment is then computed with a plain range join instead.
+Algorithm (sorts and as-of joins, no range join over the big tables; every pass over the GPU ops
+counts at 1e7 kernels):
+1. Push/pop ranges nest per thread. Their start/end events sorted per thread give each range its
+   depth (running count of open ranges) and its parent (the last range one level up that started
+   before it: an ASOF join).
+2. The same events give, per thread, a step function "innermost open range at time t" (at a start:
+   the range; at an end: its parent). One pass over the ops joins each op to its launch call
+   (hash join on process + correlation) and the call to that step function (ASOF join on process,
+   thread, time): the op's innermost push/pop range. Every enclosing push/pop range is that range or
+   one of its ancestors, so per-range totals are the per-innermost-range totals rolled up the tree.
+3. Start/end ranges on one thread (few) are matched with a range join; the thread equality is
+   written `a - b = 0` so that DuckDB keeps an inequality join instead of hashing on the thread.
+4. Busy time (union of the kernel intervals of a range): kernels of one CUDA stream run one after
+   another, so for a range whose kernels all ran on one (device, stream) busy = the sum of their
+   durations (0 same-stream overlaps in the 12 real exports of ../shared). Ranges whose kernels ran
+   on several streams get the exact union: a window pass over their (range, kernel) pairs.
+If push/pop ranges of one thread do not nest (ranges of different NVTX domains may interleave), the
+stack model fails; that is detected and containment is then computed with a plain range join.
 """
 from __future__ import annotations
 
-KIND_NAMES = "CASE kind WHEN 0 THEN 'kernel' WHEN 1 THEN 'memcpy' ELSE 'memset' END"
+KIND_NAMES = "CASE o.kind WHEN 0 THEN 'kernel' WHEN 1 THEN 'memcpy' ELSE 'memset' END"
+KINDS = ("kernel", "memcpy", "memset")
 
 METRICS = ("instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "kernels", "gpu_ops",
            "launches")
 
 
-def derive(db, categorize_sql: str | None = None) -> list[str]:
-    """Create the derived tables and canonical views from base_* in `db`. Returns warnings."""
+def _script(db, text: str) -> None:
+    """Run SQL statements one by one (each ends with ';' at the end of a line)."""
+    for statement in text.split(";\n"):
+        if any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines()):
+            db.execute(statement)
+
+
+def derive(db) -> list[str]:
+    """Create the derived tables and canonical views from the base_* tables in `db`. Returns warnings."""
     warnings: list[str] = []
     db.execute("SET merge_join_threshold = 0")
     _ranges(db)
-    if not _nested(db):
+    nested = _nested(db)
+    if not nested:
         warnings.append("push/pop ranges of some thread do not nest (ranges of different NVTX domains interleave); "
-                        "attribution uses a slower containment join")
-    _ops(db, nested=not warnings)
+                        "containment is computed with a slower range join")
+    _ops(db, nested)
     _range_stats(db)
     _views(db)
     return warnings
 
 
 def _ranges(db) -> None:
-    db.execute("""
+    _script(db, """
         -- Start and end events of push/pop ranges per thread, in stack order: at equal times ends come
         -- before starts (siblings touch), starts of longer ranges before shorter ones (parent first),
         -- and a zero-length range ends right after it starts.
-        CREATE OR REPLACE TEMP TABLE _events AS
-        SELECT gpid, tid, start_ns AS t, 1 AS grp, -end_ns AS sub, range_id, 1 AS delta
-        FROM base_ranges WHERE style = 'pushpop'
-        UNION ALL
-        SELECT gpid, tid, end_ns, CASE WHEN end_ns > start_ns THEN 0 ELSE 2 END, 0, range_id, -1
-        FROM base_ranges WHERE style = 'pushpop';
-
         CREATE OR REPLACE TEMP TABLE _ordered AS
-        SELECT *, row_number() OVER (ORDER BY gpid, tid, t, grp, sub, range_id) AS seq,
-               sum(delta) OVER (PARTITION BY gpid, tid ORDER BY t, grp, sub, range_id
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS open_before
-        FROM _events;
+        SELECT gpid, tid, t, delta, range_id,
+               row_number() OVER w AS seq,
+               coalesce(sum(delta) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS open_before
+        FROM (
+            SELECT gpid, tid, start_ns AS t, 1 AS grp, -end_ns AS sub, range_id, 1 AS delta
+            FROM base_ranges WHERE style = 'pushpop'
+            UNION ALL
+            SELECT gpid, tid, end_ns, CASE WHEN end_ns > start_ns THEN 0 ELSE 2 END, 0, range_id, -1
+            FROM base_ranges WHERE style = 'pushpop')
+        WINDOW w AS (PARTITION BY gpid, tid ORDER BY t, grp, sub, range_id);
 
-        -- depth = ranges open when this one starts; parent = last start one level up before it.
+        -- depth = ranges open when this one starts; parent = the last start one level up before it.
         CREATE OR REPLACE TEMP TABLE _starts AS
-        SELECT gpid, tid, range_id, seq, CAST(coalesce(open_before, 0) AS INTEGER) AS depth
-        FROM _ordered WHERE delta = 1;
+        SELECT gpid, tid, range_id, seq, CAST(open_before AS INTEGER) AS depth FROM _ordered WHERE delta = 1;
 
         CREATE OR REPLACE TEMP TABLE _tree AS
         SELECT s.range_id, s.depth, p.range_id AS parent_id
         FROM _starts s ASOF LEFT JOIN _starts p
           ON p.gpid = s.gpid AND p.tid = s.tid AND p.depth = s.depth - 1 AND p.seq < s.seq;
 
-        -- Start/end ranges on one thread hang under the tightest push/pop range that contains them.
+        -- A start/end range started and ended on one thread hangs under the tightest push/pop range
+        -- of that thread containing it; other start/end ranges are roots.
         INSERT INTO _tree
-        SELECT r.range_id,
-               CASE WHEN p.range_id IS NULL THEN 0 ELSE p.depth + 1 END,
-               p.range_id
+        SELECT r.range_id, coalesce(p.depth + 1, 0), p.range_id
         FROM base_ranges r
         LEFT JOIN (
-            SELECT r.range_id AS child, q.range_id, t.depth,
-                   row_number() OVER (PARTITION BY r.range_id ORDER BY q.start_ns DESC, q.end_ns, t.depth DESC) AS k
+            SELECT r.range_id AS child, arg_max(q.range_id, t.depth) AS range_id, max(t.depth) AS depth
             FROM base_ranges r
-            JOIN base_ranges q ON q.gpid = r.gpid AND q.tid - r.tid = 0 AND q.style = 'pushpop'
-                               AND q.start_ns <= r.start_ns AND q.end_ns >= r.end_ns
+            JOIN base_ranges q ON q.gpid = r.gpid AND q.tid - r.tid = 0
+                              AND q.start_ns <= r.start_ns AND q.end_ns >= r.end_ns
             JOIN _tree t ON t.range_id = q.range_id
-            WHERE r.style = 'startend' AND r.end_tid IS NULL
-        ) p ON p.child = r.range_id AND p.k = 1
+            WHERE r.style = 'startend' AND r.end_tid IS NULL AND q.style = 'pushpop'
+            GROUP BY r.range_id
+        ) p ON p.child = r.range_id
         WHERE r.style = 'startend';
 
-        -- Ancestors of every range, itself included (depth 0 = itself).
+        -- Every range with its depth, parent and path ('prefill/sam': texts without the domain).
+        CREATE OR REPLACE TABLE _ranges AS
+        WITH RECURSIVE node AS (
+            SELECT r.*, t.depth, t.parent_id,
+                   CASE WHEN r.domain = '' THEN r.name ELSE r.name[length(r.domain) + 2:] END AS text
+            FROM base_ranges r JOIN _tree t USING (range_id)
+        ), walk(range_id, path) AS (
+            SELECT range_id, text FROM node WHERE parent_id IS NULL
+            UNION ALL
+            SELECT c.range_id, w.path || '/' || c.text FROM walk w JOIN node c ON c.parent_id = w.range_id
+        )
+        SELECT n.range_id, n.name, n.domain, n.start_ns, n.end_ns, n.pid, n.tid, n.depth, n.parent_id,
+               w.path, n.style, n.end_tid, n.payload, n.gpid
+        FROM node n JOIN walk w USING (range_id);
+
+        -- Ancestors of every range, itself included (hops 0).
         CREATE OR REPLACE TABLE _ancestors AS
         WITH RECURSIVE up(range_id, ancestor_id, hops) AS (
-            SELECT range_id, range_id, 0 FROM _tree
+            SELECT range_id, range_id, 0 FROM _ranges
             UNION ALL
-            SELECT up.range_id, t.parent_id, up.hops + 1
-            FROM up JOIN _tree t ON t.range_id = up.ancestor_id
-            WHERE t.parent_id IS NOT NULL
+            SELECT u.range_id, r.parent_id, u.hops + 1
+            FROM up u JOIN _ranges r ON r.range_id = u.ancestor_id
+            WHERE r.parent_id IS NOT NULL
         )
-        SELECT range_id, ancestor_id, hops FROM up;
-
-        -- The text of a range without its domain, for paths like 'prefill/sam'.
-        CREATE OR REPLACE TABLE _ranges AS
-        SELECT r.range_id, r.name, r.domain, r.start_ns, r.end_ns, r.pid, r.tid, t.depth, t.parent_id,
-               p.path, r.style, r.end_tid, r.payload, r.gpid
-        FROM base_ranges r
-        JOIN _tree t USING (range_id)
-        JOIN (
-            SELECT a.range_id,
-                   string_agg(CASE WHEN b.domain = '' THEN b.name ELSE b.name[length(b.domain) + 2:] END, '/'
-                              ORDER BY a.hops DESC) AS path
-            FROM _ancestors a JOIN base_ranges b ON b.range_id = a.ancestor_id
-            GROUP BY a.range_id
-        ) p USING (range_id);
+        SELECT * FROM up;
 
         -- Innermost open push/pop range per thread as a step function of time (one row per distinct time).
-        CREATE OR REPLACE TABLE _top AS
-        SELECT o.gpid, o.tid, o.t,
-               CASE WHEN o.delta = 1 THEN o.range_id ELSE t.parent_id END AS range_id
+        CREATE OR REPLACE TEMP TABLE _top AS
+        SELECT o.gpid, o.tid, o.t, CASE WHEN o.delta = 1 THEN o.range_id ELSE t.parent_id END AS range_id
         FROM _ordered o JOIN _tree t USING (range_id)
         QUALIFY row_number() OVER (PARTITION BY o.gpid, o.tid, o.t ORDER BY o.seq DESC) = 1;
 
-        DROP TABLE _events; DROP TABLE _ordered; DROP TABLE _starts;
+        DROP TABLE _ordered;
+        DROP TABLE _starts;
     """)
 
 
@@ -135,114 +145,130 @@ def _nested(db) -> bool:
 
 
 def _ops(db, nested: bool) -> None:
-    """_ops: base_ops + the launching call (tid, call interval) + innermost push/pop range (pp_range)."""
-    db.execute("""
-        CREATE OR REPLACE TEMP TABLE _launched AS
-        SELECT o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end
-        FROM base_ops o LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation;
-    """)
+    """_ops: base_ops + launching call (tid, call interval) + innermost push/pop range (pp_range) +
+    innermost range of any style (range_id)."""
     if nested:
-        db.execute("""
+        _script(db, """
             CREATE OR REPLACE TABLE _ops AS
-            SELECT o.*, s.range_id AS pp_range
-            FROM _launched o
-            ASOF LEFT JOIN _top s ON s.gpid = o.gpid AND s.tid = o.tid AND s.t <= o.call_start;
+            SELECT o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end, s.range_id AS pp_range
+            FROM base_ops o
+            LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation
+            ASOF LEFT JOIN _top s ON s.gpid = o.gpid AND s.tid = l.tid AND s.t <= l.start_ns;
         """)
-        # A call that outlives its innermost range (it cannot on one thread, but clocks tie) climbs up.
-        for _ in range(64):
+        # A call that outlives its innermost range climbs to the enclosing one (cannot happen on one
+        # thread, but equal timestamps can make it look so).
+        for _ in range(256):
             n = db.execute("""
-                UPDATE _ops SET pp_range = r.parent_id
-                FROM _ranges r
+                UPDATE _ops SET pp_range = r.parent_id FROM _ranges r
                 WHERE r.range_id = _ops.pp_range AND r.end_ns < _ops.call_end
             """).fetchone()[0]
             if not n:
                 break
     else:
-        db.execute("""
+        _script(db, """
             CREATE OR REPLACE TABLE _ops AS
-            SELECT o.*, (
-                SELECT r.range_id FROM _ranges r
-                WHERE r.style = 'pushpop' AND r.gpid = o.gpid AND r.tid = o.tid
-                  AND r.start_ns <= o.call_start AND r.end_ns >= o.call_end
-                ORDER BY r.depth DESC, r.start_ns DESC LIMIT 1) AS pp_range
-            FROM _launched o;
-        """)
-    db.execute("""
-        DROP TABLE _launched;
-        -- Start/end ranges that start and end on one thread contain the calls inside them on that thread.
-        CREATE OR REPLACE TABLE _op_startend AS
-        SELECT o.op_id, r.range_id
-        FROM _ops o JOIN _ranges r
-          ON r.gpid = o.gpid AND o.tid - r.tid = 0
-         AND r.start_ns <= o.call_start AND r.end_ns >= o.call_end
-        WHERE r.style = 'startend' AND r.end_tid IS NULL;
+            SELECT o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end
+            FROM base_ops o
+            LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation;
 
-        -- Innermost range of each op: the tightest enclosing one (latest start) among both styles.
-        ALTER TABLE _ops ADD COLUMN range_id BIGINT;
-        UPDATE _ops SET range_id = pp_range;
-        UPDATE _ops SET range_id = best.range_id
-        FROM (
-            SELECT op_id, range_id FROM (
-                SELECT c.op_id, c.range_id, row_number() OVER (PARTITION BY c.op_id ORDER BY r.start_ns DESC,
-                       r.end_ns, r.depth DESC) AS k
-                FROM (SELECT op_id, range_id FROM _op_startend
-                      UNION ALL SELECT op_id, pp_range FROM _ops
-                      WHERE pp_range IS NOT NULL AND op_id IN (SELECT op_id FROM _op_startend)) c
-                JOIN _ranges r USING (range_id))
-            WHERE k = 1) best
-        WHERE best.op_id = _ops.op_id;
+            ALTER TABLE _ops ADD COLUMN pp_range BIGINT;
+
+            UPDATE _ops SET pp_range = best.range_id FROM (
+                SELECT o.op_id, arg_max(r.range_id, r.start_ns) AS range_id
+                FROM _ops o JOIN _ranges r
+                  ON r.gpid = o.gpid AND o.tid - r.tid = 0
+                 AND r.start_ns <= o.call_start AND r.end_ns >= o.call_end
+                WHERE r.style = 'pushpop'
+                GROUP BY o.op_id) best
+            WHERE best.op_id = _ops.op_id;
+        """)
+    _script(db, """
+        -- Start/end ranges started and ended on one thread contain the calls inside them on that thread.
+        CREATE OR REPLACE TABLE _op_startend AS
+        SELECT o.op_id, r.range_id, r.start_ns AS range_start
+        FROM _ops o JOIN (SELECT * FROM _ranges WHERE style = 'startend' AND end_tid IS NULL) r
+          ON r.gpid = o.gpid AND o.tid - r.tid = 0
+         AND r.start_ns <= o.call_start AND r.end_ns >= o.call_end;
+
+        -- Ops whose tightest enclosing range (latest start) is a start/end range, not a push/pop one.
+        CREATE OR REPLACE TABLE _startend_innermost AS
+        SELECT s.op_id, s.range_id, o.pp_range
+        FROM (SELECT op_id, arg_max(range_id, range_start) AS range_id, max(range_start) AS range_start
+              FROM _op_startend GROUP BY op_id) s
+        JOIN _ops o USING (op_id)
+        LEFT JOIN _ranges p ON p.range_id = o.pp_range
+        WHERE p.range_id IS NULL OR s.range_start > p.start_ns;
     """)
 
 
 def _range_stats(db) -> None:
     """range_stats: one row per range instance with every metric."""
-    db.execute("""
-        -- Every (range, op) pair: the op's push/pop ranges (innermost + ancestors) and its start/end ranges.
-        CREATE OR REPLACE VIEW kernel_ranges AS
-        SELECT o.op_id, a.ancestor_id AS range_id, a.ancestor_id = o.range_id AS innermost
-        FROM _ops o JOIN _ancestors a ON a.range_id = o.pp_range
-        UNION ALL
-        SELECT s.op_id, s.range_id, s.range_id = o.range_id
-        FROM _op_startend s JOIN _ops o USING (op_id);
-
-        -- Per innermost push/pop range, then rolled up to every ancestor (sums and min/max compose).
+    _script(db, """
+        -- Per innermost push/pop range: kernel time and counts, first/last op, streams used.
         CREATE OR REPLACE TEMP TABLE _by_pp AS
         SELECT pp_range AS range_id,
                sum(end_ns - start_ns) FILTER (WHERE kind = 0) AS kernel_ns,
                count(*) FILTER (WHERE kind = 0) AS kernels,
                count(*) AS gpu_ops,
-               count(DISTINCT correlation) AS launches,
-               min(start_ns) AS first_ns, max(end_ns) AS last_ns
+               -- a launch call makes one op, except a CUDA graph launch (node mode): one per graph node
+               count(*) FILTER (WHERE graph_node IS NULL) + count(DISTINCT correlation) FILTER (WHERE graph_node IS NOT NULL) AS launches,
+               min(start_ns) AS first_ns, max(end_ns) AS last_ns,
+               min(device) FILTER (WHERE kind = 0) AS dev_lo, max(device) FILTER (WHERE kind = 0) AS dev_hi,
+               min(stream) FILTER (WHERE kind = 0) AS str_lo, max(stream) FILTER (WHERE kind = 0) AS str_hi
         FROM _ops WHERE pp_range IS NOT NULL GROUP BY pp_range;
 
+        -- Rolled up to every enclosing push/pop range; start/end ranges from their own op list.
         CREATE OR REPLACE TEMP TABLE _inclusive AS
         SELECT a.ancestor_id AS range_id, sum(b.kernel_ns) AS inclusive_ns, sum(b.kernels) AS kernels,
                sum(b.gpu_ops) AS gpu_ops, sum(b.launches) AS launches,
-               min(b.first_ns) AS first_ns, max(b.last_ns) AS last_ns
+               min(b.first_ns) AS first_ns, max(b.last_ns) AS last_ns,
+               min(dev_lo) AS dev_lo, max(dev_hi) AS dev_hi, min(str_lo) AS str_lo, max(str_hi) AS str_hi
         FROM _by_pp b JOIN _ancestors a ON a.range_id = b.range_id
         GROUP BY a.ancestor_id
         UNION ALL
         SELECT s.range_id, sum(o.end_ns - o.start_ns) FILTER (WHERE o.kind = 0), count(*) FILTER (WHERE o.kind = 0),
-               count(*), count(DISTINCT o.correlation), min(o.start_ns), max(o.end_ns)
+               count(*),
+               count(*) FILTER (WHERE o.graph_node IS NULL) + count(DISTINCT o.correlation) FILTER (WHERE o.graph_node IS NOT NULL),
+               min(o.start_ns), max(o.end_ns),
+               min(o.device) FILTER (WHERE o.kind = 0), max(o.device) FILTER (WHERE o.kind = 0),
+               min(o.stream) FILTER (WHERE o.kind = 0), max(o.stream) FILTER (WHERE o.kind = 0)
         FROM _op_startend s JOIN _ops o USING (op_id) GROUP BY s.range_id;
 
+        -- Exclusive: kernel time of the ops whose innermost range it is.
         CREATE OR REPLACE TEMP TABLE _exclusive AS
-        SELECT range_id, sum(end_ns - start_ns) AS exclusive_ns
-        FROM _ops WHERE range_id IS NOT NULL AND kind = 0 GROUP BY range_id;
-
-        -- Busy = length of the union of the kernel intervals of the range: with intervals sorted by
-        -- start, each adds what reaches past the furthest end seen before it.
-        CREATE OR REPLACE TEMP TABLE _busy AS
-        SELECT range_id, sum(greatest(0, end_ns - greatest(start_ns, coalesce(reach, start_ns)))) AS busy_ns
-        FROM (
-            SELECT k.range_id, o.start_ns, o.end_ns,
-                   max(o.end_ns) OVER (PARTITION BY k.range_id ORDER BY o.start_ns, o.end_ns
-                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-            FROM kernel_ranges k JOIN _ops o USING (op_id)
+        SELECT range_id, sum(ns) AS exclusive_ns FROM (
+            SELECT range_id, kernel_ns AS ns FROM _by_pp
+            UNION ALL
+            SELECT x.pp_range, -(o.end_ns - o.start_ns) FROM _startend_innermost x JOIN _ops o USING (op_id)
+            WHERE o.kind = 0 AND x.pp_range IS NOT NULL
+            UNION ALL
+            SELECT x.range_id, o.end_ns - o.start_ns FROM _startend_innermost x JOIN _ops o USING (op_id)
             WHERE o.kind = 0)
         GROUP BY range_id;
 
-        -- Instances nested inside an instance of the same name (recursion, e.g. aten::clamp_min in
+        -- Ranges whose kernels ran on more than one (device, stream): their kernels may overlap.
+        CREATE OR REPLACE TEMP TABLE _multi_stream AS
+        SELECT range_id FROM _inclusive WHERE dev_lo < dev_hi OR str_lo < str_hi;
+
+        -- Busy of those ranges = length of the union of their kernel intervals: sorted by start, each
+        -- kernel adds what reaches past the furthest end seen before it in the range.
+        CREATE OR REPLACE TEMP TABLE _busy AS
+        SELECT range_id, sum(greatest(0, end_ns - greatest(start_ns, coalesce(reach, start_ns)))) AS busy_ns
+        FROM (
+            SELECT p.range_id, o.start_ns, o.end_ns,
+                   max(o.end_ns) OVER (PARTITION BY p.range_id ORDER BY o.start_ns, o.end_ns
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+            FROM (SELECT a.ancestor_id AS range_id, o.op_id FROM _ops o
+                  JOIN _ancestors a ON a.range_id = o.pp_range
+                  WHERE o.kind = 0 AND a.ancestor_id IN (SELECT range_id FROM _multi_stream)
+                  UNION ALL
+                  SELECT s.range_id, s.op_id FROM _op_startend s
+                  WHERE s.range_id IN (SELECT range_id FROM _multi_stream)) p
+            JOIN _ops o USING (op_id)
+            WHERE o.kind = 0)
+        GROUP BY range_id;
+
+        -- Instances nested in an instance of the same name (recursion, e.g. aten::clamp_min in
         -- aten::clamp_min): their kernels are already counted by the outer one.
         CREATE OR REPLACE TEMP TABLE _self_nested AS
         SELECT DISTINCT a.range_id
@@ -255,7 +281,7 @@ def _range_stats(db) -> None:
                r.end_ns - r.start_ns AS cpu_ns,
                coalesce(i.inclusive_ns, 0)::BIGINT AS inclusive_ns,
                coalesce(e.exclusive_ns, 0)::BIGINT AS exclusive_ns,
-               coalesce(b.busy_ns, 0)::BIGINT AS busy_ns,
+               coalesce(b.busy_ns, i.inclusive_ns, 0)::BIGINT AS busy_ns,
                coalesce(i.last_ns - i.first_ns, 0)::BIGINT AS span_ns,
                i.first_ns AS gpu_start_ns, i.last_ns AS gpu_end_ns,
                coalesce(i.kernels, 0)::BIGINT AS kernels, coalesce(i.gpu_ops, 0)::BIGINT AS gpu_ops,
@@ -265,12 +291,17 @@ def _range_stats(db) -> None:
         LEFT JOIN _exclusive e USING (range_id)
         LEFT JOIN _busy b USING (range_id);
 
-        DROP TABLE _by_pp; DROP TABLE _inclusive; DROP TABLE _exclusive; DROP TABLE _busy; DROP TABLE _self_nested;
+        DROP TABLE _by_pp;
+        DROP TABLE _inclusive;
+        DROP TABLE _exclusive;
+        DROP TABLE _multi_stream;
+        DROP TABLE _busy;
+        DROP TABLE _self_nested;
     """)
 
 
 def _views(db) -> None:
-    db.execute(f"""
+    _script(db, f"""
         CREATE OR REPLACE VIEW kernels AS
         SELECT o.op_id, {KIND_NAMES} AS kind, o.start_ns, o.end_ns, o.end_ns - o.start_ns AS dur_ns,
                o.device, o.stream, o.pid, o.tid, o.correlation, n.value AS name, s.value AS short_name,
@@ -279,7 +310,7 @@ def _views(db) -> None:
         FROM _ops o
         LEFT JOIN strings n ON n.id = o.name_id
         LEFT JOIN strings s ON s.id = o.short_name_id
-        LEFT JOIN name_categories c ON c.name_id = o.name_id;
+        LEFT JOIN name_categories c ON c.name_id = o.name_id AND c.kind = o.kind;
 
         CREATE OR REPLACE VIEW launches AS
         SELECT l.correlation, l.pid, l.tid, l.start_ns, l.end_ns, a.api_name
@@ -292,9 +323,20 @@ def _views(db) -> None:
         CREATE OR REPLACE VIEW marks AS
         SELECT ts_ns, name, domain, pid, tid, payload FROM base_marks;
 
-        -- Per range name, totals over its instances, as nsys sums them: an instance nested in an
+        -- Every (op, range) pair: the op's push/pop ranges (innermost and its ancestors) and its
+        -- start/end ranges; innermost = the op's tightest enclosing range.
+        CREATE OR REPLACE VIEW kernel_ranges AS
+        SELECT o.op_id, a.ancestor_id AS range_id,
+               a.ancestor_id = coalesce(x.range_id, o.pp_range) AS innermost
+        FROM _ops o JOIN _ancestors a ON a.range_id = o.pp_range
+        LEFT JOIN _startend_innermost x ON x.op_id = o.op_id
+        UNION ALL
+        SELECT s.op_id, s.range_id, s.range_id IS NOT DISTINCT FROM x.range_id
+        FROM _op_startend s LEFT JOIN _startend_innermost x ON x.op_id = s.op_id;
+
+        -- Per range name, totals over its instances, summed as nsys does: an instance nested in an
         -- instance of the same name adds its time again (nvtx_kern_sum "Total Time", nvtx_gpu_proj_sum),
-        -- but `kernels` counts each kernel once per name (nvtx_kern_sum "Kern Inst").
+        -- while `kernels` counts each kernel once per name (nvtx_kern_sum "Kern Inst").
         CREATE OR REPLACE VIEW stages AS
         SELECT name, count(*) AS instances, sum(inclusive_ns)::BIGINT AS inclusive_ns,
                sum(exclusive_ns)::BIGINT AS exclusive_ns, sum(busy_ns)::BIGINT AS busy_ns,
@@ -306,21 +348,23 @@ def _views(db) -> None:
     """)
 
 
-def name_tables(db) -> None:
-    """api_names (API names without the `_vNNNN` suffix) and name_categories (kernel category per name id)."""
-    db.execute(r"""
+def name_tables(db, categories: bool = True) -> None:
+    """api_names (API names without the `_vNNNN` suffix) and name_categories (category per kernel name
+    id and kind, from analyze.categories over the distinct names)."""
+    _script(db, r"""
         CREATE OR REPLACE TABLE api_names AS
         SELECT s.id, regexp_replace(s.value, '_v\d+$', '') AS api_name
         FROM strings s WHERE s.id IN (SELECT DISTINCT api_id FROM base_launches);
     """)
-    names = db.execute("""SELECT DISTINCT o.name_id, s.value, o.kind FROM base_ops o
+    db.execute("CREATE OR REPLACE TABLE name_categories (name_id BIGINT, kind UTINYINT, category VARCHAR)")
+    if not categories:
+        return
+    names = db.execute("""SELECT DISTINCT o.name_id, o.kind, s.value FROM base_ops o
                           JOIN strings s ON s.id = o.name_id""").fetchall()
     categorize = _categorizer()
-    kinds = ("kernel", "memcpy", "memset")
-    rows = [(i, categorize(name, kinds[kind])) for i, name, kind in names]
-    db.execute("CREATE OR REPLACE TABLE name_categories (name_id BIGINT, category VARCHAR)")
+    rows = [(i, kind, categorize(name, KINDS[kind])) for i, kind, name in names]
     if rows:
-        db.executemany("INSERT INTO name_categories VALUES (?, ?)", rows)
+        db.executemany("INSERT INTO name_categories VALUES (?, ?, ?)", rows)
 
 
 def _categorizer():
@@ -332,7 +376,8 @@ def _categorizer():
 
 
 def range_table(trace, names=None):
-    """Per range name (totals over instances) -> polars.DataFrame with the METRICS columns."""
+    """Per range name (totals over instances) -> polars.DataFrame with name + the METRICS columns,
+    in order of first appearance."""
     import polars as pl
 
     where, params = "", []

@@ -117,9 +117,10 @@ def extra_stage_columns(trace, rows: list[dict]) -> tuple[list[str], list[list[s
 def _trace_summary(trace) -> str:
     con = trace.con
     total, kernels, attributed = con.execute("""
-        SELECT coalesce(sum(dur_ns), 0)::BIGINT, count(*),
-               coalesce(sum(dur_ns) FILTER (WHERE op_id IN (SELECT op_id FROM _ops WHERE range_id IS NOT NULL)), 0)::BIGINT
-        FROM kernels WHERE kind = 'kernel'""").fetchone()
+        SELECT coalesce(sum(end_ns - start_ns), 0)::BIGINT, count(*),
+               coalesce(sum(end_ns - start_ns) FILTER (
+                   WHERE pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _op_startend)), 0)::BIGINT
+        FROM _ops WHERE kind = 0""").fetchone()
     version = trace.meta.get("EXPORT_PRODUCT_VERSION")
     gpus = [g for (g,) in con.execute("SELECT DISTINCT name FROM gpus WHERE name IS NOT NULL ORDER BY 1").fetchall()]
     source = trace.source + (f" {version}" if version else "")
@@ -170,7 +171,7 @@ def _open_quiet(path: Path, no_cache: bool):
 def _stage_table(trace, rows: list[dict]) -> str:
     from analyze.table import ms, pct, render
 
-    total = trace.con.execute("SELECT coalesce(sum(dur_ns), 0) FROM kernels WHERE kind = 'kernel'").fetchone()[0]
+    total = trace.con.execute("SELECT coalesce(sum(end_ns - start_ns), 0) FROM _ops WHERE kind = 0").fetchone()[0]
     headers = ["range", "n", "GPU ms", "GPU %", "excl ms", "excl %", "busy ms", "span ms", "CPU ms", "kernels",
                "launches"]
     cells = [[r["name"], f"{r['instances']:,}", ms(r["inclusive_ns"]), pct(r["inclusive_ns"], total),
