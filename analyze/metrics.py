@@ -133,12 +133,15 @@ def workload_summary(manifest: dict | None) -> dict | None:
 
 
 def stage_metrics(ranges_df, manifest: dict | None, gpu_name: str | None = None, peak_tflops: float | None = None,
-                  peak_gbs: float | None = None, *, trace_bandwidth_Bps: float | None = None, policy=None,
+                  peak_gbs: float | None = None, *, trace_bandwidth_Bps: float | None = None,
+                  total_memory_bytes: int | None = None, policy=None,
                   logits_positions: int = 1) -> tuple[list[dict], dict]:
     """Per range name: flops, bytes, tflops, mfu, gbs, mbu, intensity, bound (None where no model applies).
 
     `ranges_df`: polars DataFrame (or list of dicts) with at least name, instances, busy_ns.
     `gpu_name`: TARGET_INFO_GPU.name; falls back to the manifest's environment.gpu_name.
+    `trace_bandwidth_Bps`, `total_memory_bytes`: TARGET_INFO_GPU.memoryBandwidth / totalMemory (the `gpus`
+    view's memory_bandwidth_Bps / total_memory), used only for GPUs the peaks table cannot place alone.
     Returns (rows in the order of `ranges_df`, extras) where extras holds `workload`, `gpu`, `model`
     (model-level totals and MFU), `attention_policy`, `messages` (things the user should read).
     Raises ValueError with one line when the overrides are not positive numbers.
@@ -148,7 +151,7 @@ def stage_metrics(ranges_df, manifest: dict | None, gpu_name: str | None = None,
     gpu_name = gpu_name or env.get("gpu_name")
     dtype = ((manifest or {}).get("model") or {}).get("dtype") or "bfloat16"
     peaks = resolve_peaks(gpu_name, dtype, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
-                          trace_bandwidth_Bps=trace_bandwidth_Bps)
+                          trace_bandwidth_Bps=trace_bandwidth_Bps, total_memory_bytes=total_memory_bytes)
     messages = [peaks.message] if peaks.message else []
 
     busy = {}

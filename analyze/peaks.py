@@ -76,6 +76,14 @@ GPUS: tuple[GpuPeak, ...] = (
             149.7, 149.7, 74.8, 37.4, 696, "NVIDIA A40 datasheet (sparse / 2)"),
     GpuPeak("A10", r"\ba10\b",
             125, 125, 62.5, 31.2, 600, "NVIDIA A10 datasheet (sparse / 2)"),
+    GpuPeak("RTX 3080", r"\brtx 3080\b(?! (ti|laptop)\b)",
+            59.5, 59.5, 29.8, 29.8, 760, "NVIDIA Ampere GA102 GPU architecture whitepaper (GeForce RTX 3080, FP32 accumulate)"),
+    GpuPeak("V100 PCIe", r"\bv100\b.*\bpcie\b",
+            None, 112, None, 14, 900, "NVIDIA V100 Tensor Core GPU datasheet (PCIe column; no BF16/TF32)"),
+    GpuPeak("V100 SXM2", r"\bv100\b",
+            None, 125, None, 15.7, 900, "NVIDIA V100 Tensor Core GPU datasheet (SXM2 column; no BF16/TF32)"),
+    GpuPeak("Quadro RTX 6000", r"^rtx 6000$",
+            None, 130.5, None, 16.3, 672, "NVIDIA Quadro RTX 6000 datasheet (Turing; no BF16/TF32)"),
     GpuPeak("T4", r"\bt4\b",
             None, 65, None, 8.1, 320, "NVIDIA T4 datasheet (Turing: FP16 mixed precision, no BF16/TF32 tensor cores)"),
 )
@@ -93,13 +101,22 @@ def normalise(name: str) -> str:
     return " ".join(s.split())
 
 
-def find_gpu(name: str | None) -> GpuPeak | None:
-    """The table row for a device name, or None when the GPU is not in the table."""
+# Names that do not say the memory size (e.g. 'NVIDIA A100-PG509-200'): the device's total memory decides.
+LARGER_MEMORY_VARIANT = {"A100 SXM 40GB": "A100 SXM 80GB", "A100 PCIe 40GB": "A100 PCIe 80GB"}
+
+
+def find_gpu(name: str | None, total_memory_bytes: int | None = None) -> GpuPeak | None:
+    """The table row for a device name, or None when the GPU is not in the table.
+
+    `total_memory_bytes` (TARGET_INFO_GPU.totalMemory) picks the 80 GB A100 when the name does not say.
+    """
     if not name:
         return None
     s = normalise(name)
     for row in GPUS:
         if re.search(row.pattern, s):
+            if row.key in LARGER_MEMORY_VARIANT and total_memory_bytes and total_memory_bytes > 48e9:
+                return next(g for g in GPUS if g.key == LARGER_MEMORY_VARIANT[row.key])
             return row
     return None
 
@@ -128,7 +145,8 @@ class Peaks:
 
 
 def resolve_peaks(gpu_name: str | None, dtype: str | None = "bfloat16", *, peak_tflops: float | None = None,
-                  peak_gbs: float | None = None, trace_bandwidth_Bps: float | None = None) -> Peaks:
+                  peak_gbs: float | None = None, trace_bandwidth_Bps: float | None = None,
+                  total_memory_bytes: int | None = None) -> Peaks:
     """Peaks for a run: overrides first, then the table, then the trace's own memory bandwidth.
 
     `trace_bandwidth_Bps` = TARGET_INFO_GPU.memoryBandwidth (bytes/s), used only for a GPU the table
@@ -140,7 +158,7 @@ def resolve_peaks(gpu_name: str | None, dtype: str | None = "bfloat16", *, peak_
     for label, value in (("--peak-tflops", peak_tflops), ("--peak-gbs", peak_gbs)):
         if value is not None and not value > 0:
             raise ValueError(f"{label} must be a positive number, got {value}")
-    row = find_gpu(gpu_name)
+    row = find_gpu(gpu_name, total_memory_bytes)
     sources = []
     tflops = peak_tflops
     if tflops is not None:

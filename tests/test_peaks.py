@@ -76,3 +76,40 @@ def test_every_row_has_a_source_and_tf32_is_half_of_bf16():
         assert row["source"] and row["mem_gbs"] > 0
         if row["bf16_tflops"]:
             assert row["tf32_tflops"] == pytest.approx(row["bf16_tflops"] / 2, rel=0.02)
+
+
+@pytest.mark.parametrize("name, row", [
+    ("NVIDIA A100-PG509-200", "A100 SXM 40GB"),      # 42 GB board in the HTA Kineto traces
+    ("Tesla V100-SXM2-32GB", "V100 SXM2"),
+    ("Tesla V100-DGXS-32GB", "V100 SXM2"),
+    ("Quadro RTX 6000", "Quadro RTX 6000"),
+    ("NVIDIA GeForce RTX 3080", "RTX 3080"),
+])
+def test_names_seen_in_the_shared_traces(name, row):
+    assert peaks.find_gpu(name, total_memory_bytes=42_297_524_224).key == row
+
+
+def test_total_memory_picks_the_80gb_a100_when_the_name_does_not_say():
+    assert peaks.find_gpu("NVIDIA A100-PG509-200", 85_000_000_000).key == "A100 SXM 80GB"
+    assert peaks.find_gpu("NVIDIA A100-PCIE-40GB", 42_505_273_344).key == "A100 PCIe 40GB"
+
+
+def test_table_bandwidth_agrees_with_what_nsys_recorded(shared):
+    """TARGET_INFO_GPU.memoryBandwidth (B/s) of the real exports vs the datasheet column, within 1 %."""
+    import sqlite3
+    checked = set()
+    for path in sorted((shared / "traces" / "nsys-sqlite").glob("*.sqlite")):
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            gpus = con.execute("SELECT name, totalMemory, memoryBandwidth FROM TARGET_INFO_GPU").fetchall()
+        except sqlite3.OperationalError:
+            con.close()
+            continue                                   # the 2026.2.1 window cut has no TARGET_INFO_GPU
+        for name, memory, bandwidth in gpus:
+            row = peaks.find_gpu(name, memory)
+            if row is not None:
+                assert row.mem_gbs == pytest.approx(bandwidth / 1e9, rel=0.01), name
+                checked.add(row.key)
+        con.close()
+    # RTX 3090, A40, A100 PCIe 40GB, T4, Quadro RTX 6000, RTX 3080 are in the shared exports
+    assert {"RTX 3090", "A40", "A100 PCIe 40GB", "T4", "Quadro RTX 6000", "RTX 3080"} <= checked
