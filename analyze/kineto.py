@@ -4,6 +4,7 @@
     kernel | gpu_memcpy | gpu_memset              -> kernels (kind kernel | memcpy | memset)
     cuda_runtime | cuda_driver                    -> launches
     deviceProperties                              -> gpus;   top-level scalar keys -> meta
+    NAME.json beside the trace (dsocr manifest)   -> meta 'manifest' 
 
 GPU operations join their launching call on `args.correlation`. Old traces (PyTorch <= 1.9, 2021)
 say Kernel/Memcpy/Memset/Runtime/Operator, "stream 7" tids and "external id"; their record_function
@@ -89,9 +90,31 @@ def _load(path: Path) -> dict[str, pa.Table]:
         "launches": launch_table,
         "ranges": _ranges(annotations, cpu_end_ns, warnings),
         "gpus": _gpus(doc.get("deviceProperties"), kernels),
-        "meta": _meta(doc, warnings),
+        "meta": _meta(doc, warnings, _sidecar_manifest(path)),
     }
     return tables
+
+
+def _sidecar_manifest(path: Path) -> str | None:
+    """The dsocr manifest the capture writes beside a profiler trace (run.pt.trace.json.gz -> run.json):
+    the PyTorch profiler has no NVTX marks to carry it inside the trace."""
+    from dsocr.stages import MANIFEST_SCHEMA
+
+    name = path.name
+    for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".json.gz", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    sidecar = path.with_name(name + ".json")
+    if sidecar == path or not sidecar.is_file():
+        return None
+    try:
+        manifest = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(manifest, dict) and manifest.get("schema") == MANIFEST_SCHEMA:
+        return json.dumps(manifest)
+    return None
 
 
 def _read(path: Path):
@@ -280,8 +303,9 @@ def _gpus(properties, ops):
     })
 
 
-def _meta(doc: dict, warnings: list[str]):
-    """Top-level scalar keys (schemaVersion, baseTimeNanoseconds, cupti_version, ...) plus distributedInfo."""
+def _meta(doc: dict, warnings: list[str], manifest: str | None):
+    """Top-level scalar keys (schemaVersion, baseTimeNanoseconds, cupti_version, ...), distributedInfo,
+    the sidecar manifest, and warnings."""
     keys, values = ["trace_format"], ["kineto"]
     for key, value in doc.items():
         if isinstance(value, (str, int, float)):
@@ -290,6 +314,9 @@ def _meta(doc: dict, warnings: list[str]):
     if isinstance(doc.get("distributedInfo"), dict):
         keys.append("distributedInfo")
         values.append(json.dumps(doc["distributedInfo"], sort_keys=True))
+    if manifest is not None:  # analyze.load: meta 'manifest' becomes Trace.manifest
+        keys.append("manifest")
+        values.append(manifest)
     for w in warnings:  # analyze.load turns meta rows with key 'warning' into Trace.warnings
         keys.append("warning")
         values.append(w)

@@ -215,3 +215,16 @@ def test_missing_keys_and_odd_values(tmp_path):
     assert base["gpus"].to_pylist() == [{"device": 0, "name": None, "sm_count": None, "clock_hz": None,
                                           "memory_bandwidth_Bps": None, "total_memory": None,
                                           "compute_capability": None}]
+
+
+def test_sidecar_manifest(tmp_path):
+    """The capture writes the dsocr manifest beside a profiler trace as NAME.json; it rides in meta."""
+    trace = REPO / "tests/data/repeats-a.pt.trace.json.gz"
+    meta = dict(zip(*_load(trace)["meta"].to_pydict().values()))
+    assert json.loads(meta["manifest"]) == json.loads((REPO / "tests/data/repeats-a.json").read_text())
+    # no sidecar, or one that is not a dsocr manifest: no manifest row
+    copy = tmp_path / "run.pt.trace.json.gz"
+    copy.write_bytes(trace.read_bytes())
+    assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
+    (tmp_path / "run.json").write_text('{"schema": "something-else"}')
+    assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
