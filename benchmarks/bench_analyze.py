@@ -77,9 +77,15 @@ def trace_for(size: int, seed: int) -> tuple[Path, dict, float | None]:
     return path, truth, time.perf_counter() - t0
 
 
+CODE_DIR: str | None = None   # --code: run the analysis package from this folder (e.g. a `git archive` snapshot)
+
+
 def dsocr_analyze() -> list[str]:
     exe = shutil.which("dsocr-analyze")
-    return [exe] if exe else [sys.executable, "-c", "import sys; from analyze.cli import main; sys.exit(main())"]
+    if exe and CODE_DIR is None:
+        return [exe]
+    path = f"sys.path.insert(0, {CODE_DIR!r}); " if CODE_DIR else ""
+    return [sys.executable, "-c", f"import sys; {path}from analyze.cli import main; sys.exit(main())"]
 
 
 def drop_cache(trace: Path) -> None:
@@ -196,6 +202,9 @@ class TimedConnection:
         self.log: list[tuple[float, str, str]] = []   # (seconds, calling function, first SQL line)
 
     def execute(self, sql, *args):
+        # DuckDB resolves an unknown table name from the Python variables of the calling frame
+        # (analyze.nsys streams ADBC results that way, as `handle`): make them visible here too.
+        handle = sys._getframe(1).f_locals.get("handle")  # noqa: F841
         caller = sys._getframe(1)
         while caller.f_code.co_name in ("_script", "_copy", "into", "rows") and caller.f_back is not None:
             caller = caller.f_back
@@ -217,7 +226,8 @@ class TimedConnection:
 def profile(size: int, seed: int) -> int:
     trace, truth, _ = trace_for(size, seed)
     start = time.perf_counter()
-    importer = [sys.executable, "-c", "import analyze.cli, analyze.load, analyze.attribution, analyze.nsys, duckdb, "
+    path = f"import sys; sys.path.insert(0, {CODE_DIR!r}); " if CODE_DIR else ""
+    importer = [sys.executable, "-c", path + "import analyze.cli, analyze.load, analyze.attribution, analyze.nsys, duckdb, "
                 "adbc_driver_sqlite, adbc_driver_manager"]
     import_s, _, _ = timed(importer)
     bare_s, _, _ = timed([sys.executable, "-c", "pass"])
@@ -260,7 +270,16 @@ def main(argv=None) -> int:
     which.add_argument("--ours-only", action="store_true", help="skip nsys stats")
     which.add_argument("--baseline-only", action="store_true", help="only nsys stats")
     which.add_argument("--profile", metavar="SIZE", help="time every DuckDB statement of one cold analysis")
+    ap.add_argument("--code", metavar="DIR", help="import the analysis package from DIR instead of the installed one "
+                    "(e.g. `git archive HEAD analyze dsocr | tar -x -C DIR` to time the committed code)")
     args = ap.parse_args(argv)
+    if args.code:
+        global CODE_DIR
+        CODE_DIR = str(Path(args.code).resolve())
+        if not (Path(CODE_DIR) / "analyze" / "cli.py").exists():
+            print(f"Error: --code {args.code} has no analyze/cli.py", file=sys.stderr)
+            return 2
+        sys.path.insert(0, CODE_DIR)
     if args.profile:
         try:
             return profile(int(float(args.profile)), args.seed)
