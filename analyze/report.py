@@ -334,6 +334,10 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
             row[key] = extra.get(key)
         stage_rows.append(row)
     stage_rows.sort(key=lambda r: names.index(r["name"]))
+    impossible = [r["stage"] for r in stage_rows if (r.get("mfu") or 0) > 100 or (r.get("mbu") or 0) > 100]
+    if impossible:
+        warnings.append(f"MFU or MBU above 100% for {', '.join(impossible)}: the manifest's workload cannot be "
+                        "what ran (or the GPU peaks are wrong); do not trust those rows")
     breakdown = _breakdown({r["name"]: r for r in stage_rows if r["stage"] != stages.REQUEST},
                            totals["kernel_ns"], is_dsocr)
     outside = next((p for p in breakdown if p["part"] == "outside stages"), None)

@@ -152,30 +152,23 @@ def plot_pages(data: dict) -> str | None:
     return _svg(fig)
 
 
-def plot_roofline(data: dict, trace) -> str | None:
-    """The roofline of analyze.roofline (engineer C), embedded as SVG (or PNG) when it can be drawn."""
-    points = [r for r in data["stages"] if r.get("flops") and r.get("bytes") and r.get("busy_ns")]
-    if not points or not data["gpu"].get("peak_tflops") or not data["gpu"].get("peak_gbs"):
-        return None
-    try:
-        from analyze import roofline
-    except ImportError:
+def plot_roofline(data: dict, trace=None) -> str | None:
+    """The roofline of analyze.roofline (one point per stage), embedded as SVG, when the stages have FLOPs."""
+    from analyze.roofline import plot_roofline as draw, roofline_points
+
+    rows = [r for r in data["stages"] if r["stage"] != "request"]
+    if not roofline_points(rows):
         return None
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            written = roofline.write_roofline(points, data["gpu"], Path(tmp) / "roofline")
-        except Exception:  # noqa: BLE001 -- the page stands without this plot
-            return None
-        written = [Path(p) for p in (written or [])] or sorted(Path(tmp).iterdir())
-        for path in written:
-            if path.suffix == ".svg":
-                text = path.read_text()
-                return text[text.index("<svg"):]
-        for path in written:
-            if path.suffix == ".png":
-                return f'<img alt="roofline" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-    return None
+        paths = draw(rows, {"name": data["gpu"].get("name"), "peak_tflops": data["gpu"].get("peak_tflops"),
+                            "peak_gbs": data["gpu"].get("peak_gbs")}, Path(tmp) / "roofline")
+        svg = next((p for p in paths if p.suffix == ".svg"), None)
+        if svg is not None:
+            text = svg.read_text()
+            return text[text.index("<svg"):]
+        png = next(p for p in paths if p.suffix == ".png")
+        return f'<img alt="roofline" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
 
 
 # -------------------------------------------------------------------------------------------- page
