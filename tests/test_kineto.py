@@ -228,3 +228,22 @@ def test_sidecar_manifest(tmp_path):
     assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
     (tmp_path / "run.json").write_text('{"schema": "something-else"}')
     assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
+
+
+def test_zero_length_annotations(tmp_path):
+    """dur 0: the last annotation of a thread is open until the last CPU event; an earlier one is empty."""
+    doc = {"traceEvents": [
+        {"ph": "X", "cat": "user_annotation", "name": "empty", "pid": 1, "tid": 1, "ts": 100, "dur": 0},
+        {"ph": "X", "cat": "user_annotation", "name": "closed", "pid": 1, "tid": 1, "ts": 110, "dur": 20},
+        {"ph": "X", "cat": "user_annotation", "name": "open", "pid": 1, "tid": 1, "ts": 200, "dur": 0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 210, "dur": 7,
+         "args": {"correlation": 9}},
+        {"ph": "X", "cat": "Trace", "name": "PyTorch Profiler (0)", "pid": "Spans", "tid": "x", "ts": 0, "dur": 999},
+    ]}
+    path = tmp_path / "open.json"
+    path.write_text(json.dumps(doc))
+    tables = load_kineto(path)
+    ends = {r["name"]: (r["start_ns"], r["end_ns"]) for r in tables["ranges"].to_pylist()}
+    assert ends == {"empty": (100000, 100000), "closed": (110000, 130000), "open": (200000, 217000)}
+    meta = tables["meta"].to_pydict()
+    assert meta["key"].count("warning") == 1 and "(open)" in meta["value"][meta["key"].index("warning")]
