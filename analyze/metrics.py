@@ -216,3 +216,18 @@ def decode_model_rows(manifest: dict, *, policy=None) -> list[dict]:
     work = ManifestWork(manifest, policy=policy)
     _, kv = work.workloads[0]
     return model.decode_layer_rows(work.config, kv or [], policy=work.policy, nbytes=work.nbytes)
+
+
+def decode_model_frame(manifest: dict | None, *, policy=None):
+    """`decode_model_rows` as a polars DataFrame with fixed column types (empty when nothing applies),
+    ready for `con.register('decode_model', frame)`."""
+    import polars as pl
+
+    schema = {"step": pl.Int64, "kv_length": pl.Int64, "layer": pl.Int64, "block": pl.Utf8, "flops": pl.Int64,
+              "attention_flops": pl.Int64, "weight_bytes": pl.Int64, "activation_bytes": pl.Int64,
+              "kv_read_bytes": pl.Int64, "kv_write_bytes": pl.Int64, "bytes": pl.Int64}
+    try:
+        rows = decode_model_rows(manifest, policy=policy) if manifest else []
+    except ValueError:
+        rows = []
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)

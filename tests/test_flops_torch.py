@@ -145,3 +145,13 @@ def test_fvcore_second_opinion_on_clip():
     t = 16 * 16 + 1
     attention_core = cfg.layers * 4 * t * t * cfg.width
     assert 2 * linear_macs == flops.clip_cost(cfg, 16).flops - attention_core
+
+
+def test_on_cpu_the_counter_does_not_see_the_fused_attention():
+    """Why these tests run on meta: on a CPU tensor SDPA dispatches to a fused kernel the counter has no
+    formula for (docs §9), so a CPU count would miss the attention core entirely."""
+    q = torch.randn(1, 2, 16, 8)
+    measured, _, _ = count(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+    on_meta, _, _ = count(lambda: torch.nn.functional.scaled_dot_product_attention(
+        q.to("meta"), q.to("meta"), q.to("meta"), is_causal=True))
+    assert (measured, on_meta) == (0, 4 * 16 * 16 * 2 * 8)

@@ -171,3 +171,15 @@ def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
     none, _ = metrics.stage_metrics(ranges(), None, H100)
     with pytest.raises(TraceError, match="nothing to put on a roofline"):
         plot_roofline(none, extras["gpu"], tmp_path / "empty")
+
+
+def test_decode_model_frame_registers_in_duckdb():
+    import duckdb
+    frame = metrics.decode_model_frame(manifest(generated=3))
+    con = duckdb.connect()
+    con.register("decode_model", frame)
+    # KV bytes read per step grow by 12 layers x 5,120 B per extra key
+    got = con.sql("SELECT step, sum(kv_read_bytes) FROM decode_model GROUP BY step ORDER BY step").fetchall()
+    assert got == [(0, 914 * 61_440), (1, 915 * 61_440), (2, 916 * 61_440)]
+    assert metrics.decode_model_frame(None).columns == list(flops.DECODE_MODEL_COLUMNS)
+    assert metrics.decode_model_frame(None).height == 0
