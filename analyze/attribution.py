@@ -301,16 +301,24 @@ def _range_stats(db) -> None:
 
 
 def _views(db) -> None:
+    have = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = '_ops'").fetchall()}
+
+    def col(name: str) -> str:  # a lean load has no names / geometry: NULL columns, same view
+        return f"o.{name}" if name in have else f"NULL AS {name}"
+
+    detail = ", ".join(col(c) for c in ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "registers",
+                                         "shared_mem", "bytes"))
+    name_id = "o.name_id" if "name_id" in have else "NULL"
+    short_name_id = "o.short_name_id" if "short_name_id" in have else "NULL"
     _script(db, f"""
         CREATE OR REPLACE VIEW kernels AS
         SELECT o.op_id, {KIND_NAMES} AS kind, o.start_ns, o.end_ns, o.end_ns - o.start_ns AS dur_ns,
                o.device, o.stream, o.pid, o.tid, o.correlation, n.value AS name, s.value AS short_name,
-               o.grid_x, o.grid_y, o.grid_z, o.block_x, o.block_y, o.block_z, o.registers, o.shared_mem,
-               o.bytes, o.graph_node, coalesce(c.category, 'other') AS category
+               {detail}, o.graph_node, coalesce(c.category, 'other') AS category
         FROM _ops o
-        LEFT JOIN strings n ON n.id = o.name_id
-        LEFT JOIN strings s ON s.id = o.short_name_id
-        LEFT JOIN name_categories c ON c.name_id = o.name_id AND c.kind = o.kind;
+        LEFT JOIN strings n ON n.id = {name_id}
+        LEFT JOIN strings s ON s.id = {short_name_id}
+        LEFT JOIN name_categories c ON c.name_id = {name_id} AND c.kind = o.kind;
 
         CREATE OR REPLACE VIEW launches AS
         SELECT l.correlation, l.pid, l.tid, l.start_ns, l.end_ns, a.api_name

@@ -139,7 +139,16 @@ def _trace_summary(trace) -> str:
 @no_cache_option
 def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
     """Per-stage GPU time of TRACE (the default command)."""
-    trace = _open(trace_path, no_cache) if not as_json else _open_quiet(trace_path, no_cache)
+    from analyze.load import open_trace
+
+    # Without the cache, load only what the stage table needs (no kernel names); the kernel table
+    # shown when there are no NVTX ranges needs the names: then the trace is read again in full.
+    trace = open_trace(trace_path, cache=not no_cache, lean=True)
+    if no_cache and not trace.con.execute("SELECT count(*) FROM _ranges").fetchone()[0]:
+        trace = open_trace(trace_path, cache=False)
+    if not as_json:
+        for warning in trace.warnings:
+            click.echo(f"Warning: {warning}", err=True)
     has_kernels = trace.con.execute("SELECT count(*) FROM _ops").fetchone()[0] > 0
     if not has_kernels:
         raise TraceError(f"{trace_path} has no GPU kernels, memcpys or memsets: nothing to attribute; capture with "
@@ -160,12 +169,6 @@ def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
         click.echo(_kernel_table(trace, None, 15))
         return
     click.echo(_stage_table(trace, rows))
-
-
-def _open_quiet(path: Path, no_cache: bool):
-    from analyze.load import open_trace
-
-    return open_trace(path, cache=not no_cache)
 
 
 def _stage_table(trace, rows: list[dict]) -> str:

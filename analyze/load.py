@@ -42,8 +42,11 @@ class Trace:
         return self.con.execute(query, params or [])
 
 
-def open_trace(path, *, cache: bool = True) -> Trace:
+def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
+    """Open a trace with its canonical views. `lean` (only with cache=False): skip what only the
+    `kernels` view shows (kernel names, categories, launch geometry), for the fastest stage table."""
     path = Path(path)
+    lean = lean and not cache
     kind = sniff(path)
     cache_file = cache_path_for(path) if cache else None
     key = _cache_key(path)
@@ -56,7 +59,7 @@ def open_trace(path, *, cache: bool = True) -> Trace:
 
     if cache_file is None:
         db = duckdb.connect(":memory:")
-        _build(db, path, kind, cache=False)
+        _build(db, path, kind, cache=False, lean=lean)
         return _trace(db, path, None)
 
     tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}")
@@ -158,7 +161,7 @@ def _trace(db, path: Path, cache_file: Path | None) -> Trace:
                  manifest=manifest, cache_path=cache_file)
 
 
-def _build(db, path: Path, kind: str, cache: bool) -> None:
+def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
     """Load the trace's base tables into `db`, derive the canonical views, record warnings in meta."""
     from analyze import attribution
 
@@ -168,13 +171,13 @@ def _build(db, path: Path, kind: str, cache: bool) -> None:
 
         sqlite_path = _gunzipped(path, cache) if kind == "sqlite.gz" else path
         try:
-            load_nsys(db, sqlite_path, warnings)
+            load_nsys(db, sqlite_path, warnings, lean=lean)
         finally:
             if kind == "sqlite.gz" and not cache:
                 sqlite_path.unlink(missing_ok=True)
     else:
         _load_kineto(db, path, warnings)
-    attribution.name_tables(db)
+    attribution.name_tables(db, categories=not lean)
     warnings += attribution.derive(db)
     warnings += _content_warnings(db, path)
     manifest = _manifest(db)
@@ -277,7 +280,7 @@ def _content_warnings(db, path: Path) -> list[str]:
     if ranges == 0:
         out.append("no NVTX ranges in this trace: nothing to attribute kernels to, showing kernels only "
                    "(capture with `nsys profile --trace=cuda,nvtx` and NVTX ranges in the program)")
-    unlaunched = db.execute("SELECT count(*) FROM _ops WHERE tid IS NULL").fetchone()[0]
+    unlaunched = db.execute("SELECT count(*) FROM _ops WHERE tid IS NULL").fetchone()[0] if ops else 0
     if ops and unlaunched:
         out.append(f"{unlaunched} of {ops} GPU operations have no launching API call in the trace "
                    "(CUDA API tracing off, or launched before the capture started); they are in no range")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from analyze.errors import TraceError
 
@@ -77,24 +78,30 @@ class _Sqlite:
                           key=lambda k: int(k.rsplit("_V", 1)[1]))
         return self.tables[versions[-1]] if versions else None
 
-    def columns(self, table: str) -> dict[str, str]:
-        """lower-case column name -> real column name."""
+    def columns(self, table: str) -> dict[str, "Column"]:
+        """lower-case column name -> Column(real name, declared type, NOT NULL)."""
         if table not in self._columns:
             rows = self.rows(f"PRAGMA table_info('{table}')")
-            self._columns[table] = {r[1].lower(): r[1] for r in rows}
+            self._columns[table] = {r[1].lower(): Column(r[1], (r[2] or "").upper(), bool(r[3])) for r in rows}
         return self._columns[table]
 
-    def into(self, db, sql: str, target: str | None = None):
-        """Run `sql` on SQLite; store the Arrow stream as DuckDB table `target`, or return its rows."""
+    def into(self, db, sql: str, target: str | None = None, insert: str | None = None):
+        """Run `sql` on SQLite; store the Arrow stream as DuckDB table `target`, or run `insert` on it
+        (reading `_sqlite_stream`), or return its rows."""
         statement = self._adbc.AdbcStatement(self._conn)
         try:
             statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
             statement.set_sql_query(sql)
             handle, _ = statement.execute_query()
+            db.register("_sqlite_stream", handle)
+            if insert is not None:
+                db.execute(insert)
+                return None
             if target is None:
-                return db.execute("SELECT * FROM handle").fetchall()
-            db.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM handle")
+                return db.execute("SELECT * FROM _sqlite_stream").fetchall()
+            db.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _sqlite_stream")
         finally:
+            db.unregister("_sqlite_stream")
             statement.close()
 
     def rows(self, sql: str) -> list[tuple]:
@@ -116,6 +123,12 @@ def _table_key(name: str) -> str:
     return name
 
 
+class Column(NamedTuple):
+    name: str
+    declared: str
+    not_null: bool
+
+
 def _reason(e: BaseException) -> str:
     """The SQLite message of an ADBC error, without the driver's prefixes."""
     lines = str(e).strip().splitlines()
@@ -123,34 +136,45 @@ def _reason(e: BaseException) -> str:
     return text.rsplit("] ", 1)[-1].replace("Failed to prepare query: ", "")
 
 
-def _col(cols: dict[str, str], name: str, cast: str = "INTEGER", default: str = "NULL") -> str:
-    """`CAST(col AS cast)` when the column exists, else the default, aliased to the canonical name."""
-    real = cols.get(name.lower())
-    expr = f'CAST("{real}" AS {cast})' if real else default
-    return f"{expr} AS {name}"
+def _col(cols: dict[str, Column], name: str, cast: str = "INTEGER", default: str = "NULL", alias: str | None = None) -> str:
+    """The column aliased to its canonical name, or the default when the table lacks it. Nullable
+    columns are CAST: the ADBC driver types a column from its first batch and fails on a later value
+    of another type (NOT NULL INTEGER columns always hold integers and are read as they are: faster)."""
+    col = cols.get(name.lower())
+    if col is None:
+        expr = default
+    elif cast == "INTEGER" and col.not_null and "INT" in col.declared:
+        expr = f'"{col.name}"'
+    else:
+        expr = f'CAST("{col.name}" AS {cast})'
+    return f"{expr} AS {alias or name}"
 
 
-def _copy(db, sq: _Sqlite, target: str, sql: str) -> None:
-    """Run `sql` on the SQLite file and store the result as DuckDB table `target`."""
+def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = None) -> None:
+    """Run `sql` on the SQLite file; store the result as DuckDB table `target`, or run `insert`
+    (a statement reading `_sqlite_stream`)."""
     try:
-        sq.into(db, sql, target)
+        sq.into(db, sql, target, insert)
     except TraceError:
         raise
     except Exception as e:
-        raise TraceError(f"cannot read {target} from the export ({_reason(e)}): the file is truncated or corrupt; "
+        if "SQLite" not in str(e) and "malformed" not in str(e):
+            raise  # not the file's fault: a bug here
+        raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
                          "copy it again or re-export it with `nsys export --type sqlite`") from None
 
 
-def load_nsys(db, path: Path, warnings: list[str]) -> None:
-    """Fill the DuckDB connection `db` with the base tables of the nsys export at `path`."""
+def load_nsys(db, path: Path, warnings: list[str], lean: bool = False) -> None:
+    """Fill the DuckDB connection `db` with the base tables of the nsys export at `path`.
+    `lean`: skip the kernel columns that only the `kernels` view shows (names, geometry, bytes)."""
     sq = _Sqlite(path)
     try:
-        _load(db, sq, path, warnings)
+        _load(db, sq, path, warnings, lean)
     finally:
         sq.close()
 
 
-def _load(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
+def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
     strings = sq.table("StringIds")
     known = [t for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_RUNTIME", "NVTX_EVENTS",
                          "TARGET_INFO_GPU", "META_DATA_EXPORT", "EXPORT_META_DATA") if sq.table(t)]
@@ -163,94 +187,83 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
     extra.append((MEMSET_NAME_ID, "[CUDA memset]"))
     db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
 
-    _load_ops(db, sq)
+    _load_ops(db, sq, lean)
     _load_launches(db, sq)
     _load_nvtx(db, sq)
     _load_gpus(db, sq)
     _load_meta(db, sq, path, warnings)
 
 
-def _load_ops(db, sq: _Sqlite) -> None:
-    """base_ops: KERNEL + MEMCPY + MEMSET, one row per GPU operation."""
-    parts = []
-    kernel = sq.table("CUPTI_ACTIVITY_KIND_KERNEL")
-    if kernel:
-        c = sq.columns(kernel)
-        shared = (f'CAST(coalesce("{c["staticsharedmemory"]}", 0) + coalesce("{c["dynamicsharedmemory"]}", 0) AS INTEGER)'
-                  if "staticsharedmemory" in c and "dynamicsharedmemory" in c else "NULL")
-        parts.append(f"""SELECT 0 AS kind, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
-            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
-            {_col(c, 'demangledName')}, {_col(c, 'shortName')},
-            {_col(c, 'gridX')}, {_col(c, 'gridY')}, {_col(c, 'gridZ')},
-            {_col(c, 'blockX')}, {_col(c, 'blockY')}, {_col(c, 'blockZ')},
-            {_col(c, 'registersPerThread')}, {shared} AS sharedMem, NULL AS bytes, {_col(c, 'graphNodeId')}
-            FROM "{kernel}" """)
-    memcpy = sq.table("CUPTI_ACTIVITY_KIND_MEMCPY")
-    if memcpy:
-        c = sq.columns(memcpy)
-        kind = f'{MEMCPY_NAME_BASE} - CAST(coalesce("{c["copykind"]}", 0) AS INTEGER)' if "copykind" in c else str(MEMCPY_NAME_BASE)
-        parts.append(f"""SELECT 1, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
-            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
-            {kind}, {kind}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {_col(c, 'bytes')}, {_col(c, 'graphNodeId')}
-            FROM "{memcpy}" """)
-    memset = sq.table("CUPTI_ACTIVITY_KIND_MEMSET")
-    if memset:
-        c = sq.columns(memset)
-        parts.append(f"""SELECT 2, {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'deviceId')},
-            {_col(c, 'streamId')}, {_col(c, 'correlationId')}, {_col(c, 'globalPid')},
-            {MEMSET_NAME_ID}, {MEMSET_NAME_ID}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, {_col(c, 'bytes')}, {_col(c, 'graphNodeId')}
-            FROM "{memset}" """)
-    # One DuckDB table per source table, then one typed union (the streams cannot be UNIONed in SQLite
-    # cheaply, and DuckDB does the union at memory speed).
-    sources = []
-    for i, sql in enumerate(parts):
-        _copy(db, sq, f"_raw_ops{i}", sql)
-        sources.append(f"SELECT * FROM _raw_ops{i}")
-    if not sources:
-        sources = ["SELECT * FROM (SELECT 0 AS kind, 0 AS start, 0 AS \"end\", 0 AS deviceId, 0 AS streamId, "
-                   "0 AS correlationId, 0 AS globalPid, 0 AS demangledName, 0 AS shortName, 0 AS gridX, 0 AS gridY, "
-                   "0 AS gridZ, 0 AS blockX, 0 AS blockY, 0 AS blockZ, 0 AS registersPerThread, 0 AS sharedMem, "
-                   "0 AS bytes, 0 AS graphNodeId) WHERE false"]
-    db.execute(f"""
-        -- GPU operations of every kind, in start order; op_id = that order.
-        CREATE OR REPLACE TABLE base_ops AS
-        SELECT CAST(row_number() OVER (ORDER BY start, kind, correlationId) - 1 AS BIGINT) AS op_id,
-               CAST(kind AS UTINYINT) AS kind, CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
-               CAST(deviceId AS INTEGER) AS device, CAST(streamId AS BIGINT) AS stream,
-               CAST(globalPid AS BIGINT) AS gpid, CAST((globalPid >> 24) & 16777215 AS BIGINT) AS pid,
-               CAST(correlationId AS BIGINT) AS correlation,
-               CAST(demangledName AS BIGINT) AS name_id, CAST(coalesce(shortName, demangledName) AS BIGINT) AS short_name_id,
-               CAST(gridX AS INTEGER) AS grid_x, CAST(gridY AS INTEGER) AS grid_y, CAST(gridZ AS INTEGER) AS grid_z,
-               CAST(blockX AS INTEGER) AS block_x, CAST(blockY AS INTEGER) AS block_y, CAST(blockZ AS INTEGER) AS block_z,
-               CAST(registersPerThread AS INTEGER) AS registers, CAST(sharedMem AS BIGINT) AS shared_mem,
-               CAST(bytes AS BIGINT) AS bytes, CAST(graphNodeId AS BIGINT) AS graph_node
-        FROM ({' UNION ALL '.join(sources)})
-    """)
-    for i in range(len(parts)):
-        db.execute(f"DROP TABLE _raw_ops{i}")
+# Columns of base_ops, and how each GPU-op table fills them (None: NULL). `lean` loads skip the
+# columns only the canonical `kernels` view shows (names, launch geometry, bytes).
+OPS_COLUMNS = ("op_id", "kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
+               "name_id", "short_name_id", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
+               "registers", "shared_mem", "bytes", "graph_node")
+LEAN_OPS_COLUMNS = ("op_id", "kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
+                    "graph_node")
+OPS_TYPES = {"kind": "UTINYINT", "device": "INTEGER", "grid_x": "INTEGER", "grid_y": "INTEGER", "grid_z": "INTEGER",
+             "block_x": "INTEGER", "block_y": "INTEGER", "block_z": "INTEGER", "registers": "INTEGER"}
+
+
+def _load_ops(db, sq: _Sqlite, lean: bool) -> None:
+    """base_ops: KERNEL + MEMCPY + MEMSET, one row per GPU operation, op_id = rowid * 4 + kind."""
+    columns = LEAN_OPS_COLUMNS if lean else OPS_COLUMNS
+    typed = ", ".join(f"{c} {OPS_TYPES.get(c, 'BIGINT')}" for c in columns)
+    db.execute(f"CREATE OR REPLACE TABLE base_ops ({typed})")
+    for kind, table in enumerate(("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET")):
+        real = sq.table(table)
+        if real is None:
+            continue
+        c = sq.columns(real)
+        source = {"start_ns": _col(c, "start", alias="start_ns"), "end_ns": _col(c, "end", alias="end_ns"),
+                  "device": _col(c, "deviceId", alias="device"), "stream": _col(c, "streamId", alias="stream"),
+                  "correlation": _col(c, "correlationId", alias="correlation"),
+                  "gpid": _col(c, "globalPid", alias="gpid"), "graph_node": _col(c, "graphNodeId", alias="graph_node")}
+        if not lean and kind == 0:
+            shared = (f'CAST(coalesce("{c["staticsharedmemory"].name}", 0) + coalesce("{c["dynamicsharedmemory"].name}", 0) '
+                      'AS INTEGER) AS shared_mem' if "staticsharedmemory" in c and "dynamicsharedmemory" in c else "NULL AS shared_mem")
+            source.update(name_id=_col(c, "demangledName", alias="name_id"),
+                          short_name_id=_col(c, "shortName", alias="short_name_id"),
+                          grid_x=_col(c, "gridX", alias="grid_x"), grid_y=_col(c, "gridY", alias="grid_y"),
+                          grid_z=_col(c, "gridZ", alias="grid_z"), block_x=_col(c, "blockX", alias="block_x"),
+                          block_y=_col(c, "blockY", alias="block_y"), block_z=_col(c, "blockZ", alias="block_z"),
+                          registers=_col(c, "registersPerThread", alias="registers"), shared_mem=shared)
+        elif not lean and kind == 1:
+            copy_kind = (f'{MEMCPY_NAME_BASE} - CAST(coalesce("{c["copykind"].name}", 0) AS INTEGER)'
+                         if "copykind" in c else str(MEMCPY_NAME_BASE))
+            source.update(name_id=f"{copy_kind} AS name_id", bytes=_col(c, "bytes", alias="bytes"))
+        elif not lean:
+            source.update(name_id=f"{MEMSET_NAME_ID} AS name_id", bytes=_col(c, "bytes", alias="bytes"))
+        sql = f'SELECT rowid AS _rowid, {", ".join(source.values())} FROM "{real}"'
+        select = []
+        for column in columns:
+            if column == "op_id":
+                select.append(f"_rowid * 4 + {kind}")
+            elif column == "kind":
+                select.append(str(kind))
+            elif column == "pid":
+                select.append("(gpid >> 24) & 16777215")
+            elif column == "short_name_id" and "short_name_id" not in source:
+                select.append("name_id")
+            elif column in source:
+                select.append(column)
+            else:
+                select.append("NULL")
+        _copy(db, sq, None, sql, f"INSERT INTO base_ops SELECT {', '.join(select)} FROM _sqlite_stream")
 
 
 def _load_launches(db, sq: _Sqlite) -> None:
     """base_launches: every CUDA runtime and driver API call (CUPTI_ACTIVITY_KIND_RUNTIME)."""
+    db.execute("""CREATE OR REPLACE TABLE base_launches (correlation BIGINT, gpid BIGINT, pid BIGINT, tid BIGINT,
+                  start_ns BIGINT, end_ns BIGINT, api_id BIGINT)""")
     runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
     if runtime:
         c = sq.columns(runtime)
-        _copy(db, sq, "_raw_launches", f"""SELECT {_col(c, 'correlationId')}, {_col(c, 'globalTid')},
-              {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'nameId')} FROM "{runtime}" """)
-    else:
-        db.execute("CREATE OR REPLACE TABLE _raw_launches AS SELECT 0 AS correlationId, 0 AS globalTid, "
-                   "0 AS start, 0 AS \"end\", 0 AS nameId WHERE false")
-    db.execute("""
-        CREATE OR REPLACE TABLE base_launches AS
-        SELECT CAST(correlationId AS BIGINT) AS correlation,
-               CAST(globalTid & ~16777215 AS BIGINT) AS gpid,
-               CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid,
-               CAST(globalTid & 16777215 AS BIGINT) AS tid,
-               CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
-               CAST(nameId AS BIGINT) AS api_id
-        FROM _raw_launches;
-        DROP TABLE _raw_launches;
-    """)
+        _copy(db, sq, None, f"""SELECT {_col(c, 'correlationId')}, {_col(c, 'globalTid')},
+              {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'nameId')} FROM "{runtime}" """,
+              """INSERT INTO base_launches
+                 SELECT correlationId, globalTid & ~16777215, (globalTid >> 24) & 16777215, globalTid & 16777215,
+                        start, "end", nameId FROM _sqlite_stream""")
 
 
 def _load_nvtx(db, sq: _Sqlite) -> None:
@@ -260,7 +273,7 @@ def _load_nvtx(db, sq: _Sqlite) -> None:
         c = sq.columns(nvtx)
         payload_cols = [n for n in ("int64Value", "uint64Value", "int32Value", "uint32Value", "doubleValue",
                                     "floatValue", "jsonText") if n.lower() in c]
-        payload = (f"CAST(coalesce({', '.join(chr(34) + c[n.lower()] + chr(34) for n in payload_cols)}) AS TEXT)"
+        payload = (f"CAST(coalesce({', '.join(chr(34) + c[n.lower()].name + chr(34) for n in payload_cols)}) AS TEXT)"
                    if payload_cols else "NULL")
         types = ", ".join(map(str, NVTX_RANGE_TYPES + (NVTX_MARK, NVTX_DOMAIN_CREATE)))
         _copy(db, sq, "_raw_nvtx", f"""SELECT {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'eventType')},
@@ -319,7 +332,7 @@ def _load_gpus(db, sq: _Sqlite) -> None:
     gpu = sq.table("TARGET_INFO_GPU")
     if gpu:
         c = sq.columns(gpu)
-        cc = (f'CAST("{c["computemajor"]}" AS TEXT) || \'.\' || CAST("{c["computeminor"]}" AS TEXT)'
+        cc = (f'CAST("{c["computemajor"].name}" AS TEXT) || \'.\' || CAST("{c["computeminor"].name}" AS TEXT)'
               if "computemajor" in c and "computeminor" in c else "NULL")
         _copy(db, sq, "gpus", f"""SELECT {_col(c, 'id')}, {_col(c, 'name', 'TEXT')}, {_col(c, 'smCount')},
               {_col(c, 'clockRate')}, {_col(c, 'memoryBandwidth')}, {_col(c, 'totalMemory')}, {cc} AS cc
