@@ -409,6 +409,19 @@ def _short(name: str, limit: int = 70) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
+def fit_sentence(dec: dict) -> str:
+    """The least-squares line of mean GPU time per step, read at the first and last step."""
+    fit, by = dec["fit"], dec["by_step"]
+    x = fit["x"]
+    first, last = by[0][x], by[-1][x]
+    at = lambda v: (fit["intercept_ns"] + fit["slope_ns"] * v) / 1e3
+    unit = "token of context" if x == "kv_length" else "step"
+    where = "KV length" if x == "kv_length" else "step"
+    return (f"Least-squares fit of the mean GPU time per step: {fit['slope_ns']:+,.2f} ns per {unit}, "
+            f"{at(first):,.1f} µs at {where} {first:,} to {at(last):,.1f} µs at {where} {last:,} "
+            f"(r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).")
+
+
 def render_markdown(data: dict) -> str:
     lines = [f"# DeepSeek-OCR trace report: {Path(data['trace']['path']).name}", ""]
     lines += ["## Setup", ""]
@@ -510,11 +523,8 @@ def render_markdown(data: dict) -> str:
     lines += ["## Decode step time vs context length", ""]
     dec = data.get("decode")
     if dec:
-        fit = dec.get("fit")
-        if fit:
-            unit = "token of context" if fit["x"] == "kv_length" else "step"
-            lines += [f"Least-squares fit of mean GPU time per step: {fit['intercept_ns'] / 1e3:,.1f} µs "
-                      f"+ {fit['slope_ns']:,.2f} ns per {unit} (r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).", ""]
+        if dec.get("fit"):
+            lines += [fit_sentence(dec), ""]
         by = dec["by_step"]
         shown = by if len(by) <= 12 else by[:6] + [None] + by[-5:]
         rows = [["...", "", "", "", ""] if s is None else

@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short
+from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence
 
 CSS = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
@@ -26,7 +26,7 @@ h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8p
 .callout { border-left: 4px solid #bf8700; background: #fff8c5; padding: 10px 14px; border-radius: 4px; margin: 12px 0; }
 table { border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
+th { background: #f6f8fa; } td:first-child, th:first-child, th.l { text-align: left; }
 td.l { text-align: left; } code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
 .plots { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 .plot { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; }
@@ -44,7 +44,7 @@ def _esc(x) -> str:
 
 
 def _table(header: list[str] | None, rows: list[list], left: int = 1) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header or [])
+    head = "".join(f'<th class="l">{_esc(h)}</th>' if i < left else f"<th>{_esc(h)}</th>" for i, h in enumerate(header or []))
     body = []
     for row in rows:
         cells = "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row))
@@ -275,9 +275,7 @@ def render_html(data: dict, trace=None) -> str:
     if dec:
         fit = dec.get("fit")
         if fit:
-            unit = "token of context" if fit["x"] == "kv_length" else "step"
-            parts.append(f"<p>Least-squares fit of mean GPU time per step: {fit['intercept_ns'] / 1e3:,.1f} µs + "
-                         f"{fit['slope_ns']:,.2f} ns per {unit} (r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).</p>")
+            parts.append(f"<p>{_esc(fit_sentence(dec))}</p>")
         by = dec["by_step"]
         shown = by if len(by) <= 12 else by[:6] + [None] + by[-5:]
         parts.append(_table(["step", "KV length", "n", "mean GPU ms", "mean wall ms"],
