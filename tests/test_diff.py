@@ -114,3 +114,45 @@ def test_manifest_against_no_manifest_refused(shared, capsys):
 def test_missing_trace(tmp_path, capsys):
     code, out, err = run(capsys, "diff", str(A), str(tmp_path / "nope.sqlite"), "--no-cache")
     assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
+
+
+def _with_official_manifest(source, folder, name, steps):
+    """Copy a repeats capture with a DeepSeek-OCR manifest beside it (one gundam page workload, `steps` tokens)."""
+    from dsocr.config import load_preset
+    from dsocr.workload import workload_shapes
+
+    trace = folder / f"{name}.pt.trace.json.gz"
+    shutil.copy(source, trace)
+    manifest = json.loads(source.with_name(source.name.replace(".pt.trace.json.gz", ".json")).read_text())
+    workload = workload_shapes(1280, 1700, "gundam", 12, 9).to_dict()
+    workload.update(generated_tokens=steps, decode_kv_lengths=[workload["prompt_tokens"] + i for i in range(steps)])
+    manifest["model"] = {"preset": "official", "config": load_preset("official").to_dict(), "dtype": "bfloat16"}
+    manifest["workload"] = workload
+    for page in manifest["pages"]:
+        page["workload"] = workload
+    (folder / f"{name}.json").write_text(json.dumps(manifest))
+    return trace, manifest
+
+
+def test_flops_and_mfu_deltas(tmp_path):
+    """With manifests, FLOPs per request come from analyze.metrics: the same page workload gives the same
+    sam FLOPs; 12 instead of 8 decode steps add exactly the 4 extra steps' FLOPs."""
+    from analyze.attribution import range_table
+    from analyze.load import open_trace
+    from analyze.metrics import stage_metrics
+
+    a_path, a_manifest = _with_official_manifest(A, tmp_path, "a", 8)
+    b_path, b_manifest = _with_official_manifest(B, tmp_path, "b", 12)
+    result = compare(side_of(a_path, "A", cache=False), side_of(b_path, "B", cache=False))
+    rows = {r["stage"]: r for r in result["stages"]}
+    assert rows["sam"]["delta_flops"] == 0 and rows["sam"]["a_flops"] > 0
+    per_request = {}
+    for label, path, manifest in (("a", a_path, a_manifest), ("b", b_path, b_manifest)):
+        metrics, _ = stage_metrics(range_table(open_trace(path, cache=False)), manifest)
+        per_request[label] = {r["name"]: r for r in metrics}
+    assert rows["decode"]["a_flops"] == pytest.approx(per_request["a"]["decode"]["flops"] / 6)
+    assert rows["decode"]["b_flops"] == pytest.approx(per_request["b"]["decode"]["flops"] / 6)
+    assert rows["decode"]["delta_flops"] == pytest.approx(rows["decode"]["b_flops"] - rows["decode"]["a_flops"])
+    assert rows["decode"]["delta_flops_pct"] > 50  # 1.5x the steps, each at a longer context
+    assert rows["sam"]["delta_mfu"] == pytest.approx(rows["sam"]["b_mfu"] - rows["sam"]["a_mfu"])
+    assert rows["sam"]["b_mfu"] < rows["sam"]["a_mfu"]  # same FLOPs in about twice the time
