@@ -253,7 +253,7 @@ def format_stats(stats: DatasetStats) -> str:
     return "\n".join(lines)
 
 
-@click.command("dataset")
+@click.command("dataset", short_help="Per-page stage statistics over request ranges.")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")

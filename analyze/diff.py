@@ -243,7 +243,7 @@ def format_diff(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("diff")
+@click.command("diff", short_help="What changed between two traces, per stage.")
 @click.argument("trace_a", metavar="A", type=click.Path(path_type=Path))
 @click.argument("trace_b", metavar="B", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

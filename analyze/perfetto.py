@@ -139,6 +139,7 @@ def events(trace) -> Iterator[str]:
 def write_chrome_trace(trace, out: Path, progress: bool = False) -> int:
     """Write the export to `out` (gzip when it ends in .gz); returns the number of trace events."""
     origin = trace_origin_ns(trace.con)
+    total = trace.con.execute("SELECT (SELECT count(*) FROM kernels) + (SELECT count(*) FROM ranges)").fetchone()[0]
     tmp = out.with_name(out.name + ".part")
     opener = gzip.open if out.suffix == ".gz" else open
     count = 0
@@ -153,7 +154,8 @@ def write_chrome_trace(trace, out: Path, progress: bool = False) -> int:
                 f.write(text)
                 count += 1
                 if progress and count % 50_000 == 0:
-                    sys.stderr.write(f"\rexport-perfetto: {count:,} events")
+                    sys.stderr.write(f"\rexport-perfetto: {count:,} of ~{total:,} events ({100 * count / max(total, 1):.0f}%)")
+                    sys.stderr.flush()
             f.write("\n]}\n")
         os.replace(tmp, out)
     finally:
@@ -173,7 +175,7 @@ def default_output(trace_path: Path) -> Path:
     return trace_path.with_name(name + ".perfetto.json")
 
 
-@click.command("export-perfetto")
+@click.command("export-perfetto", short_help="Chrome-trace JSON for ui.perfetto.dev.")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Output file (default: TRACE's name + .perfetto.json beside it; .gz compresses).")

@@ -713,7 +713,7 @@ def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None,
     return data
 
 
-@click.command("report")
+@click.command("report", short_help="Report files: md, html, summary, metrics.json.")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Folder for the report files (default: NAME.report/ beside TRACE).")

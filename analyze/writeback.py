@@ -128,7 +128,7 @@ def write_analysis_db(trace, out: Path) -> dict[str, int]:
     return counts
 
 
-@click.command("writeback")
+@click.command("writeback", short_help="Stage and kernel tables as NAME.analysis.sqlite.")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output database (default: NAME.analysis.sqlite beside TRACE).")
