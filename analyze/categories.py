@@ -1,9 +1,10 @@
 """Kernel categories from kernel names: one ordered table, used by Python and by DuckDB alike.
 
 A GPU operation gets the category of the FIRST row below with a pattern that occurs in its
-name, ignoring case (patterns are plain lower-case substrings, not regular expressions). memcpy and memset operations are
-'memory' whatever their name. Nothing matched -> 'other'. To teach it a new kernel family, add a
-lower-case substring to the right row; order matters where names overlap (read the notes).
+name, ignoring case (patterns are plain lower-case substrings, not regular expressions).
+memcpy and memset operations are 'memory' whatever their name. Nothing matched -> 'other'.
+To teach it a new kernel family, add a lower-case substring to the right row; order matters
+where names overlap (read the notes above the table).
 
 Categories (stable strings, used in the `kernels.category` column and in sql/):
   memory         memcpy / memset operations (copy engines, cudaMemset kernels)

@@ -80,7 +80,8 @@ def _load(path: Path) -> dict[str, pa.Table]:
             cpu_end_ns = end
         if category in LAUNCH_CATEGORIES:
             launches.append((start, end, e, args))
-        elif category == RANGE_CATEGORY or (category == "operator" and str(e.get("name", "")).startswith(OLD_STEP_PREFIX)):
+        elif category == RANGE_CATEGORY or (
+                category == "operator" and str(e.get("name", "")).startswith(OLD_STEP_PREFIX)):
             annotations.append((start, end, e))
 
     warnings: list[str] = []

@@ -142,6 +142,7 @@ PROJECTION_FILES = [
     ("shared", KINETO + "kineto-2024_hta_ns_resolution_resnet_ddp_rank0.pt.trace.json.gz", 15),
     ("shared", KINETO + "kineto-2024_hta_nccl_data_basetime.json.gz", 30),
     ("repo", "tests/data/repeats-a.pt.trace.json.gz", 96),
+    ("repo", "tests/data/repeats-b.pt.trace.json.gz", 120),
 ]
 
 
