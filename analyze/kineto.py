@@ -4,7 +4,7 @@
     kernel | gpu_memcpy | gpu_memset              -> kernels (kind kernel | memcpy | memset)
     cuda_runtime | cuda_driver                    -> launches
     deviceProperties                              -> gpus;   top-level scalar keys -> meta
-    NAME.json beside the trace (dsocr manifest)   -> meta 'manifest' 
+    NAME.json beside the trace (dsocr manifest)   -> meta 'manifest'
 
 GPU operations join their launching call on `args.correlation`. Old traces (PyTorch <= 1.9, 2021)
 say Kernel/Memcpy/Memset/Runtime/Operator, "stream 7" tids and "external id"; their record_function
@@ -74,7 +74,7 @@ def _load(path: Path) -> dict[str, pa.Table]:
         if kind is not None:
             kernels.append((kind, start, end, e, args))
             continue
-        if category in ("trace",):   # the profiler's own span: pid 'Spans'/'Traces', not a process
+        if category == "trace":   # the profiler's own span: pid 'Spans'/'Traces', not a process
             continue
         if cpu_end_ns is None or end > cpu_end_ns:
             cpu_end_ns = end
@@ -121,6 +121,9 @@ def _sidecar_manifest(path: Path) -> str | None:
 def _read(path: Path):
     try:
         raw = path.read_bytes()
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read the trace ({e.strerror or e})") from None
+    try:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         # parse_float=str keeps '1712195495505543.247' as text: converted exactly by _ns

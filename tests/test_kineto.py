@@ -190,6 +190,9 @@ def test_bad_json(tmp_path):
             load_kineto(path)
         message = str(info.value)
         assert str(path) in message and "\n" not in message, message
+    for path in (tmp_path / "missing.json", tmp_path):
+        with pytest.raises(TraceError, match="cannot read the trace"):
+            load_kineto(path)
 
 
 def test_missing_keys_and_odd_values(tmp_path):
