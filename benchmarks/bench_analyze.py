@@ -115,11 +115,16 @@ def run_ours(trace: Path) -> dict:
     drop_cache(trace)
     cmd = [*dsocr_analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"]
     wall, rss, out = timed(cmd)
-    rows = range_rows(json.loads(out))
+    start = 0 if out.startswith("{") else out.find("\n{") + 1
+    noise = out[:start]
+    if noise:
+        print(f"  WARNING: --json stdout starts with {len(noise)} characters that are not JSON "
+              f"({noise.strip()[:60]!r}...; DuckDB's progress bar?)", flush=True)
+    rows = range_rows(json.loads(out[start:]))
     if not rows:
         raise BenchError("dsocr-analyze --json printed no per-range rows (objects with name and inclusive_ns)")
     totals = {r["name"]: (int(r["inclusive_ns"]), int(r["kernels"]), int(r["instances"])) for r in rows}
-    return {"wall": wall, "cpu": cpu_of(cmd), "rss": rss, "totals": totals}
+    return {"wall": wall, "cpu": cpu_of(cmd), "rss": rss, "totals": totals, "clean_json": not noise}
 
 
 def run_cached(trace: Path) -> dict:
@@ -317,6 +322,8 @@ def main(argv=None) -> int:
                 if cached["count"] != ops:
                     failures.append(f"{size}: sql count(*) from kernels = {cached['count']}, expected {ops} GPU ops")
             problems = compare(truth, ours, base)
+            if ours and not ours["clean_json"]:
+                failures.append(f"{size}: dsocr-analyze --json printed non-JSON text before the JSON")
             failures += [f"{size}: {p}" for p in problems]
             print(f"  per-range totals: {'identical' if not problems else f'{len(problems)} DIFFER'}", flush=True)
             results.append((size, truth, ours, base, cached, not problems))
