@@ -144,3 +144,15 @@ def test_dtype_bytes_reads_manifest_spellings():
     assert flops.dtype_bytes("torch.bfloat16") == 2 and flops.dtype_bytes("float32") == 4
     with pytest.raises(ValueError, match="unknown dtype"):
         flops.dtype_bytes("int3")
+
+
+@pytest.mark.parametrize("L, n, tf", [
+    (283, 1000, 1.196), (283, 3000, 3.77),
+    (913, 1000, 1.235), (913, 3000, 3.89),
+    (1213, 1000, 1.253),
+    (1213, 3000, 3.94),   # the doc prints 3.95; 3000 x 1.1482 GF + 61,440 x (3000 x 1213 + 3000 x 3001 / 2) = 3.9447
+])
+def test_decode_totals_match_worked_examples(L, n, tf):
+    # doc §9 worked examples: "+1000 decoded" / "+3000 decoded", step i at KV length L + i + 1
+    total = sum(flops.decode_step_cost(DEC, L + 1 + i).flops for i in range(n))
+    assert round(total / 1e12, 3 if n == 1000 else 2) == tf
