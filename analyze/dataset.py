@@ -125,7 +125,8 @@ def _request_table(trace, manifest: dict | None) -> pl.DataFrame:
         entry = pages.get(index)
         if entry:
             image = entry.get("image") or {}
-            page = image.get("path") or image.get("sha256") or f"request {index}"
+            page = image.get("path") or image.get("sha256") or (
+                f"page {entry['page']}" if entry.get("page") is not None else f"request {index}")
             repeat = entry.get("repeat")
             tokens = (entry.get("workload") or {}).get("generated_tokens")
         else:

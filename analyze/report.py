@@ -107,17 +107,24 @@ def _totals(con) -> dict:
     return row
 
 
-def _stage_names(table: pl.DataFrame, con) -> list[str]:
-    """DeepSeek-OCR stage names present (in pipeline order), else the busiest top-level ranges."""
+def _stage_names(table: pl.DataFrame, con) -> tuple[list[str], set[str]]:
+    """(names shown, all names of their nesting level): the DeepSeek-OCR stages present (in pipeline
+    order), else the busiest ranges of the shallowest level that has at least two names."""
     by_bare = {}
     for name in table["name"].to_list():
         by_bare.setdefault(bare(name), name)
     known = [by_bare[s] for s in STAGE_ORDER if s in by_bare]
     if any(bare(n) in stages.REPORTED_STAGES for n in known):
-        return known
-    top = {r["name"] for r in _rows(con, "SELECT DISTINCT name FROM ranges WHERE depth = 0")}
+        return known, set(known)
+    # no DeepSeek-OCR stages: the shallowest nesting level with at least two range names (a single
+    # top-level range wrapping everything says nothing), its 12 busiest names
+    names_at = {}
+    for row in _rows(con, "SELECT depth, name FROM ranges GROUP BY depth, name"):
+        names_at.setdefault(row["depth"], set()).add(row["name"])
+    level = next((d for d in sorted(k for k in names_at if k is not None) if len(names_at[d]) >= 2), None)
+    top = names_at.get(level if level is not None else 0, set())
     busiest = table.filter(pl.col("name").is_in(list(top))).sort("inclusive_ns", descending=True).head(12)
-    return busiest["name"].to_list()
+    return busiest["name"].to_list(), top
 
 
 def _metrics(trace, table: pl.DataFrame, manifest, gpu_name, peak_tflops, peak_gbs, warnings) -> tuple[dict, dict | None, dict]:
@@ -138,7 +145,10 @@ def _metrics(trace, table: pl.DataFrame, manifest, gpu_name, peak_tflops, peak_g
     return {r["name"]: {k: r.get(k) for k in keep} for r in rows}, extras.get("model"), peaks
 
 
-def _breakdown(stage_rows: dict[str, dict], total_ns: int, is_dsocr: bool) -> list[dict]:
+def _breakdown(stage_rows: dict[str, dict], total_ns: int, is_dsocr: bool, level_ns: int = 0) -> list[dict]:
+    """Disjoint parts of the kernel time. DeepSeek-OCR: leaf stages, rest of prefill, outside. Other
+    traces: the shown ranges of one nesting level, the other ranges of that level (`level_ns` = all
+    of them together), outside."""
     parts = []
     if is_dsocr:
         by_bare = {bare(n): r for n, r in stage_rows.items()}
@@ -152,7 +162,10 @@ def _breakdown(stage_rows: dict[str, dict], total_ns: int, is_dsocr: bool) -> li
         top = sum(by_bare[s]["inclusive_ns"] for s in (stages.PREPROCESS, stages.PREFILL, stages.DECODE) if s in by_bare)
     else:
         parts = [(n, r["inclusive_ns"]) for n, r in stage_rows.items()]
-        top = sum(ns for _, ns in parts)
+        shown = sum(ns for _, ns in parts)
+        top = max(level_ns, shown)
+        if top > shown:
+            parts.append(("other ranges", top - shown))
     parts.append(("outside stages", max(0, total_ns - top)))
     return [{"part": p, "ns": int(ns), "share": (ns / total_ns if total_ns else None)} for p, ns in parts]
 
@@ -278,7 +291,7 @@ def _opportunity(stage_rows: list[dict], breakdown: list[dict], total_ns: int) -
     if candidates:
         best = max(candidates, key=lambda c: c["ns"])
     else:
-        parts = [p for p in breakdown if p["part"] != "outside stages"] or breakdown
+        parts = [p for p in breakdown if p["part"] not in ("outside stages", "other ranges")] or breakdown
         if not parts or not total_ns:
             return None
         top = max(parts, key=lambda p: p["ns"])
@@ -320,7 +333,8 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
     totals = _totals(con)
     gpu = (_rows(con, "SELECT * FROM gpus ORDER BY device LIMIT 1") or [{}])[0]
     gpu_name = gpu.get("name") or ((manifest or {}).get("environment") or {}).get("gpu_name")
-    names = _stage_names(table, con)
+    names, level_names = _stage_names(table, con)
+    level_ns = int(table.filter(pl.col("name").is_in(list(level_names)))["inclusive_ns"].sum())
     is_dsocr = any(bare(n) in stages.REPORTED_STAGES for n in names)
     metric_rows, model_mfu, peaks_info = _metrics(trace, table.filter(pl.col("name").is_in(names)), manifest,
                                                   gpu_name, peak_tflops, peak_gbs, warnings)
@@ -339,7 +353,7 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
         warnings.append(f"MFU or MBU above 100% for {', '.join(impossible)}: the manifest's workload cannot be "
                         "what ran (or the GPU peaks are wrong); do not trust those rows")
     breakdown = _breakdown({r["name"]: r for r in stage_rows if r["stage"] != stages.REQUEST},
-                           totals["kernel_ns"], is_dsocr)
+                           totals["kernel_ns"], is_dsocr, level_ns)
     outside = next((p for p in breakdown if p["part"] == "outside stages"), None)
     if outside and outside["share"] and outside["share"] > 0.1:
         warnings.append(f"{100 * outside['share']:.0f}% of kernel time is launched outside every stage range")
@@ -553,14 +567,14 @@ def render_summary(data: dict) -> str:
     lines = [f"# Summary: {name}", ""]
     w = data.get("workload")
     what = (f"one {w.get('mode')}-mode page ({w.get('image_tokens')} image tokens, {w.get('generated_tokens')} "
-            f"generated tokens)") if w else "a traced run"
+            f"generated tokens)") if w else None
     ds = data.get("dataset")
     if ds:
         what = (f"{_plural(ds['requests'], 'page run')} ({_plural(ds['pages'], 'distinct page')}, "
                 f"up to {_plural(ds['max_repeats'], 'repeat')} each)")
     gpu = data["gpu"].get("name") or "an unknown GPU"
     model = "DeepSeek-OCR" if data.get("workload") else "The traced program"
-    lines += [f"**What was measured.** {model} on {gpu}: {what}. The GPU ran {t['kernels']:,} kernels for "
+    lines += [f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + f" The GPU ran {t['kernels']:,} kernels for "
               f"{_fmt_ms(t['kernel_ns'], 1)} ms and was busy {_fmt_pct(t['busy_share'], 0)} of the time between "
               "its first and last operation.", ""]
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
