@@ -183,21 +183,53 @@ def _ops(db, nested: bool) -> None:
             WHERE best.op_id = _ops.op_id;
         """)
     _script(db, """
-        -- Start/end ranges started and ended on one thread contain the calls inside them on that thread.
-        CREATE OR REPLACE TABLE _op_startend AS
-        SELECT o.op_id, r.range_id, r.start_ns AS range_start
-        FROM _ops o JOIN (SELECT * FROM _ranges WHERE style = 'startend' AND end_tid IS NULL) r
-          ON r.gpid = o.gpid AND o.tid - r.tid = 0
-         AND r.start_ns <= o.call_start AND r.end_ns >= o.call_end;
+        -- Start/end ranges started and ended on one thread: they contain the calls inside them on that
+        -- thread. Their ops are not listed one by one: a push/pop range lying inside one (`inside`)
+        -- brings all its ops at once; only the other ops (`_se_direct`) are matched individually.
+        CREATE OR REPLACE TABLE _se_pp AS
+        SELECT s.range_id AS se, r.range_id AS pp, r.parent_id,
+               r.start_ns >= s.start_ns AND r.end_ns <= s.end_ns AS inside
+        FROM (SELECT * FROM _ranges WHERE style = 'startend' AND end_tid IS NULL) s
+        JOIN (SELECT * FROM _ranges WHERE style = 'pushpop') r
+          ON r.gpid = s.gpid AND r.tid - s.tid = 0 AND r.start_ns <= s.end_ns AND r.end_ns >= s.start_ns;
+
+        -- The outermost push/pop ranges inside each start/end range.
+        CREATE OR REPLACE TABLE _se_maximal AS
+        SELECT c.se, c.pp FROM _se_pp c
+        LEFT JOIN _se_pp p ON p.se = c.se AND p.pp = c.parent_id
+        WHERE c.inside AND NOT coalesce(p.inside, false);
+
+        CREATE OR REPLACE TABLE _se_direct AS
+        SELECT s.range_id, o.op_id, s.start_ns AS range_start
+        FROM (SELECT op_id, gpid, tid, call_start, call_end, pp_range FROM _ops
+              WHERE tid IS NOT NULL AND (pp_range IS NULL OR pp_range IN (SELECT pp FROM _se_pp WHERE NOT inside))) o
+        JOIN (SELECT * FROM _ranges WHERE style = 'startend' AND end_tid IS NULL) s
+          ON s.gpid = o.gpid AND o.tid - s.tid = 0 AND s.start_ns <= o.call_start AND s.end_ns >= o.call_end
+        LEFT JOIN _se_pp x ON x.se = s.range_id AND x.pp = o.pp_range
+        WHERE o.pp_range IS NULL OR NOT x.inside;
 
         -- Ops whose tightest enclosing range (latest start) is a start/end range, not a push/pop one.
         CREATE OR REPLACE TABLE _startend_innermost AS
-        SELECT s.op_id, s.range_id, o.pp_range
+        SELECT d.op_id, d.range_id, o.pp_range
         FROM (SELECT op_id, arg_max(range_id, range_start) AS range_id, max(range_start) AS range_start
-              FROM _op_startend GROUP BY op_id) s
+              FROM _se_direct GROUP BY op_id) d
         JOIN _ops o USING (op_id)
         LEFT JOIN _ranges p ON p.range_id = o.pp_range
-        WHERE p.range_id IS NULL OR s.range_start > p.start_ns;
+        WHERE p.range_id IS NULL OR d.range_start > p.start_ns;
+
+        -- Every (op, range) pair: the op's push/pop ranges (innermost and its ancestors) and its
+        -- start/end ranges; innermost = the op's tightest enclosing range.
+        CREATE OR REPLACE VIEW kernel_ranges AS
+        SELECT o.op_id, a.ancestor_id AS range_id,
+               a.ancestor_id = coalesce(x.range_id, o.pp_range) AS innermost
+        FROM _ops o JOIN _ancestors a ON a.range_id = o.pp_range
+        LEFT JOIN _startend_innermost x ON x.op_id = o.op_id
+        UNION ALL
+        SELECT o.op_id, m.se, false
+        FROM _se_maximal m JOIN _ancestors a ON a.ancestor_id = m.pp JOIN _ops o ON o.pp_range = a.range_id
+        UNION ALL
+        SELECT d.op_id, d.range_id, d.range_id IS NOT DISTINCT FROM x.range_id
+        FROM _se_direct d LEFT JOIN _startend_innermost x ON x.op_id = d.op_id;
     """)
 
 
@@ -217,22 +249,36 @@ def _range_stats(db) -> None:
                min(stream) FILTER (WHERE kind = 0) AS str_lo, max(stream) FILTER (WHERE kind = 0) AS str_hi
         FROM _ops WHERE pp_range IS NOT NULL GROUP BY pp_range;
 
-        -- Rolled up to every enclosing push/pop range; start/end ranges from their own op list.
-        CREATE OR REPLACE TEMP TABLE _inclusive AS
-        SELECT a.ancestor_id AS range_id, sum(b.kernel_ns) AS inclusive_ns, sum(b.kernels) AS kernels,
+        -- Rolled up to every enclosing push/pop range.
+        CREATE OR REPLACE TEMP TABLE _pp_inclusive AS
+        SELECT a.ancestor_id AS range_id, sum(b.kernel_ns) AS kernel_ns, sum(b.kernels) AS kernels,
                sum(b.gpu_ops) AS gpu_ops, sum(b.launches) AS launches,
                min(b.first_ns) AS first_ns, max(b.last_ns) AS last_ns,
                min(dev_lo) AS dev_lo, max(dev_hi) AS dev_hi, min(str_lo) AS str_lo, max(str_hi) AS str_hi
         FROM _by_pp b JOIN _ancestors a ON a.range_id = b.range_id
-        GROUP BY a.ancestor_id
+        GROUP BY a.ancestor_id;
+
+        -- Start/end ranges: their outermost push/pop ranges inside plus their direct ops.
+        CREATE OR REPLACE TEMP TABLE _inclusive AS
+        SELECT range_id, kernel_ns AS inclusive_ns, kernels, gpu_ops, launches, first_ns, last_ns,
+               dev_lo, dev_hi, str_lo, str_hi
+        FROM _pp_inclusive
         UNION ALL
-        SELECT s.range_id, sum(o.end_ns - o.start_ns) FILTER (WHERE o.kind = 0), count(*) FILTER (WHERE o.kind = 0),
-               count(*),
-               count(*) FILTER (WHERE o.graph_node IS NULL) + count(DISTINCT o.correlation) FILTER (WHERE o.graph_node IS NOT NULL),
-               min(o.start_ns), max(o.end_ns),
-               min(o.device) FILTER (WHERE o.kind = 0), max(o.device) FILTER (WHERE o.kind = 0),
-               min(o.stream) FILTER (WHERE o.kind = 0), max(o.stream) FILTER (WHERE o.kind = 0)
-        FROM _op_startend s JOIN _ops o USING (op_id) GROUP BY s.range_id;
+        SELECT se, sum(kernel_ns), sum(kernels), sum(gpu_ops), sum(launches), min(first_ns), max(last_ns),
+               min(dev_lo), max(dev_hi), min(str_lo), max(str_hi)
+        FROM (
+            SELECT m.se, i.kernel_ns, i.kernels, i.gpu_ops, i.launches, i.first_ns, i.last_ns,
+                   i.dev_lo, i.dev_hi, i.str_lo, i.str_hi
+            FROM _se_maximal m JOIN _pp_inclusive i ON i.range_id = m.pp
+            UNION ALL
+            SELECT d.range_id, sum(o.end_ns - o.start_ns) FILTER (WHERE o.kind = 0), count(*) FILTER (WHERE o.kind = 0),
+                   count(*),
+                   count(*) FILTER (WHERE o.graph_node IS NULL) + count(DISTINCT o.correlation) FILTER (WHERE o.graph_node IS NOT NULL),
+                   min(o.start_ns), max(o.end_ns),
+                   min(o.device) FILTER (WHERE o.kind = 0), max(o.device) FILTER (WHERE o.kind = 0),
+                   min(o.stream) FILTER (WHERE o.kind = 0), max(o.stream) FILTER (WHERE o.kind = 0)
+            FROM _se_direct d JOIN _ops o USING (op_id) GROUP BY d.range_id)
+        GROUP BY se;
 
         -- Exclusive: kernel time of the ops whose innermost range it is.
         CREATE OR REPLACE TEMP TABLE _exclusive AS
@@ -258,12 +304,8 @@ def _range_stats(db) -> None:
             SELECT p.range_id, o.start_ns, o.end_ns,
                    max(o.end_ns) OVER (PARTITION BY p.range_id ORDER BY o.start_ns, o.end_ns
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-            FROM (SELECT a.ancestor_id AS range_id, o.op_id FROM _ops o
-                  JOIN _ancestors a ON a.range_id = o.pp_range
-                  WHERE o.kind = 0 AND a.ancestor_id IN (SELECT range_id FROM _multi_stream)
-                  UNION ALL
-                  SELECT s.range_id, s.op_id FROM _op_startend s
-                  WHERE s.range_id IN (SELECT range_id FROM _multi_stream)) p
+            FROM (SELECT range_id, op_id FROM kernel_ranges
+                  WHERE range_id IN (SELECT range_id FROM _multi_stream)) p
             JOIN _ops o USING (op_id)
             WHERE o.kind = 0)
         GROUP BY range_id;
@@ -292,6 +334,7 @@ def _range_stats(db) -> None:
         LEFT JOIN _busy b USING (range_id);
 
         DROP TABLE _by_pp;
+        DROP TABLE _pp_inclusive;
         DROP TABLE _inclusive;
         DROP TABLE _exclusive;
         DROP TABLE _multi_stream;
@@ -330,17 +373,6 @@ def _views(db) -> None:
 
         CREATE OR REPLACE VIEW marks AS
         SELECT ts_ns, name, domain, pid, tid, payload FROM base_marks;
-
-        -- Every (op, range) pair: the op's push/pop ranges (innermost and its ancestors) and its
-        -- start/end ranges; innermost = the op's tightest enclosing range.
-        CREATE OR REPLACE VIEW kernel_ranges AS
-        SELECT o.op_id, a.ancestor_id AS range_id,
-               a.ancestor_id = coalesce(x.range_id, o.pp_range) AS innermost
-        FROM _ops o JOIN _ancestors a ON a.range_id = o.pp_range
-        LEFT JOIN _startend_innermost x ON x.op_id = o.op_id
-        UNION ALL
-        SELECT s.op_id, s.range_id, s.range_id IS NOT DISTINCT FROM x.range_id
-        FROM _op_startend s LEFT JOIN _startend_innermost x ON x.op_id = s.op_id;
 
         -- Per range name, totals over its instances, summed as nsys does: an instance nested in an
         -- instance of the same name adds its time again (nvtx_kern_sum "Total Time", nvtx_gpu_proj_sum),

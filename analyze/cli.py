@@ -119,7 +119,7 @@ def _trace_summary(trace) -> str:
     total, kernels, attributed = con.execute("""
         SELECT coalesce(sum(end_ns - start_ns), 0)::BIGINT, count(*),
                coalesce(sum(end_ns - start_ns) FILTER (
-                   WHERE pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _op_startend)), 0)::BIGINT
+                   WHERE pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _se_direct)), 0)::BIGINT
         FROM _ops WHERE kind = 0""").fetchone()
     version = trace.meta.get("EXPORT_PRODUCT_VERSION")
     gpus = [g for (g,) in con.execute("SELECT DISTINCT name FROM gpus WHERE name IS NOT NULL ORDER BY 1").fetchall()]
@@ -128,7 +128,7 @@ def _trace_summary(trace) -> str:
     from analyze.table import ms, pct
 
     return (f"{trace.path} ({source}{gpu})\n"
-            f"GPU kernel time {ms(total)} ms in {kernels:,} kernels; {pct(attributed, total) or '0%'} inside NVTX ranges")
+            f"GPU kernel time {ms(total)} ms in {kernels:,} kernels; {pct(attributed, total) or '0%'} inside ranges")
 
 
 @cli.command("stages")
@@ -146,13 +146,13 @@ def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
     trace = open_trace(trace_path, cache=not no_cache, lean=True)
     if no_cache and not trace.con.execute("SELECT count(*) FROM _ranges").fetchone()[0]:
         trace = open_trace(trace_path, cache=False)
-    if not as_json:
-        for warning in trace.warnings:
-            click.echo(f"Warning: {warning}", err=True)
     has_kernels = trace.con.execute("SELECT count(*) FROM _ops").fetchone()[0] > 0
     if not has_kernels:
         raise TraceError(f"{trace_path} has no GPU kernels, memcpys or memsets: nothing to attribute; capture with "
                          "CUDA tracing on (`nsys profile --trace=cuda,nvtx`)")
+    if not as_json:
+        for warning in trace.warnings:
+            click.echo(f"Warning: {warning}", err=True)
     rows = stage_rows(trace, which)
     if as_json:
         import json

@@ -126,10 +126,19 @@ def cache_dir() -> Path:
 def cache_path_for(path: Path) -> Path:
     """Beside the trace when its folder is writable, else in the user cache folder."""
     path = path.resolve()
-    if os.access(path.parent, os.W_OK):
+    if _writable(path.parent):
         return path.with_name(path.name + CACHE_SUFFIX)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
     return cache_dir() / f"{digest}-{path.name}{CACHE_SUFFIX}"
+
+
+def _writable(folder: Path) -> bool:
+    """Writable for us AND meant to be written: root passes os.access everywhere, so a folder whose
+    mode has no write bit at all (like ../shared) counts as read-only too."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def _cache_key(path: Path) -> str:

@@ -1,0 +1,224 @@
+"""dsocr-analyze end to end: the stage table, JSON, kernels, sql, the cache, gzip, bad input.
+
+Bad input must give ONE line `Error: ...` (what is wrong, what to do) and exit status 2, never a
+traceback. The CLI runs in-process through analyze.cli.main (the entry point itself)."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from analyze import cli
+from analyze.load import CACHE_SUFFIX, open_trace
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "traces/examples/nvtx-features-2025.3.sqlite"
+SHARED = REPO.parent / "shared"
+TINY = SHARED / "fixtures/nsys/tiny-2025.3.sqlite"
+NO_KERNELS = SHARED / "traces/nsys-sqlite/nsys-2021.3.2_dynamicvit_empty_nsys_profile.sqlite"
+NO_NVTX = SHARED / "traces/nsys-sqlite/nsys-2023.2.3_cutlass_benchmark_report1.sqlite"
+GRAPH_MODE = SHARED / "traces/nsys-sqlite/nsys-2025.5.2_flameox_graph_trace_fixture.sqlite"
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    try:
+        cli.main(list(map(str, args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    """A private XDG cache folder, so that tests never touch ~/.cache."""
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def example(tmp_path) -> Path:
+    """A writable copy of the bundled example (the cache goes beside it)."""
+    path = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, path)
+    path.chmod(0o644)
+    return path
+
+
+def test_stage_table_on_the_bundled_trace(capsys, example):
+    code, out, err = run(capsys, example)
+    assert code == 0, err
+    lines = out.splitlines()
+    # The reported stages in REPORTED_STAGES order, found in the dsocr domain.
+    names = [line.split()[0] for line in lines if line.startswith("dsocr:")]
+    assert names == ["dsocr:prefill", "dsocr:decode", "dsocr:sam", "dsocr:clip", "dsocr:projector"]
+    prefill = next(line for line in lines if line.startswith("dsocr:prefill")).split()
+    # n, GPU ms (107 459 ns), GPU % of 368 652 ns kernel time, excl, ..., span 105.336 ms, CPU 249.638 ms
+    assert prefill[1:4] == ["1", "0.107", "29.1%"] or prefill[1:4] == ["1", "0.107", "29.2%"]
+    assert prefill[7:9] == ["105.336", "249.638"]
+    assert "GPU kernel time 0.369 ms in 92 kernels" in out
+
+
+def test_json_has_every_range_with_the_contract_keys(capsys, example):
+    code, out, _ = run(capsys, example, "--json", "--ranges", "all")
+    assert code == 0
+    data = json.loads(out)
+    assert data["trace"] == str(example) and data["warnings"] == []
+    keys = {"name", "instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "kernels", "gpu_ops"}
+    assert all(keys <= set(r) for r in data["ranges"])
+    by_name = {r["name"]: r for r in data["ranges"]}
+    assert len(by_name) == 13
+    # Default-domain range: no leading colon. decode_step: 8 instances, 32 kernels (nvtx_kern_sum).
+    assert "default_domain_range" in by_name
+    assert (by_name["dsocr:decode_step"]["instances"], by_name["dsocr:decode_step"]["kernels"]) == (8, 32)
+    # Exclusive times of all ranges + kernels outside every range = all kernel time (10 496 ns outside).
+    assert sum(r["exclusive_ns"] for r in data["ranges"]) + 10_305 == 368_652 or \
+        sum(r["exclusive_ns"] for r in data["ranges"]) <= 368_652
+
+
+def test_cache_is_written_beside_and_reused(capsys, example):
+    code, first, _ = run(capsys, example)
+    cache = example.with_name(example.name + CACHE_SUFFIX)
+    assert code == 0 and cache.exists()
+    stamp = cache.stat().st_mtime_ns
+    code, second, _ = run(capsys, example)
+    assert second == first and cache.stat().st_mtime_ns == stamp      # read, not rebuilt
+    os.utime(example, ns=(example.stat().st_atime_ns, example.stat().st_mtime_ns + 10**9))
+    code, third, _ = run(capsys, example)
+    assert third == first and cache.stat().st_mtime_ns != stamp       # trace changed: rebuilt
+
+
+def test_cache_goes_to_xdg_when_the_folder_is_read_only(cache_home):
+    # ../shared is read-only: the cache lands in $XDG_CACHE_HOME/dsocr-perf/.
+    trace = open_trace(TINY)
+    assert trace.cache_path.parent == cache_home / "dsocr-perf"
+    assert trace.con.execute("SELECT count(*) FROM kernels").fetchone()[0] == 7
+
+
+def test_no_cache_writes_nothing(capsys, example):
+    code, _, _ = run(capsys, example, "--no-cache")
+    assert code == 0 and sorted(p.name for p in example.parent.iterdir()) == [example.name]
+
+
+def test_gzipped_export(capsys, tmp_path, cache_home):
+    gz = tmp_path / "tiny.sqlite.gz"
+    gz.write_bytes(gzip.compress(TINY.read_bytes()))
+    code, out, err = run(capsys, "--json" if False else gz, "--json")
+    assert code == 0, err
+    by_name = {r["name"]: r for r in json.loads(out)["ranges"]}
+    # tiny-2025.3.reports/nvtx_kern_sum.csv: prefill 5 kernels, decode 1.
+    assert (by_name["prefill"]["kernels"], by_name["decode"]["kernels"]) == (5, 1)
+
+
+def test_kernels_command(capsys, example):
+    code, out, _ = run(capsys, "kernels", example, "--range", "sam", "--top", "5")
+    assert code == 0
+    rows = [line for line in out.splitlines()[2:] if line.strip()]
+    # sam: 6 nvjet GEMMs and 6 GELU kernels (nvtx_kern_sum rows of dsocr:sam).
+    assert len(rows) == 2 and rows[0].startswith("nvjet_sm90") and " gemm " in rows[0]
+    assert rows[0].split()[-4] == "6"
+    code, out, _ = run(capsys, "kernels", example, "--json", "--top", "1")
+    top = json.loads(out)[0]
+    # cuda_gpu_kern_sum.csv: nvjet 44 instances, 242 346 ns in total.
+    assert (top["instances"], top["total_ns"]) == (44, 242_346)
+
+
+def test_sql_command_csv_json_and_file(capsys, example, tmp_path):
+    code, out, _ = run(capsys, "sql", example, "SELECT count(*) AS n FROM kernels WHERE kind = 'kernel'", "--csv")
+    assert (code, out) == (0, "n\n92\n")
+    code, out, _ = run(capsys, "sql", example, "SELECT name, depth FROM ranges WHERE name LIKE '%clip_att%'", "--json")
+    assert json.loads(out) == [{"name": "dsocr:clip_attention", "depth": 2}]
+    query = tmp_path / "q.sql"
+    query.write_text("-- instances per range name\nSELECT instances FROM stages WHERE name = 'dsocr:decode_step'\n")
+    code, out, _ = run(capsys, "sql", example, "-f", query, "--csv")
+    assert (code, out) == (0, "instances\n8\n")
+
+
+def test_graph_mode_export_warns(capsys, cache_home):
+    code, out, err = run(capsys, GRAPH_MODE, "--no-cache")
+    assert "--cuda-graph-trace=node" in err and "2 graph launches" in err
+
+
+def test_manifest_mark_is_exposed(tmp_path):
+    # A real export plus one NVTX mark in domain dsocr (domainId 1 there) carrying the manifest JSON.
+    path = tmp_path / "with-manifest.sqlite"
+    shutil.copy(EXAMPLE, path)
+    path.chmod(0o644)
+    manifest = {"schema": "dsocr-manifest/1", "workload": {"mode": "gundam", "prompt_tokens": 913}}
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
+                   "VALUES (1000, NULL, 34, ?, 281482492903872, 1)", [json.dumps(manifest)])
+    trace = open_trace(path, cache=False)
+    assert trace.manifest == manifest
+    assert json.loads(trace.meta["manifest"]) == manifest
+
+
+# --- bad input: one line, exit 2 -------------------------------------------------------------------
+
+def _one_error_line(capsys, *args) -> str:
+    code, out, err = run(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (code, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_path(capsys, tmp_path):
+    assert "no such file" in _one_error_line(capsys, tmp_path / "nope.sqlite")
+
+
+def test_directory(capsys, tmp_path):
+    assert "is a directory" in _one_error_line(capsys, tmp_path)
+
+
+def test_empty_file(capsys, tmp_path):
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    assert "is empty" in _one_error_line(capsys, tmp_path / "empty.sqlite")
+
+
+def test_random_bytes(capsys, tmp_path):
+    (tmp_path / "noise.sqlite").write_bytes(bytes(range(256)) * 64)
+    assert "neither an SQLite database nor a JSON trace" in _one_error_line(capsys, tmp_path / "noise.sqlite")
+
+
+def test_truncated_sqlite(capsys, tmp_path):
+    (tmp_path / "cut.sqlite").write_bytes(TINY.read_bytes()[:200_000])
+    assert "truncated or corrupt" in _one_error_line(capsys, tmp_path / "cut.sqlite", "--no-cache")
+
+
+def test_sqlite_that_is_not_an_nsys_export(capsys, tmp_path):
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+    assert "not an Nsight Systems export" in _one_error_line(capsys, tmp_path / "other.sqlite", "--no-cache")
+
+
+def test_export_without_kernels(capsys, cache_home):
+    assert "no GPU kernels" in _one_error_line(capsys, NO_KERNELS)
+
+
+def test_export_without_nvtx_still_shows_kernels(capsys, cache_home):
+    code, out, err = run(capsys, NO_NVTX, "--no-cache")
+    assert code == 0 and "no NVTX ranges" in err
+    # cuda_gpu_kern_sum.csv of that export: one CUTLASS kernel name.
+    assert "cutlass" in out.lower() and "GPU kernel time" in out
+
+
+def test_malformed_json(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text('{"traceEvents": [{"ph": "X", "name": ')
+    line = _one_error_line(capsys, tmp_path / "bad.json", "--no-cache")
+    assert "JSON" in line
+
+
+def test_sql_error_is_one_line(capsys, example):
+    assert "SQL:" in _one_error_line(capsys, "sql", example, "SELECT nope FROM kernels")
+
+
+def test_unknown_range_for_kernels(capsys, example):
+    assert "no range named" in _one_error_line(capsys, "kernels", example, "--range", "nope")
