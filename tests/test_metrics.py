@@ -183,3 +183,13 @@ def test_decode_model_frame_registers_in_duckdb():
     assert got == [(0, 914 * 61_440), (1, 915 * 61_440), (2, 916 * 61_440)]
     assert metrics.decode_model_frame(None).columns == list(flops.DECODE_MODEL_COLUMNS)
     assert metrics.decode_model_frame(None).height == 0
+
+
+def test_the_metrics_side_imports_neither_torch_nor_matplotlib():
+    import subprocess
+    import sys
+    code = ("import sys, analyze.metrics, analyze.peaks, analyze.roofline, dsocr.flops; "
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], check=True)
+    assert out.stdout.split() == ["False", "False"]
