@@ -14,7 +14,8 @@ and a worker thread whose `prefetch` / `dsocr:detokenize` ranges overlap the mai
 Matrix kernels launch through the driver API (`cuLaunchKernelEx`), the rest through
 `cudaLaunchKernel_v7000`; a few memcpy / memset ops and API calls without GPU work are mixed in;
 a handful of warm-up kernels are launched outside every range. Every thread's GPU ops run in launch
-order on the thread's own stream, behind the CPU, so kernels routinely run after their range popped.
+order on the thread's own stream, behind the CPU, so kernels routinely run after their range popped;
+the worker's `prefetch` also launches a long kernel on a second stream that overlaps its other work.
 
 Ground truth (OUT.truth.json) is computed from the construction, not from the rows: per range name
 (`dsocr:sam`, `page`, ...) with NVIDIA's launch-time semantics (an op belongs to every range on the
@@ -24,7 +25,8 @@ launching thread that encloses its launch call):
     inclusive_ns     their total duration (= nvtx_kern_sum Total Time, summed over kernel names)
     exclusive_ns     kernel ns whose innermost range is this one
     gpu_ops, gpu_op_ns   the same over kernels + memcpy + memset
-    busy_ns          union of the instance's kernel intervals (= inclusive_ns: a thread's kernels never overlap here)
+    busy_ns          union of the instance's kernel intervals (< inclusive_ns only for `prefetch`, the one range
+                     with kernels on two streams)
     span_ns          per instance first op start -> last op end (like nvtx_gpu_proj_sum), summed
     kernel_span_ns   the same over kernels only
     cpu_ns           range wall time (end - start), summed
@@ -63,7 +65,7 @@ VM_BITS = 1 << 48
 IDLE, PUSH, POP, LAUNCH, API, MARK = 0, 1, 2, 3, 4, 5
 
 
-VERSION = 2   # bump when the rows or the truth change: the benchmark regenerates cached files
+VERSION = 3   # bump when the rows or the truth change: the benchmark regenerates cached files
 
 
 class GeneratorError(Exception):
@@ -120,6 +122,7 @@ class OpKind:
     shared: int = 0
     bytes: int = 0
     copy_kind: int = 0
+    side_stream: bool = False  # launched on the thread's second stream
 
 
 OPS = [
@@ -151,12 +154,15 @@ OPS = [
            "unsigned int, long, 4>>(T3)", "reduce_kernel", 5200),
     OpKind("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda, "
            "std::array<char *, 2>, 4>(int, T1, T2)", "unrolled_elementwise_kernel", 2000),
+    OpKind("void at::native::vectorized_elementwise_kernel<4, at::native::BUnaryFunctor<float, float, float, "
+           "at::native::MulFunctor<float>>, std::array<char *, 2>>(int, T2, T3)", "vectorized_elementwise_kernel",
+           600_000, side_stream=True),
     OpKind("Memcpy HtoD (Pageable -> Device)", "memcpy_htod", 0, kind="memcpy", bytes=8 << 20, copy_kind=1),
     OpKind("Memcpy DtoH (Device -> Pinned)", "memcpy_dtoh", 0, kind="memcpy", bytes=8, copy_kind=2),
     OpKind("Memset (Device)", "memset", 0, kind="memset", bytes=1 << 20),
 ]
-GEMM, GEMM_SMALL, ADD, GELU, LAYERNORM, RMSNORM, FLASH, ROPE, TOPK, MOE_ALIGN, MOE, ARGMAX, COPY = range(13)
-HTOD, DTOH, MEMSET = 13, 14, 15
+GEMM, GEMM_SMALL, ADD, GELU, LAYERNORM, RMSNORM, FLASH, ROPE, TOPK, MOE_ALIGN, MOE, ARGMAX, COPY, SIDE_SCALE = range(14)
+HTOD, DTOH, MEMSET = 14, 15, 16
 API_NAMES = {"runtime": "cudaLaunchKernel_v7000", "driver": "cuLaunchKernelEx",
              "memcpy": "cudaMemcpyAsync_v3020", "memset": "cudaMemsetAsync_v3020",
              "query": "cudaStreamIsCapturing_v10000"}
@@ -271,7 +277,7 @@ def main_program(budget: int, rng) -> Program:
 def worker_program(blocks: int, idle_ns: float) -> Program:
     block = Program()
     block.add(IDLE, 0, scale=idle_ns)
-    block.range("prefetch", lambda: block.ops([HTOD, COPY, ADD]))
+    block.range("prefetch", lambda: block.ops([HTOD, SIDE_SCALE, COPY, ADD]))
     block.add(IDLE, 0, scale=idle_ns)
     block.range("detokenize", lambda: block.ops([ARGMAX]))
     p = Program()
@@ -286,7 +292,7 @@ class Thread:
     pid: int
     tid: int
     device: int
-    stream: int
+    stream: int            # the second stream is stream + 1
     code: np.ndarray
     arg: np.ndarray
     payload: np.ndarray
@@ -294,6 +300,7 @@ class Thread:
     api_end: np.ndarray    # end of the API call of LAUNCH/API tokens
     op_start: np.ndarray   # GPU op interval of LAUNCH tokens (else 0)
     op_end: np.ndarray
+    op_stream: np.ndarray  # stream of LAUNCH tokens
     correlation: np.ndarray  # per token (0 where no API call)
 
     @property
@@ -311,6 +318,9 @@ def op_table():
     is_kernel = np.array([o.kind == "kernel" for o in OPS] + [False])
     nbytes = np.array([o.bytes for o in OPS] + [0], np.float64)
     return base, driver, is_kernel, nbytes
+
+
+SIDE = np.array([o.side_stream for o in OPS] + [False])
 
 
 def time_program(prog: Program, rng, t0: int, pid: int, tid: int, device: int, stream: int,
@@ -335,16 +345,22 @@ def time_program(prog: Program, rng, t0: int, pid: int, tid: int, device: int, s
     gap = 700                                             # the GPU's gap between back-to-back ops
     ready = api_end[launch] - 1500
     occupied = dur + gap
-    cum = np.cumsum(occupied)
-    # FIFO stream: end_i = max(ready_i + d_i, end_{i-1} + d_i), solved as a max-plus prefix scan.
-    end = cum + np.maximum.accumulate(ready - (cum - occupied))
+    side = SIDE[ops]
+    end = np.zeros(len(ops), np.int64)
+    for on_side in (False, True):
+        sel = side == on_side
+        cum = np.cumsum(occupied[sel])
+        # FIFO stream: end_i = max(ready_i + d_i, end_{i-1} + d_i), solved as a max-plus prefix scan.
+        end[sel] = cum + np.maximum.accumulate(ready[sel] - (cum - occupied[sel]))
     op_end = np.zeros(n, np.int64)
     op_start = np.zeros(n, np.int64)
+    op_stream = np.zeros(n, np.int64)
     op_end[launch] = end - gap
     op_start[launch] = end - occupied
+    op_stream[launch] = stream + side
     correlation = np.zeros(n, np.int64)
     correlation[is_call] = first_correlation + np.arange(np.count_nonzero(is_call))
-    return Thread(pid, tid, device, stream, code, arg, payload, t, api_end, op_start, op_end, correlation)
+    return Thread(pid, tid, device, stream, code, arg, payload, t, api_end, op_start, op_end, op_stream, correlation)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,7 +408,10 @@ def range_truth(th: Thread):
         "launches": between(launch.astype(np.int64)),
         "cpu_ns": th.t[ends] - th.t[starts],
     }
-    m["busy_ns"] = m["inclusive_ns"]     # one FIFO stream per thread: a range's kernels never overlap
+    # On one FIFO stream the first launched op starts first and the last one ends last, and kernels never
+    # overlap (busy = their sum). Instances with side-stream kernels get the general formulas below.
+    mixed = between((launch & SIDE[arg]).astype(np.int64)) > 0
+    m["busy_ns"] = m["inclusive_ns"].copy()
     for key, mask in (("span_ns", launch), ("kernel_span_ns", kern)):
         pos = np.flatnonzero(mask)
         first = np.searchsorted(pos, starts, side="right")
@@ -400,12 +419,45 @@ def range_truth(th: Thread):
         has = first <= last
         span = np.zeros(len(starts), np.int64)
         span[has] = th.op_end[pos[last[has]]] - th.op_start[pos[first[has]]]
+        sel = np.flatnonzero(mixed & has)
+        if len(sel):
+            group, op_start, op_end = _instance_ops(pos, first[sel], last[sel], th)
+            span[sel] = np.maximum.reduceat(op_end, group) - np.minimum.reduceat(op_start, group)
+            if key == "kernel_span_ns":
+                m["busy_ns"][sel] = _union_lengths(group, op_start, op_end)
         m[key] = span
     child_sum = np.zeros(len(starts), np.int64)
     has_parent = parent >= 0
     np.add.at(child_sum, parent[has_parent], m["inclusive_ns"][has_parent])
     m["exclusive_ns"] = m["inclusive_ns"] - child_sum
     return arg[starts], starts, ends, m
+
+
+def _instance_ops(pos, first, last, th):
+    """The ops pos[first[i]..last[i]] of each selected instance, flattened: (group starts, starts, ends)."""
+    counts = last - first + 1
+    group = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    idx = np.repeat(first - group, counts) + np.arange(int(counts.sum()))
+    return group, th.op_start[pos[idx]], th.op_end[pos[idx]]
+
+
+def _union_lengths(group, start, end):
+    """Length of the union of the intervals of each group (groups are consecutive runs starting at `group`)."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64)
+    label = np.zeros(len(start), np.int64)
+    label[group[1:]] = 1
+    label = np.cumsum(label)
+    order = np.lexsort((start, label))
+    start, end, label = start[order], end[order], label[order]
+    big = int(end.max() - start.min()) + 1
+    shifted_end = end - start.min() + label * big        # groups cannot reach into each other
+    reach = np.maximum.accumulate(shifted_end)
+    before = np.concatenate([[-1], reach[:-1]])
+    before = np.where(np.concatenate([[True], label[1:] != label[:-1]]), -1, before)   # nothing before a group
+    shifted_start = start - start.min() + label * big
+    added = np.maximum(0, shifted_end - np.maximum(shifted_start, before))
+    return np.bincount(label, weights=added).astype(np.int64)
 
 
 TRUTH_KEYS = ["instances", "kernels", "inclusive_ns", "exclusive_ns", "gpu_ops", "gpu_op_ns", "busy_ns", "span_ns",
@@ -506,7 +558,7 @@ def write_export(out: Path, threads: list[Thread], processes: list[tuple[int, st
             kcols[key].append(values)
         nk = int(kern.sum())
         kcols["device"].append(np.full(nk, th.device))
-        kcols["stream"].append(np.full(nk, th.stream))
+        kcols["stream"].append(th.op_stream[kern])
         kcols["gpid"].append(np.full(nk, th.global_pid, np.int64))
         for i in np.flatnonzero(launch & ~is_kernel[th.arg]):
             copies.append((OPS[th.arg[i]], int(th.op_start[i]), int(th.op_end[i]), th, int(th.correlation[i])))

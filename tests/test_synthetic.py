@@ -122,6 +122,12 @@ def test_truth_matches_nvidia_rule_in_sql(synthetic):
         truth["ranges"]["dsocr:detokenize"]["kernels"]
     assert top + truth["unattributed_kernels"] == truth["kernels"]
     assert truth["unattributed_kernels"] == 10      # 5 warm-up launches in each of the two processes
+    # Kernels overlap only in `prefetch` (a second stream): there busy < kernel time; elsewhere they are equal.
+    overlapping = {n for n, t in truth["ranges"].items() if t["busy_ns"] != t["inclusive_ns"]}
+    assert overlapping == {"prefetch"}
+    assert truth["ranges"]["prefetch"]["busy_ns"] < truth["ranges"]["prefetch"]["inclusive_ns"]
+    streams = query(path, "SELECT count(DISTINCT streamId) FROM CUPTI_ACTIVITY_KIND_KERNEL")[0][0]
+    assert streams == 3                              # main thread 7, worker 13 and 14
 
 
 def test_exclusive_is_innermost(synthetic):
