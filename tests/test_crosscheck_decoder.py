@@ -78,3 +78,26 @@ def test_decoder_matches_transformers_unlimited_ocr():
         past = out.past_key_values
         torch.testing.assert_close(ours.decode_step(torch.tensor([[t]]), cache),
                                    ours.lm_head(out.last_hidden_state[:, -1]), atol=2e-5, rtol=1e-5)
+
+
+def test_no_repeat_ngram_matches_transformers_processor():
+    """Our incremental ban list equals transformers' NoRepeatNGramLogitsProcessor at every step."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    from dsocr.generate import NoRepeatNGram
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 6
+    sequence = torch.randint(0, vocab, (200,), generator=gen).tolist()   # small vocab: short n-grams repeat
+    sequence = sequence[:120] + sequence[30:90] + sequence[120:]         # a 60-token repeat for n = 20
+    for n in (2, 3, 20):
+        ours = NoRepeatNGram(n, sequence[:10])
+        theirs = NoRepeatNGramLogitsProcessor(n)
+        bans = 0
+        for t in range(10, len(sequence)):
+            scores = theirs(torch.tensor([sequence[:t]]), torch.zeros(1, vocab))
+            want = {i for i in range(vocab) if scores[0, i] == float("-inf")}
+            assert ours.banned() == want, (n, t)
+            bans += len(want)
+            ours.append(sequence[t])
+        assert bans > 0

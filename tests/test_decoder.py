@@ -91,3 +91,44 @@ def test_meta_decode_step_flops_match_the_doc():
     with FlopCounterMode(display=False) as counter:
         model.decode_step(torch.zeros(1, 1, dtype=torch.long, device="meta"), cache)
     assert counter.get_total_flops() == 817_233_920 + 330_956_800 + 61_440 * 913
+
+
+def _scripted(tokens, vocab=8):
+    """Logits whose argmax walks through `tokens` (the decode loop's real input type, no model needed)."""
+    it = iter(tokens[1:] + [0] * 10)
+
+    def step(token):
+        logits = torch.zeros(1, vocab)
+        logits[0, next(it)] = 1.0
+        return logits
+
+    first = torch.zeros(1, vocab)
+    first[0, tokens[0]] = 1.0
+    return first, step
+
+
+def test_greedy_decode_stops_at_eos_unless_ignored():
+    from dsocr.generate import greedy_decode
+
+    first, step = _scripted([5, 6, 1, 7])
+    g = greedy_decode(step, first, prompt_ids=[0, 3, 3], max_new_tokens=10, eos_id=1, no_repeat_ngram_size=0)
+    assert (g.token_ids, g.kv_lengths, g.stopped_at_eos) == ([5, 6, 1], [4, 5, 6], True)
+    first, step = _scripted([5, 6, 1, 7])
+    g = greedy_decode(step, first, prompt_ids=[0, 3, 3], max_new_tokens=4, eos_id=1, ignore_eos=True,
+                      no_repeat_ngram_size=0)
+    assert (g.token_ids, g.kv_lengths, g.stopped_at_eos) == ([5, 6, 1, 7], [4, 5, 6, 7], False)
+
+
+def test_greedy_decode_bans_repeated_ngrams():
+    from dsocr.generate import greedy_decode
+
+    # the model wants "4 4 4 ..." forever; with n = 2 the bigram (4, 4) may appear once, then 4 after 4 is
+    # banned and the runner-up (all logits 0 -> the lowest id, 0) is taken; after that 0, the prompt's
+    # bigram (0, 4) bans 4 again (HF counts the prompt too), so 0 follows.
+    def step(token):
+        logits = torch.zeros(1, 8)
+        logits[0, 4] = 1.0
+        return logits
+
+    g = greedy_decode(step, step(None), prompt_ids=[0], max_new_tokens=4, eos_id=1, no_repeat_ngram_size=2)
+    assert g.token_ids == [4, 4, 0, 0]
