@@ -74,7 +74,7 @@ class ManifestWork:
         try:
             self.config = ModelConfig.from_dict(m["config"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"the manifest's model.config is not a DeepSeek-OCR config ({e!r} missing or wrong)")
+            raise ValueError(f"the manifest's model.config is not a DeepSeek-OCR config ({_why(e)})") from None
         self.dtype = m.get("dtype") or "bfloat16"
         self.nbytes = model.dtype_bytes(self.dtype)
         self.workloads = _request_workloads(manifest)
@@ -111,9 +111,13 @@ def _workload(d: dict) -> tuple[Workload, list[int] | None]:
     try:
         w = Workload.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"a manifest workload is incomplete ({e!r} missing or wrong)")
+        raise ValueError(f"a manifest workload is incomplete ({_why(e)})") from None
     kv = d.get("decode_kv_lengths")
     return w, [int(k) for k in kv] if kv is not None else None
+
+
+def _why(error: Exception) -> str:
+    return f"no {error.args[0]!r} key" if isinstance(error, KeyError) else str(error)
 
 
 def _scaled_mean(costs: list[model.Cost], k: int) -> model.Cost:
