@@ -33,7 +33,8 @@ metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trac
                rest of prefill, outside every stage) that sum to totals.kernel_ns
   model_mfu    analyze.metrics' model level over prefill + decode: {stages, flops, bytes, busy_ns, tflops,
                mfu, gbs, mbu, intensity, bound}, or null
-  top_kernels  {stage: [{name, short_name, category, instances, total_ns, share}]} (top 5 each)
+  top_kernels  {stage: [{name, short_name, label, category, instances, total_ns, share}]} (top 5 each;
+               label = short_name, with the template's functor when two rows share a short name)
   category_mix {stage: {category: ns}} GPU-op time per kernel category, plus "(all)" for the trace
   decode       {steps: [{request, step, kv_length, gpu_ns, wall_ns, kernels}],
                 by_step: [{step, kv_length, n, mean_gpu_ns, mean_wall_ns}],
@@ -191,7 +192,36 @@ def _top_kernels(con, names: list[str]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {n: [] for n in names}
     for row in rows:
         out[row.pop("stage")].append(row)
+    for kernels in out.values():
+        _label_duplicates(kernels)
     return out
+
+
+_NOISE = {"int", "unsigned", "long", "char", "float", "double", "bool", "void", "const", "at", "native", "std", "array",
+          "c10", "BFloat16", "Half", "lambda", "instance", "operator", "unnamed", "anonymous", "namespace", "T1", "T2",
+          "T3", "T4", "detail", "memory", "TrivialOffsetCalculator", "cuda"}
+
+
+def kernel_label(name: str, short_name: str | None) -> str:
+    """short_name, plus the first meaningful identifier of the template arguments (the functor), which tells
+    apart e.g. the several `vectorized_elementwise_kernel` instances."""
+    import re
+
+    base = short_name or name
+    args = name.split("<", 1)[1] if "<" in name else ""
+    for word in re.findall(r"[A-Za-z_]\w*", args):
+        if word not in _NOISE and word != base and not word.isdigit():
+            return f"{base} [{word}]"
+    return base
+
+
+def _label_duplicates(kernels: list[dict]) -> None:
+    counts: dict[str, int] = {}
+    for k in kernels:
+        counts[k["short_name"] or k["name"]] = counts.get(k["short_name"] or k["name"], 0) + 1
+    for k in kernels:
+        base = k["short_name"] or k["name"]
+        k["label"] = kernel_label(k["name"], k["short_name"]) if counts[base] > 1 else base
 
 
 def _category_mix(con, names: list[str]) -> dict[str, dict[str, int]]:
@@ -522,7 +552,7 @@ def render_markdown(data: dict) -> str:
             continue
         lines += [f"**{stage}**", ""]
         lines += _table(["kernel", "category", "count", "total ms", "share of stage"],
-                        [[f"`{_short(k['short_name'] or k['name'])}`", k["category"], k["instances"], _fmt_ms(k["total_ns"]),
+                        [[f"`{_short(k['label'])}`", k["category"], k["instances"], _fmt_ms(k["total_ns"]),
                           _fmt_pct(k["share"])] for k in kernels]) + [""]
 
     lines += ["## Kernel category mix", "", "Share of each stage's GPU-op time per kernel category:", ""]

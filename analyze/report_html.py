@@ -257,7 +257,7 @@ def render_html(data: dict, trace=None) -> str:
         if kernels:
             parts.append(f"<h3><code>{_esc(stage)}</code></h3>" + _table(
                 ["kernel", "category", "count", "total ms", "share of stage"],
-                [[f"<code title='{_esc(k['name'])}'>{_esc(_short(k['short_name'] or k['name'], 80))}</code>", _esc(k["category"]),
+                [[f"<code title='{_esc(k['name'])}'>{_esc(_short(k['label'], 80))}</code>", _esc(k["category"]),
                   k["instances"], _fmt_ms(k["total_ns"]), _fmt_pct(k["share"])] for k in kernels], left=2))
 
     # category mix
