@@ -218,27 +218,38 @@ def _signed(x, scale=1.0, fmt="{:+,.3f}") -> str:
     return "-" if x is None else fmt.format(x / scale)
 
 
+def _unit(values) -> tuple[str, float]:
+    """ms for stage times of a millisecond or more, else µs, so that small deltas stay visible."""
+    biggest = max((abs(v) for v in values if v is not None), default=0)
+    return ("ms", 1e6) if biggest >= 1e6 else ("us", 1e3)
+
+
 def format_diff(result: dict) -> str:
-    lines = [f"A: {result['a']['trace']} ({result['a']['requests']} request ranges)",
-             f"B: {result['b']['trace']} ({result['b']['requests']} request ranges)",
+    from analyze.report import _plural
+
+    lines = [f"A: {result['a']['trace']} ({_plural(result['a']['requests'], 'request range')})",
+             f"B: {result['b']['trace']} ({_plural(result['b']['requests'], 'request range')})",
              f"GPU time = inclusive kernel time, {result['unit']}; significant: {result['significance']}", ""]
+    unit, scale = _unit([r[k] for r in result["stages"] for k in ("a_ns", "b_ns")])
     width = max([5] + [len(r["stage"]) for r in result["stages"]])
-    head = (f"{'stage':<{width}} {'A ms':>10} {'B ms':>10} {'delta ms':>10} {'delta':>8} {'kernels A>B':>15} "
+    head = (f"{'stage':<{width}} {'A ' + unit:>10} {'B ' + unit:>10} {'delta ' + unit:>10} {'delta':>8} {'kernels A>B':>15} "
             f"{'GFLOP delta':>12} {'MFU A>B':>13} {'signif.':>8}")
     lines += [head, "-" * len(head)]
     for r in result["stages"]:
         kernels = f"{_num(r['a_kernels'], fmt='{:,.0f}')}>{_num(r['b_kernels'], fmt='{:,.0f}')}"
-        mfu = f"{_num(r['a_mfu'], fmt='{:.1f}')}>{_num(r['b_mfu'], fmt='{:.1f}')}%" if r["a_mfu"] is not None or r["b_mfu"] is not None else "-"
+        mfu = (f"{_num(r['a_mfu'], fmt='{:.1f}')}>{_num(r['b_mfu'], fmt='{:.1f}')}%"
+               if r["a_mfu"] is not None or r["b_mfu"] is not None else "-")
         sig = {True: "yes", False: "no", None: "?"}[r["significant"]]
-        lines.append(f"{r['stage']:<{width}} {_num(r['a_ns'], 1e6):>10} {_num(r['b_ns'], 1e6):>10} "
-                     f"{_signed(r['delta_ns'], 1e6):>10} {_signed(r['delta_pct'], fmt='{:+.1f}%'):>8} {kernels:>15} "
+        lines.append(f"{r['stage']:<{width}} {_num(r['a_ns'], scale):>10} {_num(r['b_ns'], scale):>10} "
+                     f"{_signed(r['delta_ns'], scale):>10} {_signed(r['delta_pct'], fmt='{:+.1f}%'):>8} {kernels:>15} "
                      f"{_signed(r['delta_flops'], 1e9, '{:+,.1f}'):>12} {mfu:>13} {sig:>8}")
-    lines += ["", f"kernels whose total time changed most (trace totals)"]
-    khead = f"{'A ms':>10} {'B ms':>10} {'delta ms':>10} {'delta':>8} {'count A>B':>11}  kernel"
+    unit, scale = _unit([k[c] for k in result["kernels"] for c in ("a_ns", "b_ns")])
+    lines += ["", "kernels whose total time changed most (trace totals)"]
+    khead = f"{'A ' + unit:>10} {'B ' + unit:>10} {'delta ' + unit:>10} {'delta':>8} {'count A>B':>11}  kernel"
     lines += [khead, "-" * len(khead)]
     for k in result["kernels"]:
         name = k["name"] if len(k["name"]) <= 90 else k["name"][:87] + "..."
-        lines.append(f"{_num(k['a_ns'], 1e6):>10} {_num(k['b_ns'], 1e6):>10} {_signed(k['delta_ns'], 1e6):>10} "
+        lines.append(f"{_num(k['a_ns'], scale):>10} {_num(k['b_ns'], scale):>10} {_signed(k['delta_ns'], scale):>10} "
                      f"{_signed(k['delta_pct'], fmt='{:+.1f}%'):>8} {str(k['a_instances']) + '>' + str(k['b_instances']):>11}  {name}")
     return "\n".join(lines)
 
