@@ -118,3 +118,13 @@ def test_cli_shapes_json(capsys):
 
 def test_default_prompt_is_the_markdown_prompt():
     assert DEFAULT_PROMPT == "<image>\n<|grounding|>Convert the document to markdown."
+
+
+@pytest.mark.gpu
+def test_official_preset_on_cuda(page):
+    s = Session.create("official", device="cuda", seed=0)
+    assert s.dtype == torch.bfloat16 and s.model.lm_head.weight.is_cuda
+    r = s.run_page(page, max_new_tokens=4, ignore_eos=True, sync_stages=True)
+    assert r.workload.prompt_tokens == 1 + 273 + 210 + 9 and r.generated_tokens == 4
+    # 3.34e9 bf16 parameters = 6.67 GB, plus activations and the KV cache
+    assert 6.2 * 2**30 < r.peak_gpu_memory_bytes < 12 * 2**30
