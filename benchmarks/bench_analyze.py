@@ -204,7 +204,7 @@ class TimedConnection:
 
     def __init__(self, con):
         self._con = con
-        self.log: list[tuple[float, str, str]] = []   # (seconds, calling function, first SQL line)
+        self.log: list[tuple[float, float, str, str]] = []   # (wall s, process CPU s, calling function, first SQL line)
 
     def execute(self, sql, *args):
         # DuckDB resolves an unknown table name from the Python variables of the calling frame
@@ -219,9 +219,9 @@ class TimedConnection:
             text = statement.query if hasattr(statement, "query") else str(statement)
             label = next((line.strip() for line in text.splitlines()
                           if line.strip() and not line.strip().startswith("--")), "")[:90]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = self._con.execute(statement, *args)
-            self.log.append((time.perf_counter() - t0, caller.f_code.co_name, label))
+            self.log.append((time.perf_counter() - t0, time.process_time() - c0, caller.f_code.co_name, label))
         return result
 
     def __getattr__(self, name):
@@ -241,28 +241,32 @@ def profile(size: int, seed: int) -> int:
 
     phases = {}
     con = TimedConnection(duckdb.connect(":memory:"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     load._build(con, trace, load.sniff(trace), cache=False)
-    phases["open (load + attribution)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    phases["open (load + attribution)"] = (time.perf_counter() - t0, time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
     rows = cli.stage_rows(load._trace(con, trace, None), "all")
-    phases["stage table (stage_rows)"] = time.perf_counter() - t0
-    total_sql = sum(t for t, _, _ in con.log)
+    phases["stage table (stage_rows)"] = (time.perf_counter() - t0, time.process_time() - c0)
+    total_sql = sum(t for t, _, _, _ in con.log)
+    total_cpu = sum(c for _, c, _, _ in con.log)
     print(f"# profile of the cold analysis, {truth['kernels']:,} kernels ({trace}), {len(rows)} range names, "
           f"load {os.getloadavg()[0]:.1f}")
     print(f"python start {bare_s:.2f} s; python + imports (analyze, duckdb, adbc) {import_s:.2f} s")
-    for name, secs in phases.items():
-        print(f"{name}: {secs:.2f} s")
-    print(f"DuckDB statements: {total_sql:.2f} s in {len(con.log)} statements")
-    by_caller: dict[str, float] = {}
-    for secs, caller, _ in con.log:
-        by_caller[caller] = by_caller.get(caller, 0.0) + secs
-    print("\n| function | s |\n|---|---:|")
-    for caller, secs in sorted(by_caller.items(), key=lambda kv: -kv[1]):
-        print(f"| {caller} | {secs:.2f} |")
-    print("\n| s | function | statement |\n|---:|---|---|")
-    for secs, caller, label in sorted(con.log, reverse=True)[:15]:
-        print(f"| {secs:.2f} | {caller} | `{label}` |")
+    for name, (secs, cpu) in phases.items():
+        print(f"{name}: {secs:.2f} s ({cpu:.2f} s CPU)")
+    print(f"DuckDB statements: {total_sql:.2f} s ({total_cpu:.2f} s CPU) in {len(con.log)} statements")
+    by_caller: dict[str, list[float]] = {}
+    for secs, cpu, caller, _ in con.log:
+        acc = by_caller.setdefault(caller, [0.0, 0.0])
+        acc[0] += secs
+        acc[1] += cpu
+    print("\n| function | s | CPU s |\n|---|---:|---:|")
+    for caller, (secs, cpu) in sorted(by_caller.items(), key=lambda kv: -kv[1][0]):
+        if secs >= 0.01:
+            print(f"| {caller} | {secs:.2f} | {cpu:.2f} |")
+    print("\n| s | CPU s | function | statement |\n|---:|---:|---|---|")
+    for secs, cpu, caller, label in sorted(con.log, reverse=True)[:15]:
+        print(f"| {secs:.2f} | {cpu:.2f} | {caller} | `{label}` |")
     print(f"\nwall {time.perf_counter() - start:.1f} s for the whole profile")
     return 0
 
