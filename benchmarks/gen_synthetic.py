@@ -686,6 +686,10 @@ def generate(kernels: int, out: Path, seed: int = 0, schema_from: Path = SCHEMA_
     """Write the export and OUT.truth.json; return the truth dict."""
     if kernels < 100:
         raise GeneratorError(f"--kernels {kernels} is too small: use at least 100")
+    if not out.parent.is_dir():
+        raise GeneratorError(f"{out.parent} is not a folder: create it or choose another --out")
+    if not schema_from.exists():
+        raise GeneratorError(f"schema source {schema_from} not found: pass --schema-from with a real nsys SQLite export")
     truth_path = out.with_name(out.name + ".truth.json")
     for path in (out, truth_path):
         if path.exists():
@@ -696,7 +700,11 @@ def generate(kernels: int, out: Path, seed: int = 0, schema_from: Path = SCHEMA_
     truth = ground_truth(threads)
     meta = {"SYNTHETIC_GENERATOR": "dsocr-perf benchmarks/gen_synthetic.py",
             "SYNTHETIC_SEED": str(seed), "SYNTHETIC_KERNELS": str(truth["kernels"])}
-    counts = write_export(out, threads, PROCESSES, schema_from, meta)
+    try:
+        counts = write_export(out, threads, PROCESSES, schema_from, meta)
+    except (sqlite3.Error, OSError) as e:
+        out.unlink(missing_ok=True)
+        raise GeneratorError(f"cannot write {out} ({e}): check the folder's permissions and free space") from None
     truth.update(generator_version=VERSION, seed=seed, requested_kernels=kernels, rows=counts, schema_from=str(schema_from),
                  semantics="NVIDIA launch-time: an op belongs to every range on the launching thread that encloses "
                            "its launch API call; names are 'dsocr:text' in domain dsocr, plain text otherwise")
