@@ -26,7 +26,7 @@ metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trac
   stages       list, one per stage (DeepSeek-OCR stages in pipeline order, else the busiest
                top-level ranges): {name, stage, instances, inclusive_ns, exclusive_ns, busy_ns,
                span_ns, cpu_ns, kernels, gpu_ops, launches, share (inclusive_ns / totals.kernel_ns),
-               gpu_idle_share (1 - busy_ns / cpu_ns), flops, bytes, tflops, mfu, gbs, mbu,
+               gpu_idle_share (max(0, 1 - busy_ns / cpu_ns)), flops, bytes, tflops, mfu, gbs, mbu,
                intensity, bound} (analyze.metrics: tflops 1e12 FLOP/s over busy time, gbs 1e9 B/s,
                mfu and mbu in PERCENT of the peaks, intensity FLOP/byte, bound 'compute'|'memory')
   breakdown    list of {part, ns, share}: kernel time split into disjoint parts (leaf stages, the
@@ -373,7 +373,8 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
         extra = metric_rows.get(row["name"], {})
         row = {**row, "stage": bare(row["name"]),
                "share": row["inclusive_ns"] / totals["kernel_ns"] if totals["kernel_ns"] else None,
-               "gpu_idle_share": (1 - row["busy_ns"] / row["cpu_ns"]) if row["cpu_ns"] else None}
+               # kernels may run after the range pops (async launches): then busy > wall and idle is 0
+               "gpu_idle_share": max(0.0, 1 - row["busy_ns"] / row["cpu_ns"]) if row["cpu_ns"] else None}
         for key in ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound"):
             row[key] = extra.get(key)
         stage_rows.append(row)
@@ -604,9 +605,10 @@ def render_summary(data: dict) -> str:
                 f"up to {_plural(ds['max_repeats'], 'repeat')} each)")
     gpu = data["gpu"].get("name") or "an unknown GPU"
     model = "DeepSeek-OCR" if data.get("workload") else "The traced program"
-    lines += [f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + f" The GPU ran {t['kernels']:,} kernels for "
-              f"{_fmt_ms(t['kernel_ns'], 1)} ms and was busy {_fmt_pct(t['busy_share'], 0)} of the time between "
-              "its first and last operation.", ""]
+    gpu_line = (f" The GPU ran {t['kernels']:,} kernels for {_fmt_ms(t['kernel_ns'], 1)} ms and was busy "
+                f"{_fmt_pct(t['busy_share'], 0)} of the time between its first and last operation."
+                if t["kernels"] else " The trace holds no GPU kernels, so there is no GPU time to explain.")
+    lines += [f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + gpu_line, ""]
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
     if parts:
         top = parts[:3]
