@@ -16,6 +16,7 @@ metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trac
 [0, 1], null where a number does not apply):
   trace        {path, source ('nsys'|'kineto'), size_bytes, sha256, exporter}
   generated_utc
+  dsocr_stages true when the trace has DeepSeek-OCR stage ranges (else the stages are generic ranges)
   gpu          {name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory, peak_tflops, peak_gbs,
                 peak_source, dtype}
   model        the manifest's model object (preset, weights, seed, dtype, attention), config left out
@@ -393,6 +394,7 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
     stats = dataset_stats(trace, manifest)
     report = {
         "schema": REPORT_SCHEMA,
+        "dsocr_stages": is_dsocr,
         "trace": {"path": str(Path(trace.path).resolve()), "source": trace.source, **_file_facts(Path(trace.path)),
                   "exporter": (trace.meta or {}).get("EXPORT_PRODUCT_VERSION")},
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -468,7 +470,8 @@ def fit_sentence(dec: dict) -> str:
 
 
 def render_markdown(data: dict) -> str:
-    lines = [f"# DeepSeek-OCR trace report: {Path(data['trace']['path']).name}", ""]
+    title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
+    lines = [f"# {title}: {Path(data['trace']['path']).name}", ""]
     lines += ["## Setup", ""]
     g = data["gpu"]
     setup = [["trace", f"`{data['trace']['path']}` ({data['trace']['source']}, {data['trace']['size_bytes']:,} bytes)"],

@@ -178,7 +178,8 @@ def render_html(data: dict, trace=None) -> str:
     t = data["totals"]
     g = data["gpu"]
     parts = []
-    parts.append(f"<h1>DeepSeek-OCR trace report</h1><div class='sub'><code>{_esc(data['trace']['path'])}</code>"
+    title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
+    parts.append(f"<h1>{title}</h1><div class='sub'><code>{_esc(data['trace']['path'])}</code>"
                  f" &middot; {_esc(data['trace']['source'])} &middot; generated {_esc(data['generated_utc'])}</div>")
     cards = [("GPU kernel time", f"{_fmt_ms(t['kernel_ns'], 2)} ms"), ("kernels", f"{t['kernels']:,}"),
              ("GPU busy (first→last op)", _fmt_pct(t["busy_share"], 0 if (t["busy_share"] or 0) >= 0.1 else 1)), ("GPU", g.get("name") or "unknown")]
