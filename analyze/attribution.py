@@ -145,12 +145,15 @@ def _nested(db) -> bool:
 
 
 def _ops(db, nested: bool) -> None:
-    """_ops: base_ops + launching call (tid, call interval) + innermost push/pop range (pp_range) +
-    innermost range of any style (range_id)."""
+    """_ops: base_ops + launching call (tid, call interval) + innermost push/pop range (pp_range).
+    A base_ops without op_id (the nsys reader) gets DuckDB's rowid as op_id."""
+    have = {r[0] for r in db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'base_ops'").fetchall()}
+    op_id = "" if "op_id" in have else "o.rowid AS op_id, "
     if nested:
-        _script(db, """
+        _script(db, f"""
             CREATE OR REPLACE TABLE _ops AS
-            SELECT o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end, s.range_id AS pp_range
+            SELECT {op_id}o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end, s.range_id AS pp_range
             FROM base_ops o
             LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation
             ASOF LEFT JOIN _top s ON s.gpid = o.gpid AND s.tid = l.tid AND s.t <= l.start_ns;
@@ -165,9 +168,9 @@ def _ops(db, nested: bool) -> None:
             if not n:
                 break
     else:
-        _script(db, """
+        _script(db, f"""
             CREATE OR REPLACE TABLE _ops AS
-            SELECT o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end
+            SELECT {op_id}o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end
             FROM base_ops o
             LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation;
 
@@ -235,19 +238,27 @@ def _ops(db, nested: bool) -> None:
 
 def _range_stats(db) -> None:
     """range_stats: one row per range instance with every metric."""
-    _script(db, """
+    # A launch call makes one op, except a CUDA graph launch in node mode: one op per graph node.
+    graphs = db.execute("SELECT count(graph_node) FROM _ops").fetchone()[0] > 0
+    launches = ("count(*) FILTER (WHERE graph_node IS NULL) + count(DISTINCT correlation) FILTER (WHERE graph_node IS NOT NULL)"
+                if graphs else "count(*)")
+    _script(db, f"""
         -- Per innermost push/pop range: kernel time and counts, first/last op, streams used.
+        -- (Grouped by kind first with plain aggregates: FILTER clauses over 1e6+ rows cost 5x more.)
         CREATE OR REPLACE TEMP TABLE _by_pp AS
-        SELECT pp_range AS range_id,
-               sum(end_ns - start_ns) FILTER (WHERE kind = 0) AS kernel_ns,
-               count(*) FILTER (WHERE kind = 0) AS kernels,
-               count(*) AS gpu_ops,
-               -- a launch call makes one op, except a CUDA graph launch (node mode): one per graph node
-               count(*) FILTER (WHERE graph_node IS NULL) + count(DISTINCT correlation) FILTER (WHERE graph_node IS NOT NULL) AS launches,
-               min(start_ns) AS first_ns, max(end_ns) AS last_ns,
-               min(device) FILTER (WHERE kind = 0) AS dev_lo, max(device) FILTER (WHERE kind = 0) AS dev_hi,
-               min(stream) FILTER (WHERE kind = 0) AS str_lo, max(stream) FILTER (WHERE kind = 0) AS str_hi
-        FROM _ops WHERE pp_range IS NOT NULL GROUP BY pp_range;
+        SELECT range_id,
+               sum(ns) FILTER (WHERE kind = 0) AS kernel_ns,
+               coalesce(sum(n) FILTER (WHERE kind = 0), 0) AS kernels,
+               sum(n) AS gpu_ops, sum(launches) AS launches,
+               min(first_ns) AS first_ns, max(last_ns) AS last_ns,
+               min(dev_lo) FILTER (WHERE kind = 0) AS dev_lo, max(dev_hi) FILTER (WHERE kind = 0) AS dev_hi,
+               min(str_lo) FILTER (WHERE kind = 0) AS str_lo, max(str_hi) FILTER (WHERE kind = 0) AS str_hi
+        FROM (
+            SELECT pp_range AS range_id, kind, sum(end_ns - start_ns) AS ns, count(*) AS n,
+                   {launches} AS launches, min(start_ns) AS first_ns, max(end_ns) AS last_ns,
+                   min(device) AS dev_lo, max(device) AS dev_hi, min(stream) AS str_lo, max(stream) AS str_hi
+            FROM _ops WHERE pp_range IS NOT NULL GROUP BY pp_range, kind)
+        GROUP BY range_id;
 
         -- Rolled up to every enclosing push/pop range.
         CREATE OR REPLACE TEMP TABLE _pp_inclusive AS
@@ -272,8 +283,7 @@ def _range_stats(db) -> None:
             FROM _se_maximal m JOIN _pp_inclusive i ON i.range_id = m.pp
             UNION ALL
             SELECT d.range_id, sum(o.end_ns - o.start_ns) FILTER (WHERE o.kind = 0), count(*) FILTER (WHERE o.kind = 0),
-                   count(*),
-                   count(*) FILTER (WHERE o.graph_node IS NULL) + count(DISTINCT o.correlation) FILTER (WHERE o.graph_node IS NOT NULL),
+                   count(*), {launches.replace("correlation", "o.correlation").replace("graph_node", "o.graph_node")},
                    min(o.start_ns), max(o.end_ns),
                    min(o.device) FILTER (WHERE o.kind = 0), max(o.device) FILTER (WHERE o.kind = 0),
                    min(o.stream) FILTER (WHERE o.kind = 0), max(o.stream) FILTER (WHERE o.kind = 0)

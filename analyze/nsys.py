@@ -187,26 +187,49 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
     extra.append((MEMSET_NAME_ID, "[CUDA memset]"))
     db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
 
-    _load_ops(db, sq, lean)
-    _load_launches(db, sq)
-    _load_nvtx(db, sq)
-    _load_gpus(db, sq)
+    # The two big tables are read side by side: GPU ops in a second thread (its own SQLite and DuckDB
+    # connections; both libraries release the GIL), API calls, NVTX and the rest here.
+    import threading
+
+    failure: list[BaseException] = []
+
+    def read_ops():
+        try:
+            ops_sq = _Sqlite(path)
+            try:
+                _load_ops(db.cursor(), ops_sq, lean)
+            finally:
+                ops_sq.close()
+        except BaseException as e:  # re-raised below, in the caller's thread
+            failure.append(e)
+
+    reader = threading.Thread(target=read_ops, name="dsocr-read-ops")
+    reader.start()
+    try:
+        _load_launches(db, sq)
+        _load_nvtx(db, sq)
+        _load_gpus(db, sq)
+    finally:
+        reader.join()
+    if failure:
+        raise failure[0]
     _load_meta(db, sq, path, warnings)
 
 
 # Columns of base_ops, and how each GPU-op table fills them (None: NULL). `lean` loads skip the
 # columns only the canonical `kernels` view shows (names, launch geometry, bytes).
-OPS_COLUMNS = ("op_id", "kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
+OPS_COLUMNS = ("kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
                "name_id", "short_name_id", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
                "registers", "shared_mem", "bytes", "graph_node")
-LEAN_OPS_COLUMNS = ("op_id", "kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
+LEAN_OPS_COLUMNS = ("kind", "start_ns", "end_ns", "device", "stream", "gpid", "pid", "correlation",
                     "graph_node")
 OPS_TYPES = {"kind": "UTINYINT", "device": "INTEGER", "grid_x": "INTEGER", "grid_y": "INTEGER", "grid_z": "INTEGER",
              "block_x": "INTEGER", "block_y": "INTEGER", "block_z": "INTEGER", "registers": "INTEGER"}
 
 
 def _load_ops(db, sq: _Sqlite, lean: bool) -> None:
-    """base_ops: KERNEL + MEMCPY + MEMSET, one row per GPU operation, op_id = rowid * 4 + kind."""
+    """base_ops: KERNEL + MEMCPY + MEMSET, one row per GPU operation (op_id: DuckDB's rowid, see
+    attribution._ops)."""
     columns = LEAN_OPS_COLUMNS if lean else OPS_COLUMNS
     typed = ", ".join(f"{c} {OPS_TYPES.get(c, 'BIGINT')}" for c in columns)
     db.execute(f"CREATE OR REPLACE TABLE base_ops ({typed})")
@@ -234,12 +257,10 @@ def _load_ops(db, sq: _Sqlite, lean: bool) -> None:
             source.update(name_id=f"{copy_kind} AS name_id", bytes=_col(c, "bytes", alias="bytes"))
         elif not lean:
             source.update(name_id=f"{MEMSET_NAME_ID} AS name_id", bytes=_col(c, "bytes", alias="bytes"))
-        sql = f'SELECT rowid AS _rowid, {", ".join(source.values())} FROM "{real}"'
+        sql = f'SELECT {", ".join(source.values())} FROM "{real}"'
         select = []
         for column in columns:
-            if column == "op_id":
-                select.append(f"_rowid * 4 + {kind}")
-            elif column == "kind":
+            if column == "kind":
                 select.append(str(kind))
             elif column == "pid":
                 select.append("(gpid >> 24) & 16777215")
