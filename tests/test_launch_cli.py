@@ -1,0 +1,248 @@
+"""dsocr-trace end to end on the CPU: the real child session (tiny preset) under a stand-in nsys.
+
+nsys cannot run without a GPU, so `fake_nsys` plays its part: `profile` records its options and
+runs the application command, `export` copies a real nsys export (fixtures/nsys/tiny-2025.3.sqlite).
+Everything else -- the child process, the manifest, the PyTorch profiler pass, the renames -- is real.
+"""
+import gzip
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsocr.stages import MANIFEST_SCHEMA
+from launch import cli
+from launch.command import NSYS_PROFILE_OPTIONS
+from launch.manifest import check_manifest
+from launch.make_sample_page import HEIGHT, WIDTH
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "launch/assets/sample_page.png"
+
+FAKE_NSYS = r'''#!{python}
+import os, shutil, subprocess, sys
+args = sys.argv[1:]
+mode = os.environ.get("FAKE_NSYS_MODE", "ok")
+if args[0] == "--version":
+    print("NVIDIA Nsight Systems version 2099.1.1.0-fake")
+    sys.exit(0)
+if args[0] == "profile":
+    i = 1
+    while args[i].startswith("-"):
+        i += 1
+    options, app = args[1:i], args[i:]
+    base = [o.split("=", 1)[1] for o in options if o.startswith("--output=")][0]
+    if mode == "fail":
+        print("fake nsys: unable to load the CUDA injection library")
+        sys.exit(1)
+    if mode == "qdstrm":   # the session ran (its manifest appears) but the importer did not
+        import json
+        spec = json.load(open(app[app.index("--spec") + 1]))
+        open(spec["manifest_out"], "w").write("{}")
+        open(base + ".qdstrm", "w").write("raw")
+        print("Importer error status: An unknown error occurred.")
+        sys.exit(0)
+    else:
+        code = subprocess.call(app)
+        open(base + ".nsys-rep", "w").write("\n".join(options))
+    sys.exit(code)
+if args[0] == "export":
+    out = [a.split("=", 1)[1] for a in args if a.startswith("--output=")][0]
+    shutil.copy(os.environ["FAKE_NSYS_SQLITE"], out)
+    sys.exit(0)
+sys.exit(9)
+'''
+
+
+@pytest.fixture(scope="module")
+def nsys_bin(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nsys") / "nsys"
+    path.write_text(FAKE_NSYS.replace("{python}", sys.executable))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def trace(args, nsys_bin, mode="ok", sqlite=None, cwd=REPO):
+    env = {"PATH": "/usr/bin:/bin", "FAKE_NSYS_MODE": mode, "HOME": str(Path.home()),
+           "FAKE_NSYS_SQLITE": str(sqlite or "/nonexistent")}
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args, "--nsys", str(nsys_bin)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def trace_here(args, nsys_bin, capsys):
+    """dsocr-trace in this process (no child Python start-up): (exit code, stdout, stderr)."""
+    code = cli.main([*args, "--nsys", str(nsys_bin)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory, nsys_bin, shared_dir):
+    """One full CPU capture: 1 page x 2 repeats, tiny preset, 3 decode tokens."""
+    out = tmp_path_factory.mktemp("traces")
+    run = trace([str(SAMPLE), "--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "3", "--repeats", "2",
+                 "--name", "cpu", "--out-dir", str(out), "--device", "cpu"],
+                nsys_bin, sqlite=shared_dir / "fixtures/nsys/tiny-2025.3.sqlite")
+    return out, run
+
+
+@pytest.fixture(scope="module")
+def shared_dir():
+    d = REPO.parent / "shared"
+    if not d.is_dir():
+        pytest.skip("../shared is not beside the repository")
+    return d
+
+
+def test_capture_writes_every_output_under_its_final_name(capture):
+    out, run = capture
+    assert run.returncode == 0, run.stdout + run.stderr
+    names = sorted(p.name for p in out.iterdir() if not p.name.endswith((".duckdb", ".wal")))
+    assert names == ["cpu.json", "cpu.nsys-rep", "cpu.ops.md", "cpu.pt.trace.json.gz", "cpu.sqlite"]
+    # The nsys pass got exactly the documented options.
+    assert (out / "cpu.nsys-rep").read_text().splitlines() == [*NSYS_PROFILE_OPTIONS, f"--output={out}/.cpu.tmp"]
+    # One progress line per phase, with elapsed time.
+    for phase in ("capture (nsys profile", "export (nsys export", "profiler pass (PyTorch profiler",
+                  "analysis (dsocr-analyze)"):
+        assert f"] {phase}" in run.stdout and "done in" in run.stdout
+    for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up page", "[torch pass] model load"):
+        assert child_phase in run.stdout
+    assert "nsys 2099.1.1.0-fake at" in run.stdout
+    # The final analysis ran on the exported sqlite (the fixture: 5 matmuls in prefill).
+    assert "prefill" in run.stdout
+
+
+def test_manifest_schema_and_numbers(capture):
+    out, _ = capture
+    m = json.loads((out / "cpu.json").read_text())
+    assert check_manifest(m) == []
+    assert m["schema"] == MANIFEST_SCHEMA
+    # Mode tiny: one 512 px global view, 8x8 tokens + a newline per row + the separator = 73 image tokens.
+    w = m["workload"]
+    assert (w["image_width"], w["image_height"]) == (WIDTH, HEIGHT) == (1654, 2339)
+    assert w["tile_grid"] == [1, 1] and w["image_tokens"] == 8 * 9 + 1 == 73
+    assert w["prompt_tokens"] == 1 + 73 + w["text_tokens"]
+    assert w["generated_tokens"] == 3
+    assert w["decode_kv_lengths"] == [w["prompt_tokens"] + 1, w["prompt_tokens"] + 2, w["prompt_tokens"] + 3]
+    assert [(p["request"], p["page"], p["repeat"]) for p in m["pages"]] == [(0, 0, 0), (1, 0, 1)]
+    img = m["pages"][0]["image"]
+    import hashlib
+    assert img["sha256"] == hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    assert m["model"]["preset"] == "tiny" and m["model"]["weights"] == "random" and m["model"]["seed"] == 0
+    assert m["model"]["dtype"] == "float32" and m["model"]["config"]["decoder"]["hidden_size"] == 64
+    assert m["capture"] == m["capture"] | {"warmup_pages": 1, "measured_pages": 1, "repeats": 2, "requests": 2,
+                                          "ignore_eos": True, "max_new_tokens": 3}
+    env = m["environment"]
+    assert env["nsys"] == "2099.1.1.0-fake" and env["torch"].startswith("2.")
+    assert "--repeats 2" in env["command"] and env["command"].startswith("dsocr-trace ")
+
+
+def test_torch_trace_and_operator_table(capture):
+    out, _ = capture
+    with gzip.open(out / "cpu.pt.trace.json.gz", "rt") as f:
+        chrome = json.load(f)
+    names = {e.get("name") for e in chrome["traceEvents"]}
+    assert {"request", "preprocess", "prefill", "sam", "clip", "projector", "llm_prefill", "decode",
+            "decode_step"} <= names
+    # The manifest rides in the trace metadata too.
+    assert chrome["dsocr_manifest"]["workload"]["generated_tokens"] == 3   # stored as a JSON object
+    ops = (out / "cpu.ops.md").read_text()
+    # Stage table: one request, three decode steps (the torch pass measures each page once).
+    assert "| `request` | 1 |" in ops and "| `decode_step` | 3 |" in ops and "| `sam` | 1 |" in ops
+    assert "## Stage `sam`" in ops and "aten::" in ops
+
+
+def test_existing_outputs_are_never_overwritten_without_force(capture, nsys_bin):
+    out, _ = capture
+    before = (out / "cpu.json").read_bytes()
+    run = trace([str(SAMPLE), "--name", "cpu", "--out-dir", str(out), "--device", "cpu"], nsys_bin)
+    assert run.returncode == 2
+    assert run.stderr.startswith("Error: ") and "already exist" in run.stderr and "--force" in run.stderr
+    assert "Traceback" not in run.stderr and (out / "cpu.json").read_bytes() == before
+
+
+def test_one_existing_output_is_enough_to_refuse(tmp_path, nsys_bin, capsys):
+    (tmp_path / "x.ops.md").write_text("keep me")
+    code, _, err = trace_here([str(SAMPLE), "--name", "x", "--out-dir", str(tmp_path), "--device", "cpu"],
+                              nsys_bin, capsys)
+    assert code == 2 and "x.ops.md" in err
+    assert (tmp_path / "x.ops.md").read_text() == "keep me"
+
+
+def test_nsys_failure_shows_its_last_output(tmp_path, nsys_bin, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_NSYS_MODE", "fail")
+    code, _, err = trace_here([str(SAMPLE), "--name", "f", "--out-dir", str(tmp_path), "--device", "cpu"],
+                              nsys_bin, capsys)
+    assert code == 2
+    assert err.startswith("Error: capture failed") and "nsys exit 1" in err and err.count("\n") == 1
+    assert "unable to load the CUDA injection library" in err
+    assert [p.name for p in tmp_path.iterdir()] == []   # nothing written, no temporaries left
+
+
+def test_nsys_missing(tmp_path, capsys, monkeypatch):
+    import glob
+    if any(glob.glob(p) for p in ("/usr/local/cuda*/bin/nsys", "/opt/nvidia/nsight-*/*/*/nsys",
+                                  "/opt/nvidia/nsight-*/*/host/*/nsys")):
+        pytest.skip("this machine has nsys installed")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("NSYS", raising=False)
+    assert cli.main([str(SAMPLE), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: Nsight Systems (nsys) not found") and err.count("\n") == 1
+
+
+def test_no_gpu_is_one_clear_line(tmp_path, nsys_bin):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = trace([str(SAMPLE), "--out-dir", str(tmp_path)], nsys_bin)
+    assert run.returncode == 2
+    assert run.stderr.startswith("Error: no CUDA GPU visible to PyTorch") and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1
+
+
+def test_bad_images(tmp_path, nsys_bin, capsys):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    listing = tmp_path / "pages.txt"
+    listing.write_text(f"{SAMPLE}\nmissing_page.png\n")
+    cases = {str(not_image): "not an image file", str(tmp_path / "absent.png"): "no such file or folder",
+             str(empty): "holds no images", str(listing): "missing_page.png: no such image file"}
+    for image, expected in cases.items():
+        code, _, err = trace_here([image, "--out-dir", str(tmp_path / "out")], nsys_bin, capsys)
+        assert code == 2, image
+        assert err.startswith("Error: ") and expected in err and err.count("\n") == 1, err
+
+
+def test_folder_and_list_inputs(tmp_path):
+    from launch.images import list_images
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert [p.name for p in list_images(str(folder))] == ["a.jpg", "b.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# pages\npages/b.png\n\n/abs/c.png\n")
+    assert list_images(str(listing)) == [folder / "b.png", Path("/abs/c.png")]
+
+
+def test_importer_fallback_keeps_partials_when_it_fails(tmp_path, nsys_bin, shared_dir):
+    # The stand-in nsys leaves only a .qdstrm and no QdstrmImporter sits beside it.
+    run = trace([str(SAMPLE), "--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "1", "--name", "q",
+                 "--out-dir", str(tmp_path), "--device", "cpu", "--no-torch-profiler"], nsys_bin, mode="qdstrm")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "nsys left only" in run.stderr and "no QdstrmImporter was found" in run.stderr
+    assert "kept partial files" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.partial.json", "q.partial.qdstrm"]
+
+
+def test_name_is_checked():
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--name", "../escape"])
+    args = cli.parse_args([])
+    assert args.random_weights and args.ignore_eos and args.image.endswith("sample_page.png")
