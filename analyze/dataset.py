@@ -218,8 +218,8 @@ def dataset_stats(trace, manifest: dict | None = None) -> DatasetStats | None:
     )
 
 
-def _ms(ns) -> str:
-    return "-" if ns is None or (isinstance(ns, float) and math.isnan(ns)) else f"{ns / 1e6:,.3f}"
+def _num(ns, scale: float) -> str:
+    return "-" if ns is None or (isinstance(ns, float) and math.isnan(ns)) else f"{ns / scale:,.3f}"
 
 
 def _pct(x) -> str:
@@ -227,30 +227,35 @@ def _pct(x) -> str:
 
 
 def format_stats(stats: DatasetStats) -> str:
-    """The overall and per-page tables as plain text (ms)."""
-    lines = []
+    """The overall and per-page tables as plain text (ms, or µs when every mean is below a millisecond)."""
+    from analyze.report import _plural
+
     t = stats.throughput
     pages = stats.requests["page"].n_unique()
-    lines.append(f"{t['requests']} requests over {pages} page(s), up to {stats.max_repeats} repeat(s) each"
-                 + ("" if stats.has_manifest else " (no manifest: each request counted as its own page)"))
+    lines = [f"{_plural(t['requests'], 'request')} over {_plural(pages, 'page')}, up to "
+             f"{_plural(stats.max_repeats, 'repeat')} each"
+             + ("" if stats.has_manifest else " (no manifest: each request counted as its own page)")]
     rate = lambda v, unit: "-" if v is None else f"{v:,.2f} {unit}"
     lines.append(f"throughput: {rate(t['pages_per_s'], 'pages/s')}, {rate(t['tokens_per_s'], 'tokens/s')} end to end, "
                  f"{rate(t['decode_tokens_per_s'], 'tokens/s')} in decode ({t['generated_tokens']} tokens)")
-    lines.append("")
-    header = f"{'stage':<14} {'n':>4} {'mean ms':>10} {'std ms':>9} {'min ms':>10} {'max ms':>10} {'cv':>7} {'repeat cv':>10}"
-    lines.append("GPU time per request (inclusive kernel time), all requests")
-    lines.append(header)
-    for row in stats.overall.iter_rows(named=True):
-        lines.append(f"{row['stage']:<14} {row['n']:>4} {_ms(row['mean_ns']):>10} {_ms(row['std_ns']):>9} "
-                     f"{_ms(row['min_ns']):>10} {_ms(row['max_ns']):>10} {_pct(row['cv']):>7} {_pct(row['repeat_cv']):>10}")
+    biggest = stats.overall["max_ns"].max() or 0
+    unit, scale = ("ms", 1e6) if biggest >= 1e6 else ("us", 1e3)
+    width = max([5] + [len(s) for s in stats.overall["stage"].to_list()])
+    header = (f"{'stage':<{width}} {'n':>4} {'mean ' + unit:>10} {'std ' + unit:>9} {'min ' + unit:>10} "
+              f"{'max ' + unit:>10} {'cv':>7}")
+
+    def row_text(row, repeat=True):
+        text = (f"{row['stage']:<{width}} {row['n']:>4} {_num(row['mean_ns'], scale):>10} {_num(row['std_ns'], scale):>9} "
+                f"{_num(row['min_ns'], scale):>10} {_num(row['max_ns'], scale):>10} {_pct(row['cv']):>7}")
+        return text + (f" {_pct(row['repeat_cv']):>10}" if repeat else "")
+
+    lines += ["", "GPU time per request (inclusive kernel time), all requests; repeat cv = pooled within-page std / mean",
+              header + f" {'repeat cv':>10}"]
+    lines += [row_text(row) for row in stats.overall.iter_rows(named=True)]
     if stats.has_manifest:
         for page, frame in stats.per_page.group_by("page", maintain_order=True):
-            lines.append("")
-            lines.append(f"page {page[0]}")
-            lines.append(header[:-11])
-            for row in frame.iter_rows(named=True):
-                lines.append(f"{row['stage']:<14} {row['n']:>4} {_ms(row['mean_ns']):>10} {_ms(row['std_ns']):>9} "
-                             f"{_ms(row['min_ns']):>10} {_ms(row['max_ns']):>10} {_pct(row['cv']):>7}")
+            lines += ["", f"page {page[0]}", header]
+            lines += [row_text(row, repeat=False) for row in frame.iter_rows(named=True)]
     return "\n".join(lines)
 
 
