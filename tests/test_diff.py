@@ -112,7 +112,7 @@ def test_manifest_against_no_manifest_refused(shared, capsys):
 
 
 def test_missing_trace(tmp_path, capsys):
-    code, out, err = run(capsys, "diff", str(A), str(tmp_path / "nope.sqlite"), "--no-cache")
+    code, out, err = run(capsys, "diff", str(tmp_path / "nope.sqlite"), str(A), "--no-cache")
     assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
 
 
