@@ -3,12 +3,16 @@ IMAGE ?= launch/assets/sample_page.png
 MODE ?= gundam
 MAX_NEW_TOKENS ?= 256
 NAME ?= run
+WEIGHTS ?=
+REPEATS ?= 1
 TRACE ?= traces/$(NAME).sqlite
 ARGS ?=
 
 .PHONY: trace analyze test
-trace:            ## capture one page under nsys + the PyTorch profiler: make trace IMAGE=page.png
-	dsocr-trace $(IMAGE) --mode $(MODE) --max-new-tokens $(MAX_NEW_TOKENS) --name $(NAME) $(ARGS)
+# Random weights (and so --ignore-eos) unless WEIGHTS=DIR names a checkpoint folder.
+trace:            ## capture under nsys + the PyTorch profiler: make trace IMAGE=page.png [WEIGHTS=dir] [NAME=run]
+	dsocr-trace $(IMAGE) --mode $(MODE) --max-new-tokens $(MAX_NEW_TOKENS) --repeats $(REPEATS) --name $(NAME) \
+	  $(if $(WEIGHTS),--weights $(WEIGHTS),--random-weights) $(ARGS)
 
 analyze:          ## the stage table of a trace: make analyze TRACE=traces/run.sqlite
 	dsocr-analyze $(TRACE)
