@@ -232,8 +232,12 @@ def render_html(data: dict, trace=None) -> str:
                  + _table(header, rows))
 
     # plots
-    plots = [plot_breakdown(data), plot_decode(data), plot_categories(data), plot_pages(data),
-             plot_roofline(data, trace)]
+    try:
+        plots = [plot_breakdown(data), plot_decode(data), plot_categories(data), plot_pages(data),
+                 plot_roofline(data, trace)]
+    except ImportError:  # matplotlib is not installed: the page keeps its tables
+        plots = []
+        parts.append("<p class='muted'>Plots need matplotlib (<code>pip install matplotlib</code>).</p>")
     plots = [p for p in plots if p]
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(f"<div class='plot'>{p}</div>" for p in plots) + "</div>")
