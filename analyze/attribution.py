@@ -185,6 +185,7 @@ def _ops(db, nested: bool) -> None:
                 GROUP BY o.op_id) best
             WHERE best.op_id = _ops.op_id;
         """)
+    db.execute("DROP TABLE base_ops")  # all of it is in _ops now; at 1e7 ops every copy counts
     _script(db, """
         -- Start/end ranges started and ended on one thread: they contain the calls inside them on that
         -- thread. Their ops are not listed one by one: a push/pop range lying inside one (`inside`)

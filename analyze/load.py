@@ -25,6 +25,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 GZIP_MAGIC = b"\x1f\x8b"
 MANIFEST_DOMAIN = "dsocr"
 MANIFEST_SCHEMA = "dsocr-manifest/1"
+MEMORY_LIMIT = "3GB"
 HINT = "give an nsys SQLite export (`nsys export --type sqlite`) or a PyTorch profiler trace (.json / .json.gz)"
 
 
@@ -59,6 +60,7 @@ def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
 
     if cache_file is None:
         db = duckdb.connect(":memory:")
+        _configure(db)
         _build(db, path, kind, cache=False, lean=lean)
         return _trace(db, path, None)
 
@@ -68,9 +70,11 @@ def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
         db = duckdb.connect(str(tmp))
     except (OSError, duckdb.Error):  # nowhere to write: work in memory
         db = duckdb.connect(":memory:")
+        _configure(db)
         _build(db, path, kind, cache=False)
         return _trace(db, path, None)
     try:
+        _configure(db)
         _build(db, path, kind, cache=True)
         db.execute("CREATE TABLE _cache AS SELECT ? AS key, ? AS trace", [key, str(path.resolve())])
         db.execute("CHECKPOINT")
@@ -85,6 +89,15 @@ def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
     if trace is None:
         raise TraceError(f"the analysis cache {cache_file} could not be reopened; run with --no-cache")
     return trace
+
+
+def _configure(db) -> None:
+    """Memory: DuckDB spills to disk beyond MEMORY_LIMIT, so 1e7 kernels stay within ~4 GB RSS."""
+    import tempfile
+
+    db.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    db.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'dsocr-duckdb-spill'}'")
+    db.execute("SET preserve_insertion_order = false")
 
 
 def sniff(path: Path) -> str:
@@ -282,7 +295,7 @@ def load_base_tables(db, base: dict, source: str) -> None:
 
 def _content_warnings(db, path: Path) -> list[str]:
     out = []
-    ops, kernels = db.execute("SELECT count(*), count(*) FILTER (WHERE kind = 0) FROM base_ops").fetchone()
+    ops, kernels = db.execute("SELECT count(*), count(*) FILTER (WHERE kind = 0) FROM _ops").fetchone()
     ranges = db.execute("SELECT count(*) FROM base_ranges").fetchone()[0]
     if ops == 0:
         out.append("no GPU kernels in this trace: was CUDA traced? (nsys profile --trace=cuda,nvtx)")
