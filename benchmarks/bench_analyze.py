@@ -224,6 +224,12 @@ class TimedConnection:
             self.log.append((time.perf_counter() - t0, time.process_time() - c0, caller.f_code.co_name, label))
         return result
 
+    def cursor(self):
+        """A cursor for another thread (analyze.nsys reads GPU ops in one), logging into the same list."""
+        other = TimedConnection(self._con.cursor())
+        other.log = self.log
+        return other
+
     def __getattr__(self, name):
         return getattr(self._con, name)
 
@@ -254,7 +260,8 @@ def profile(size: int, seed: int) -> int:
     print(f"python start {bare_s:.2f} s; python + imports (analyze, duckdb, adbc) {import_s:.2f} s")
     for name, (secs, cpu) in phases.items():
         print(f"{name}: {secs:.2f} s ({cpu:.2f} s CPU)")
-    print(f"DuckDB statements: {total_sql:.2f} s ({total_cpu:.2f} s CPU) in {len(con.log)} statements")
+    print(f"DuckDB statements: {total_sql:.2f} s ({total_cpu:.2f} s CPU) in {len(con.log)} statements "
+          "(statements of a reader thread overlap the others; CPU s is the whole process's during the statement)")
     by_caller: dict[str, list[float]] = {}
     for secs, cpu, caller, _ in con.log:
         acc = by_caller.setdefault(caller, [0.0, 0.0])
