@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from launch.manifest import build_manifest, environment
 
     phase = args.phase
+    if phase == "torch":
+        spec["max_new_tokens"] = spec.get("torch_max_new_tokens") or spec["max_new_tokens"]
     progress(phase, "python + torch import", time.perf_counter() - START)
     try:
         t = time.perf_counter()

@@ -59,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--name", default="run", help="output base name (default run)")
     ap.add_argument("--out-dir", default="traces")
     ap.add_argument("--no-torch-profiler", action="store_true", help="skip the PyTorch profiler pass")
+    ap.add_argument("--torch-max-new-tokens", type=int, metavar="N",
+                    help="decode tokens in the PyTorch profiler pass (default: --max-new-tokens); fewer keep "
+                         "its trace small")
     ap.add_argument("--no-analyze", action="store_true", help="skip the final dsocr-analyze stage table")
     ap.add_argument("--nsys", metavar="PATH", help="the nsys program to use")
     ap.add_argument("--force", action="store_true", help="overwrite existing outputs of NAME")
@@ -67,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be at least 1")
+    if args.torch_max_new_tokens is not None and args.torch_max_new_tokens < 1:
+        ap.error("--torch-max-new-tokens must be at least 1")
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
@@ -111,7 +116,6 @@ class Outputs:
         self.dir, self.name = out_dir, name
         self.final = {k: out_dir / f"{name}{s}" for k, s in SUFFIXES.items()}
         self.tmp = {k: out_dir / f".{name}.tmp{s}" for k, s in SUFFIXES.items()}
-        self.tmp_base = out_dir / f".{name}.tmp"            # nsys -o: it adds .nsys-rep / .qdstrm
         self.spec = out_dir / f".{name}.tmp.spec.json"
         self.qdstrm = out_dir / f".{name}.tmp.qdstrm"
 
@@ -217,6 +221,7 @@ def write_spec(args, outputs: Outputs, pages, nsys_version: str, argv: list[str]
     spec = {
         "name": args.name, "pages": [p.to_dict() for p in pages], "mode": args.mode, "max_tiles": args.max_tiles,
         "max_new_tokens": args.max_new_tokens, "ignore_eos": args.ignore_eos, "repeats": args.repeats,
+        "torch_max_new_tokens": args.torch_max_new_tokens or args.max_new_tokens,
         "preset": args.preset, "weights": args.weights, "seed": args.seed, "device": args.device,
         "nsys_version": nsys_version, "command": "dsocr-trace " + shlex.join(argv),
         "manifest_out": str(outputs.tmp["manifest"]), "trace_out": str(outputs.tmp["torch_trace"]),
@@ -226,7 +231,7 @@ def write_spec(args, outputs: Outputs, pages, nsys_version: str, argv: list[str]
 
 
 def nsys_pass(nsys, outputs: Outputs, progress: Progress) -> None:
-    cmd = command.nsys_profile_command(nsys.path, outputs.tmp_base, command.child_command("nsys", outputs.spec))
+    cmd = command.nsys_profile_command(nsys.path, outputs.tmp["report"], command.child_command("nsys", outputs.spec))
     progress.line("nsys command: " + shlex.join(cmd))
     with progress.phase("capture (nsys profile: model load, warm-up, measured pages)"):
         code, tail, error = stream(cmd)

@@ -25,9 +25,9 @@ def child_command(phase: str, spec_path: Path, python: str | None = None) -> lis
     return [python or sys.executable, "-m", "launch.child", "--phase", phase, "--spec", str(spec_path)]
 
 
-def nsys_profile_command(nsys: Path, output_base: Path, app: list[str]) -> list[str]:
-    """nsys writes OUTPUT_BASE.nsys-rep (via OUTPUT_BASE.qdstrm)."""
-    return [str(nsys), "profile", *NSYS_PROFILE_OPTIONS, f"--output={output_base}", *app]
+def nsys_profile_command(nsys: Path, report: Path, app: list[str]) -> list[str]:
+    """nsys writes REPORT (named in full, .nsys-rep included), via REPORT with suffix .qdstrm."""
+    return [str(nsys), "profile", *NSYS_PROFILE_OPTIONS, f"--output={report}", *app]
 
 
 def nsys_export_command(nsys: Path, report: Path, sqlite: Path) -> list[str]:

@@ -34,7 +34,7 @@ if args[0] == "profile":
     while args[i].startswith("-"):
         i += 1
     options, app = args[1:i], args[i:]
-    base = [o.split("=", 1)[1] for o in options if o.startswith("--output=")][0]
+    base = [o.split("=", 1)[1] for o in options if o.startswith("--output=")][0].removesuffix(".nsys-rep")
     if mode == "fail":
         print("fake nsys: unable to load the CUDA injection library")
         sys.exit(1)
@@ -84,7 +84,7 @@ def capture(tmp_path_factory, nsys_bin, shared_dir):
     """One full CPU capture: 1 page x 2 repeats, tiny preset, 3 decode tokens."""
     out = tmp_path_factory.mktemp("traces")
     run = trace([str(SAMPLE), "--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "3", "--repeats", "2",
-                 "--name", "cpu", "--out-dir", str(out), "--device", "cpu"],
+                 "--torch-max-new-tokens", "2", "--name", "cpu", "--out-dir", str(out), "--device", "cpu"],
                 nsys_bin, sqlite=shared_dir / "fixtures/nsys/tiny-2025.3.sqlite")
     return out, run
 
@@ -103,7 +103,7 @@ def test_capture_writes_every_output_under_its_final_name(capture):
     names = sorted(p.name for p in out.iterdir() if not p.name.endswith((".duckdb", ".wal")))
     assert names == ["cpu.json", "cpu.nsys-rep", "cpu.ops.md", "cpu.pt.trace.json.gz", "cpu.sqlite"]
     # The nsys pass got exactly the documented options.
-    assert (out / "cpu.nsys-rep").read_text().splitlines() == [*NSYS_PROFILE_OPTIONS, f"--output={out}/.cpu.tmp"]
+    assert (out / "cpu.nsys-rep").read_text().splitlines() == [*NSYS_PROFILE_OPTIONS, f"--output={out}/.cpu.tmp.nsys-rep"]
     # One progress line per phase, with elapsed time.
     for phase in ("capture (nsys profile", "export (nsys export", "profiler pass (PyTorch profiler",
                   "analysis (dsocr-analyze)"):
@@ -119,6 +119,7 @@ def test_manifest_schema_and_numbers(capture):
     out, _ = capture
     m = json.loads((out / "cpu.json").read_text())
     assert check_manifest(m) == []
+    assert "missing key 'pages'" in check_manifest({k: v for k, v in m.items() if k != "pages"})
     assert m["schema"] == MANIFEST_SCHEMA
     # Mode tiny: one 512 px global view, 8x8 tokens + a newline per row + the separator = 73 image tokens.
     w = m["workload"]
@@ -148,10 +149,11 @@ def test_torch_trace_and_operator_table(capture):
     assert {"request", "preprocess", "prefill", "sam", "clip", "projector", "llm_prefill", "decode",
             "decode_step"} <= names
     # The manifest rides in the trace metadata too.
-    assert chrome["dsocr_manifest"]["workload"]["generated_tokens"] == 3   # stored as a JSON object
+    # --torch-max-new-tokens 2: the profiler pass decodes 2 tokens (the nsys pass 3).
+    assert chrome["dsocr_manifest"]["workload"]["generated_tokens"] == 2   # stored as a JSON object
     ops = (out / "cpu.ops.md").read_text()
-    # Stage table: one request, three decode steps (the torch pass measures each page once).
-    assert "| `request` | 1 |" in ops and "| `decode_step` | 3 |" in ops and "| `sam` | 1 |" in ops
+    # Stage table: one request (the torch pass measures each page once), two decode steps.
+    assert "| `request` | 1 |" in ops and "| `decode_step` | 2 |" in ops and "| `sam` | 1 |" in ops
     assert "## Stage `sam`" in ops and "aten::" in ops
 
 

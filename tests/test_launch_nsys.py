@@ -84,10 +84,10 @@ def test_explicit_path_that_is_not_nsys_is_refused(tmp_path, root):
 
 def test_profile_command_line():
     app = command.child_command("nsys", Path("traces/.run.tmp.spec.json"), python="/usr/bin/python3")
-    cmd = command.nsys_profile_command(Path("/opt/nsys"), Path("traces/.run.tmp"), app)
+    cmd = command.nsys_profile_command(Path("/opt/nsys"), Path("traces/.run.tmp.nsys-rep"), app)
     assert cmd == ["/opt/nsys", "profile", "--trace=cuda,nvtx", "--cuda-graph-trace=node",
                    "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "--sample=none",
-                   "--cpuctxsw=none", "--force-overwrite=true", "--output=traces/.run.tmp",
+                   "--cpuctxsw=none", "--force-overwrite=true", "--output=traces/.run.tmp.nsys-rep",
                    "/usr/bin/python3", "-m", "launch.child", "--phase", "nsys", "--spec",
                    "traces/.run.tmp.spec.json"]
     # The application starts at the first argument without a leading dash.
