@@ -18,8 +18,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,7 +196,11 @@ def stream(cmd: list[str], prefix: str = "    ") -> tuple[int, str, str | None]:
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         raise
     return code, "\n".join(tail), error_line
 
@@ -328,14 +334,26 @@ def run(args, argv: list[str]) -> int:
     return analysis(outputs.final["sqlite"], progress)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM (e.g. from `timeout`) ends the run like Ctrl-C: partial files kept
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return run(args, argv)
     except LaunchError as e:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("Error: interrupted before the capture started; nothing was written", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

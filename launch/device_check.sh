@@ -40,7 +40,7 @@ run_step() {
   if (( budget < min )); then step "$name: SKIPPED (only ${budget}s of the budget left)"; return 0; fi
   local limit=$(( budget < max ? budget : max ))
   step "$name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@"
+  timeout -s INT --kill-after=60 "$limit" "$@"
   local rc=$?
   if (( rc == 124 || rc == 137 )); then echo "=== $name: TIMED OUT after ${limit}s"; else echo "=== $name: exit $rc"; fi
   return 0
@@ -55,7 +55,7 @@ python3 -c "import nvtx" 2>/dev/null && echo "nvtx: ok" \
 python3 -c "import duckdb" 2>/dev/null && echo "duckdb: ok" || echo "duckdb: not installed (analysis runs on the fetched trace instead)"
 
 # 1. the capture
-run_step "1 dsocr-trace" 330 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" --random-weights \
+run_step "1 dsocr-trace" 360 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" --random-weights \
   --preset "$PRESET" $EXTRA --max-new-tokens "$TOKENS" --torch-max-new-tokens "$TORCH_TOKENS" --repeats 1 --name "$NAME" \
   --out-dir "$WORK/traces" --force
 SQLITE="$WORK/traces/$NAME.sqlite"

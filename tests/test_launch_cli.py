@@ -35,6 +35,10 @@ if args[0] == "profile":
         i += 1
     options, app = args[1:i], args[i:]
     base = [o.split("=", 1)[1] for o in options if o.startswith("--output=")][0].removesuffix(".nsys-rep")
+    if mode == "hang":     # a capture that never ends: the test interrupts dsocr-trace
+        open(base + ".qdstrm", "w").write("raw")
+        import time
+        time.sleep(120)
     if mode == "fail":
         print("fake nsys: unable to load the CUDA injection library")
         sys.exit(1)
@@ -248,3 +252,20 @@ def test_name_is_checked():
         cli.parse_args(["--name", "../escape"])
     args = cli.parse_args([])
     assert args.random_weights and args.ignore_eos and args.image.endswith("sample_page.png")
+
+
+def test_sigterm_keeps_the_partial_capture(tmp_path, nsys_bin):
+    import signal
+    import time
+    env = {"PATH": "/usr/bin:/bin", "FAKE_NSYS_MODE": "hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", str(SAMPLE), "--name", "h", "--out-dir",
+                             str(tmp_path), "--device", "cpu", "--nsys", str(nsys_bin)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    deadline = time.time() + 60
+    while not (tmp_path / ".h.tmp.qdstrm").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 2
+    assert err.startswith("Error: interrupted during the capture; kept partial files:") and "h.partial.qdstrm" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.partial.qdstrm"]
