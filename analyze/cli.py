@@ -66,7 +66,14 @@ def _module_exists(name: str) -> bool:
 @click.group(cls=AnalyzeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Per-stage GPU time of an Nsight Systems export (or PyTorch profiler trace), attributed to
-    NVTX ranges the way `nsys stats` does, and SQL over the trace."""
+    NVTX ranges the way `nsys stats` does, and SQL over the trace.
+
+    \b
+    dsocr-analyze TRACE                 the stage table (same as: dsocr-analyze stages TRACE)
+    dsocr-analyze TRACE --ranges all    every range name;  --json for machine-readable output
+    dsocr-analyze kernels TRACE [--range NAME] [--top N]
+    dsocr-analyze sql TRACE "SELECT ..." | -f sql/FILE.sql  [--csv | --json]
+    """
 
 
 no_cache_option = click.option("--no-cache", is_flag=True,
