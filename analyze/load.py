@@ -299,7 +299,11 @@ def _content_warnings(db, path: Path) -> list[str]:
     ranges = db.execute("SELECT count(*) FROM base_ranges").fetchone()[0]
     if ops == 0:
         out.append("no GPU kernels in this trace: was CUDA traced? (nsys profile --trace=cuda,nvtx)")
-    if ranges == 0:
+    kineto = db.execute("SELECT count(*) FROM meta WHERE key = 'source' AND value = 'kineto'").fetchone()[0] > 0
+    if ranges == 0 and kineto:
+        out.append("no record_function ranges (user_annotation) in this trace: nothing to attribute kernels to, "
+                   "showing kernels only (wrap the stages in torch.profiler.record_function)")
+    elif ranges == 0:
         out.append("no NVTX ranges in this trace: nothing to attribute kernels to, showing kernels only "
                    "(capture with `nsys profile --trace=cuda,nvtx` and NVTX ranges in the program)")
     unlaunched = db.execute("SELECT count(*) FROM _ops WHERE tid IS NULL").fetchone()[0] if ops else 0
