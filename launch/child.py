@@ -2,7 +2,7 @@
 
     python -m launch.child --phase nsys|torch --spec SPEC.json
 
-Both phases: load the model, run one warm-up page (outside any capture), then the measured
+Both phases: load the model, run warm-up pages (one per tile grid, outside any capture), then the measured
 requests, each inside a `request` range (payload = request index), pages in order and each page's
 repeats back to back.
 - nsys:  cudaProfilerStart -> measured requests -> the manifest as one NVTX mark -> cudaProfilerStop;
@@ -44,6 +44,21 @@ def run_requests(session, spec: dict, requests: list[dict]) -> list[dict]:
     return done
 
 
+def warmup_requests(spec: dict) -> list[dict]:
+    """One page per distinct view layout (tile grid): new shapes inside the capture would time cuBLAS
+    heuristics and allocator growth, not the model."""
+    from dsocr.workload import workload_shapes
+
+    seen, warm = set(), []
+    for req in measured_requests(spec, 1):
+        img = req["image"]
+        grid = workload_shapes(img["width"], img["height"], spec["mode"], 0, spec["max_tiles"]).tile_grid
+        if grid not in seen:
+            seen.add(grid)
+            warm.append(req)
+    return warm
+
+
 def synchronize(session) -> None:
     import torch
     if session.device.type == "cuda":
@@ -51,7 +66,7 @@ def synchronize(session) -> None:
 
 
 def capture_info(spec: dict, phase: str, requests: list[dict], repeats: int) -> dict:
-    return {"profiler": phase, "warmup_pages": 1, "measured_pages": len(spec["pages"]), "repeats": repeats,
+    return {"profiler": phase, "warmup_pages": len(warmup_requests(spec)), "measured_pages": len(spec["pages"]), "repeats": repeats,
             "requests": len(requests), "mode": spec["mode"], "max_new_tokens": spec["max_new_tokens"],
             "ignore_eos": spec["ignore_eos"], "max_tiles": spec["max_tiles"], "name": spec.get("name")}
 
@@ -83,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                  time.perf_counter() - t)
 
         t = time.perf_counter()
-        warm = run_requests(session, spec, measured_requests(spec, 1)[:1])
+        warm = run_requests(session, spec, warmup_requests(spec))
         synchronize(session)
-        progress(phase, f"warm-up page ({warm[0]['result'].generated_tokens} tokens)", time.perf_counter() - t)
+        progress(phase, f"warm-up ({len(warm)} page(s), one per tile grid)", time.perf_counter() - t)
 
         cuda = session.device.type == "cuda"
         env = environment(spec.get("nsys_version") if phase == "nsys" else None, spec["command"],

@@ -62,7 +62,7 @@ def gpu_environment(device_index: int = 0) -> dict:
             if env["gpu_uuid"]:
                 try:
                     handle = pynvml.nvmlDeviceGetHandleByUUID(env["gpu_uuid"])
-                except pynvml.NVMLError:
+                except Exception:   # uuid formats differ across torch versions: fall back to the index
                     handle = None
             if handle is None:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)

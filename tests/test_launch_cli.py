@@ -112,7 +112,7 @@ def test_capture_writes_every_output_under_its_final_name(capture):
     for phase in ("capture (nsys profile", "export (nsys export", "profiler pass (PyTorch profiler",
                   "analysis (dsocr-analyze)"):
         assert f"] {phase}" in run.stdout and "done in" in run.stdout
-    for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up page", "[torch pass] model load"):
+    for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up (1 page(s)", "[torch pass] model load"):
         assert child_phase in run.stdout
     assert "nsys 2099.1.1.0-fake at" in run.stdout
     # The final analysis ran on the exported sqlite (the fixture: 5 matmuls in prefill).
@@ -269,3 +269,13 @@ def test_sigterm_keeps_the_partial_capture(tmp_path, nsys_bin):
     assert proc.returncode == 2
     assert err.startswith("Error: interrupted during the capture; kept partial files:") and "h.partial.qdstrm" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.partial.qdstrm"]
+
+
+def test_warmup_takes_one_page_per_tile_grid():
+    from launch.child import warmup_requests
+    pages = [{"path": "a", "width": 1654, "height": 2339}, {"path": "b", "width": 1700, "height": 2400},
+             {"path": "c", "width": 1920, "height": 1080}, {"path": "d", "width": 600, "height": 600}]
+    spec = {"pages": pages, "mode": "gundam", "max_tiles": 9}
+    # 2x3, 2x3 again, 4x2 (max 9), untiled: three layouts -> three warm-up pages.
+    assert [r["image"]["path"] for r in warmup_requests(spec)] == ["a", "c", "d"]
+    assert [r["image"]["path"] for r in warmup_requests(spec | {"mode": "base"})] == ["a"]
