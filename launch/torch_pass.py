@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 

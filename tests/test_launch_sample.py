@@ -1,5 +1,4 @@
 """The bundled sample page: A4 at 200 dpi, Gundam 2x3 tiles, small, and reproducible from its script."""
-from pathlib import Path
 
 from PIL import Image, ImageChops, ImageStat
 
