@@ -52,18 +52,17 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 class _Sqlite:
     """A read-only ADBC connection to one export, with the table/column catalogue."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, db):
         import adbc_driver_manager as adbc
         import adbc_driver_sqlite
 
         self._adbc = adbc
+        self._scratch = db.cursor()  # for small reads (catalogue, counts): a new DuckDB costs ~30 ms
         uri = "file:" + str(path.resolve()) + "?mode=ro&immutable=1"
         try:
             self._db = adbc_driver_sqlite.connect(uri)
             self._conn = adbc.AdbcConnection(self._db)
-            import duckdb
-
-            names = self.into(duckdb.connect(), "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            names = self.into(self._scratch, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
         except Exception as e:  # adbc raises its own DatabaseError / OperationalError types
             raise TraceError(f"{path} cannot be read as SQLite ({_reason(e)}): the file is truncated or corrupt; "
                              "copy it again or re-export it with `nsys export --type sqlite`") from None
@@ -106,10 +105,8 @@ class _Sqlite:
 
     def rows(self, sql: str) -> list[tuple]:
         """Small result sets only (catalogue, metadata)."""
-        import duckdb
-
         try:
-            return self.into(duckdb.connect(), sql)
+            return self.into(self._scratch, sql)
         except Exception as e:
             raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
                              "copy it again or re-export it with `nsys export --type sqlite`") from None
@@ -167,7 +164,7 @@ def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = No
 def load_nsys(db, path: Path, warnings: list[str], lean: bool = False) -> None:
     """Fill the DuckDB connection `db` with the base tables of the nsys export at `path`.
     `lean`: skip the kernel columns that only the `kernels` view shows (names, geometry, bytes)."""
-    sq = _Sqlite(path)
+    sq = _Sqlite(path, db)
     try:
         _load(db, sq, path, warnings, lean)
     finally:
@@ -195,7 +192,7 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
 
     def read_ops():
         try:
-            ops_sq = _Sqlite(path)
+            ops_sq = _Sqlite(path, db)
             try:
                 _load_ops(db.cursor(), ops_sq, lean)
             finally:
