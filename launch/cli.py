@@ -253,7 +253,9 @@ def nsys_pass(nsys, outputs: Outputs, progress: Progress) -> None:
                 import_qdstrm(nsys.path, outputs.qdstrm)
             outputs.qdstrm.unlink(missing_ok=True)
         else:
-            raise LaunchError(f"nsys profile wrote no report (exit {code}); last output: {last_lines(tail, 6)}")
+            raise LaunchError(f"nsys profile wrote no report (exit {code}): the capture range never opened or "
+                              "nsys could not write it (the session must reach cudaProfilerStart on a CUDA "
+                              f"device); last output: {last_lines(tail, 6)}")
     elif code != 0:
         progress.line(f"note: nsys exited with {code} but wrote the report; continuing")
 
