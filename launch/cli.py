@@ -166,6 +166,9 @@ class Outputs:
         return [self.final[k] for k in kinds]
 
 
+NSYS_PROGRESS = re.compile(r"^\s*Processing \d+ events: \[")
+
+
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
@@ -187,8 +190,10 @@ def stream(cmd: list[str], prefix: str = "    ") -> tuple[int, str, str | None]:
     except OSError as e:
         raise LaunchError(f"cannot run {cmd[0]}: {e}") from None
     try:
-        for line in proc.stdout:
+        for line in proc.stdout:   # text mode turns nsys's \r progress bars into lines: show only 100%
             line = line.rstrip("\n")
+            if NSYS_PROGRESS.match(line) and "100%" not in line:
+                continue
             print(prefix + line, flush=True)
             tail.append(line)
             if line.startswith("Error: "):
