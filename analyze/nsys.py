@@ -304,27 +304,28 @@ def _load_nvtx(db, sq: _Sqlite) -> None:
     pushpop = ", ".join(map(str, NVTX_PUSHPOP_TYPES))
     ranges = ", ".join(map(str, NVTX_RANGE_TYPES))
     db.execute(f"""
-        -- NVTX text = the registered string (textId) or the inline text; domains are per process.
-        CREATE OR REPLACE TEMP TABLE _nvtx AS
-        SELECT n.*, coalesce(s.value, n.text) AS message, CAST(n.globalTid & ~16777215 AS BIGINT) AS gpid
-        FROM _raw_nvtx n LEFT JOIN strings s ON s.id = n.textId;
-
+        -- Domain names: the domain-create rows, per process (domain ids are per-process counters).
         CREATE OR REPLACE TEMP TABLE _domains AS
-        SELECT gpid, domainId, any_value(message) AS domain
-        FROM _nvtx WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY ALL;
+        SELECT globalTid & ~16777215 AS gpid, domainId, any_value(coalesce(s.value, n.text)) AS domain
+        FROM _raw_nvtx n LEFT JOIN strings s ON s.id = n.textId
+        WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY ALL;
 
-        CREATE OR REPLACE TEMP TABLE _named AS
-        SELECT n.*, coalesce(d.domain, '') AS domain_name,
-               CASE WHEN coalesce(d.domain, '') = '' THEN coalesce(n.message, '')
-                    ELSE d.domain || ':' || coalesce(n.message, '') END AS qualified
-        FROM _nvtx n LEFT JOIN _domains d ON d.gpid = n.gpid AND d.domainId = n.domainId
-        WHERE n.eventType <> {NVTX_DOMAIN_CREATE};
+        -- NVTX text = the registered string (textId) or the inline text; name = 'domain:text', or the
+        -- bare text in the default domain. A never-closed range ends at the last NVTX timestamp (NVIDIA).
+        CREATE OR REPLACE TEMP VIEW _named AS
+        SELECT n.*, n.globalTid & ~16777215 AS gpid, coalesce(d.domain, '') AS domain_name,
+               CASE WHEN coalesce(d.domain, '') = '' THEN coalesce(s.value, n.text, '')
+                    ELSE d.domain || ':' || coalesce(s.value, n.text, '') END AS qualified
+        FROM _raw_nvtx n
+        LEFT JOIN strings s ON s.id = n.textId
+        LEFT JOIN _domains d ON d.gpid = n.globalTid & ~16777215 AND d.domainId = n.domainId;
 
         CREATE OR REPLACE TABLE base_ranges AS
         SELECT CAST(row_number() OVER (ORDER BY start, globalTid, "end" DESC NULLS FIRST) - 1 AS BIGINT) AS range_id,
-               qualified AS name, domain_name AS domain,
-               CAST(start AS BIGINT) AS start_ns, CAST("end" AS BIGINT) AS end_ns,
-               gpid, CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid, CAST(globalTid & 16777215 AS BIGINT) AS tid,
+               qualified AS name, domain_name AS domain, CAST(start AS BIGINT) AS start_ns,
+               CAST(coalesce("end", (SELECT greatest(max(start), max("end")) FROM _raw_nvtx)) AS BIGINT) AS end_ns,
+               CAST(gpid AS BIGINT) AS gpid, CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid,
+               CAST(globalTid & 16777215 AS BIGINT) AS tid,
                CASE WHEN eventType IN ({pushpop}) THEN 'pushpop' ELSE 'startend' END AS style,
                CASE WHEN endGlobalTid IS NOT NULL AND endGlobalTid <> globalTid
                     THEN CAST(endGlobalTid & 16777215 AS BIGINT) END AS end_tid,
@@ -332,17 +333,12 @@ def _load_nvtx(db, sq: _Sqlite) -> None:
         FROM _named WHERE eventType IN ({ranges});
 
         CREATE OR REPLACE TABLE base_marks AS
-        SELECT CAST(start AS BIGINT) AS ts_ns, qualified AS name, domain_name AS domain, gpid,
+        SELECT CAST(start AS BIGINT) AS ts_ns, qualified AS name, domain_name AS domain, CAST(gpid AS BIGINT) AS gpid,
                CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid, CAST(globalTid & 16777215 AS BIGINT) AS tid,
                payload
         FROM _named WHERE eventType = {NVTX_MARK};
 
-        -- NVIDIA ends a never-closed range at the last NVTX timestamp of the export.
-        CREATE OR REPLACE TEMP TABLE _nvtx_last AS
-        SELECT greatest(max(start), max("end")) AS last_ns FROM _raw_nvtx;
-        UPDATE base_ranges SET end_ns = (SELECT last_ns FROM _nvtx_last) WHERE end_ns IS NULL;
-
-        DROP TABLE _raw_nvtx; DROP TABLE _nvtx; DROP TABLE _domains; DROP TABLE _named; DROP TABLE _nvtx_last;
+        DROP VIEW _named; DROP TABLE _raw_nvtx; DROP TABLE _domains;
     """)
 
 
