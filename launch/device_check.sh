@@ -49,6 +49,9 @@ run_step() {
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv 2>&1 | head -3
 echo "nsys: $(command -v nsys || echo MISSING) $(nsys --version 2>/dev/null | tail -1)"
+python3 -c "from launch.nsys import find_nsys, find_importer; n = find_nsys(); print('importer:', find_importer(n.path))" 2>&1
+imp=$(python3 -c "from launch.nsys import find_nsys, find_importer; print(find_importer(find_nsys().path) or '')" 2>/dev/null)
+[ -n "$imp" ] && { ldd "$imp" | grep "not found" || echo "importer libraries: all found"; }
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
 python3 -c "import nvtx" 2>/dev/null && echo "nvtx: ok" \
   || echo "nvtx: MISSING -- carry .device (../shared/tools/device-prepare.sh) and source .device/device-setup.sh"
