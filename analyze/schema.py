@@ -1,5 +1,9 @@
 """The base tables every trace loader produces, whatever the source (nsys SQLite, PyTorch-profiler JSON).
 
+(The nsys reader, analyze.nsys, writes the same tables straight into DuckDB for speed, with kernel
+and API names as ids into a `strings` table and op_id taken from DuckDB's rowid; a reader returning
+Arrow/Polars, like analyze.kineto, goes through `normalize` and analyze.load.load_base_tables.)
+
 A loader returns ``dict[str, table]`` with the six tables below (a pyarrow.Table, a polars.DataFrame
 or a dict of column lists each). ``normalize(tables)`` checks them against ``BASE_TABLES`` and returns
 pyarrow Tables with exactly these columns, in this order, with these types. Everything else
