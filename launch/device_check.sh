@@ -29,7 +29,6 @@ PRESET=${PRESET:-official}
 EXTRA=${EXTRA:-}
 WORK=/tmp/dsocr-check
 rm -rf "$WORK" && mkdir -p "$WORK/traces" "$WORK/ref" "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 step() { echo; echo "=== [$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
@@ -46,6 +45,7 @@ run_step() {
   return 0
 }
 
+main() {
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv 2>&1 | head -3
 echo "nsys: $(command -v nsys || echo MISSING) $(nsys --version 2>/dev/null | tail -1)"
@@ -118,3 +118,5 @@ tar -czf "$OUT/results.tar.gz" -C "$WORK" --exclude='*.packed' traces ref sessio
 ls -la "$OUT"; tar -tzvf "$OUT/results.tar.gz"
 echo "split parts: cat NAME.part00 NAME.part01 ... > NAME"
 step "done"
+}
+main 2>&1 | tee -a "$OUT/log.txt"
