@@ -9,7 +9,8 @@
 #   2. nsys stats reference CSVs (nvtx_kern_sum, nvtx_gpu_proj_sum, nvtx_sum, cuda_gpu_kern_sum) on a copy
 #   3. the session CLI once: per-stage host times, decode ms/token, peak GPU memory
 #   4. the stage-range overhead: ranges on vs off, $RUNS runs each, $OVERHEAD_TOKENS decode tokens
-#   5. (R3=1 only) a second capture with 3 repeats for the repeat spread
+#   5. tests/test_launch_gpu.py (tiny preset under the real nsys), when at least 90 s are left
+#   6. (R3=1 only) a second capture with 3 repeats for the repeat spread
 # Then packs the results into $OUT: at most 8 files of at most 16 MiB (big files gzip'ed, split if needed).
 # A time budget ($BUDGET s from start, default 530) shortens or skips late steps so packing always happens.
 set -u -o pipefail
@@ -84,9 +85,12 @@ run_step "4 overhead" 150 60 python3 -m launch.overhead launch/assets/sample_pag
   --mode "$MODE" --preset "$PRESET" $EXTRA \
   --max-new-tokens "$OVERHEAD_TOKENS" --json "$WORK/overhead.json"
 
-# 5. optional: repeats inside one capture (issue 7)
+# 5. the GPU test of the launcher (tiny preset, real nsys), if time is left
+run_step "5 pytest tests/test_launch_gpu.py" 150 90 python3 -m pytest -q -x tests/test_launch_gpu.py
+
+# 6. optional: repeats inside one capture (issue 7)
 if [ "$R3" = 1 ]; then
-  run_step "5 dsocr-trace x3 repeats" 240 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" \
+  run_step "6 dsocr-trace x3 repeats" 240 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" \
     --random-weights --preset "$PRESET" $EXTRA --max-new-tokens 64 --repeats 3 --no-torch-profiler --name "$NAME-r3" \
     --out-dir "$WORK/traces" --force
 fi
