@@ -327,8 +327,8 @@ def _load_nvtx(db, sq: _Sqlite) -> None:
                CAST(gpid AS BIGINT) AS gpid, CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid,
                CAST(globalTid & 16777215 AS BIGINT) AS tid,
                CASE WHEN eventType IN ({pushpop}) THEN 'pushpop' ELSE 'startend' END AS style,
-               CASE WHEN endGlobalTid IS NOT NULL AND endGlobalTid <> globalTid
-                    THEN CAST(endGlobalTid & 16777215 AS BIGINT) END AS end_tid,
+               -- NVIDIA skips every range with an ending thread recorded (endGlobalTid IS NOT NULL)
+               CAST(endGlobalTid & 16777215 AS BIGINT) AS end_tid,
                payload
         FROM _named WHERE eventType IN ({ranges});
 

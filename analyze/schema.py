@@ -24,8 +24,9 @@ Conventions (all loaders):
 - ranges: one row per range instance. ``name`` is already qualified: 'domain:text' for a non-default
   domain, plain 'text' for the default one; ``domain`` is '' for the default domain. ``end_ns`` may be
   NULL for a range never closed (the analysis ends it at the last NVTX timestamp). ``style`` is
-  'pushpop' (nested per thread) or 'startend'. ``end_tid`` is the OS tid of the ending thread when it
-  differs from the starting one (such ranges are listed but not used for attribution), else NULL.
+  'pushpop' (nested per thread) or 'startend'. ``end_tid`` is the OS tid of the ending thread when the
+  source records one (nsys endGlobalTid: a start/end range ended on another thread); such ranges are
+  listed but, as in NVIDIA's reports, not used for attribution. NULL otherwise.
   ``payload`` is the range's payload as text (e.g. decode step index), NULL if none.
 - marks: instant NVTX events (nsys eventType 34) or instant user events; ``payload`` as text.
 - gpus: one row per device seen in the trace (``device`` = kernels.device).
