@@ -28,6 +28,7 @@ from pathlib import Path
 from launch import command
 from launch.errors import LaunchError
 from launch.images import resolve_pages
+from launch.manifest import host_summary
 from launch.nsys import find_nsys, import_qdstrm, last_lines
 
 DEFAULT_IMAGE = str(Path(__file__).resolve().parent / "assets" / "sample_page.png")
@@ -336,6 +337,8 @@ def run(args, argv: list[str]) -> int:
 
     written = outputs.publish(kinds, args.force)
     progress.line("wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in written))
+    for line in host_summary(json.loads(outputs.final["manifest"].read_text())):
+        progress.line(line)
     if args.no_analyze:
         return 0
     return analysis(outputs.final["sqlite"], progress)

@@ -136,3 +136,26 @@ def check_manifest(m: dict) -> list[str]:
             if k not in page:
                 problems.append(f"pages[{i}] lacks {k!r}")
     return problems
+
+
+def host_summary(m: dict) -> list[str]:
+    """Per-request host wall times of the measured pages (nsys pass), with tokens/s and pages/s.
+
+    Host times include the profiler's overhead; GPU time per stage comes from dsocr-analyze."""
+    import statistics
+
+    pages = m.get("pages", [])
+    totals = [p["host_times_s"]["total"] for p in pages if "total" in p.get("host_times_s", {})]
+    if not totals:
+        return []
+    tokens = sum(p["workload"]["generated_tokens"] for p in pages)
+    spread = f" (std {statistics.stdev(totals) * 1000:.1f}, min {min(totals) * 1000:.1f}, " \
+             f"max {max(totals) * 1000:.1f})" if len(totals) > 1 else ""
+    lines = [f"{len(totals)} measured request(s) under nsys: mean {statistics.mean(totals) * 1000:.1f} ms a page"
+             f"{spread}; {tokens / sum(totals):.1f} generated tokens/s, {len(totals) / sum(totals):.3f} pages/s"]
+    for p in pages:
+        t = p["host_times_s"]
+        stages = ", ".join(f"{k} {v * 1000:.1f}" for k, v in t.items() if k != "total")
+        lines.append(f"  request {p['request']} (page {p['page']}, repeat {p['repeat']}): "
+                     f"{t.get('total', 0) * 1000:.1f} ms ({stages} ms)")
+    return lines

@@ -115,6 +115,7 @@ def test_capture_writes_every_output_under_its_final_name(capture):
     for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up (1 page(s)", "[torch pass] model load"):
         assert child_phase in run.stdout
     assert "nsys 2099.1.1.0-fake at" in run.stdout
+    assert "2 measured request(s) under nsys: mean" in run.stdout and "request 1 (page 0, repeat 1)" in run.stdout
     # The final analysis ran on the exported sqlite (the fixture: 5 matmuls in prefill).
     assert "prefill" in run.stdout
 
@@ -279,3 +280,15 @@ def test_warmup_takes_one_page_per_tile_grid():
     # 2x3, 2x3 again, 4x2 (max 9), untiled: three layouts -> three warm-up pages.
     assert [r["image"]["path"] for r in warmup_requests(spec)] == ["a", "c", "d"]
     assert [r["image"]["path"] for r in warmup_requests(spec | {"mode": "base"})] == ["a"]
+
+
+def test_host_summary_by_hand():
+    from launch.manifest import host_summary
+    pages = [{"request": i, "page": 0, "repeat": i, "workload": {"generated_tokens": 100},
+              "host_times_s": {"prefill": 0.5, "decode": total - 0.5, "total": total}}
+             for i, total in enumerate([2.0, 3.0])]
+    lines = host_summary({"pages": pages})
+    # mean (2 + 3) / 2 = 2.5 s; std of {2, 3} = 0.7071 s; 200 tokens / 5 s = 40/s; 2 pages / 5 s = 0.4/s.
+    assert lines[0] == ("2 measured request(s) under nsys: mean 2500.0 ms a page (std 707.1, min 2000.0, "
+                        "max 3000.0); 40.0 generated tokens/s, 0.400 pages/s")
+    assert lines[2] == "  request 1 (page 0, repeat 1): 3000.0 ms (prefill 500.0, decode 2500.0 ms)"
