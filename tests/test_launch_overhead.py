@@ -19,12 +19,16 @@ def test_overhead_runs_alternate_and_the_ratio_is_the_median_quotient(tmp_path, 
     code = overhead.main(["--preset", "tiny", "--mode", "tiny", "--device", "cpu", "--max-new-tokens", "2",
                           "--runs", "3", "--json", str(out)])
     assert code == 0
-    # warm-up (on), then on/off alternating; ranges are on again afterwards.
-    assert seen == [True, True, False, True, False, True, False] and stages.enabled()
+    # warm-up (on), then pairs in alternating order, then one counting run (on); ranges on afterwards.
+    assert seen == [True, True, False, False, True, True, False, True] and stages.enabled()
     r = json.loads(out.read_text())
     assert len(r["times_on_s"]) == len(r["times_off_s"]) == 3
     assert r["median_on_s"] == statistics.median(r["times_on_s"])
     assert r["ratio"] == r["median_on_s"] / r["median_off_s"]
+    # tiny preset, mode tiny, 2 new tokens: request-free page = preprocess, prefill, sam, clip, projector,
+    # llm_prefill, decode, 2 x decode_step
+    assert r["ranges_per_page"] == 9
+    assert r["direct_overhead"] == r["ranges_per_page"] * r["range_cost_s"] / r["median_off_s"]
     text = capsys.readouterr().out
     assert f"ratio on/off: {r['ratio']:.4f}" in text
 
