@@ -28,7 +28,11 @@ import pytest
 from analyze.load import open_trace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLES = Path(__file__).resolve().parents[1] / "traces/examples"
 REPORTED = sorted(p.with_suffix(".sqlite") for p in SHARED.glob("**/*.reports")) if SHARED.is_dir() else []
+# Real DeepSeek-OCR captures committed with their reference CSVs (NAME.sqlite or NAME.sqlite.gz).
+CAPTURES = sorted(t for r in EXAMPLES.glob("*.reports")
+                  for t in (r.with_suffix(".sqlite"), r.with_suffix(".sqlite.gz")) if t.exists())
 
 
 def _csv(folder: Path, report: str) -> list[dict] | None:
@@ -62,10 +66,10 @@ def test_every_reference_folder_is_covered():
     assert all(p.exists() for p in REPORTED)
 
 
-@pytest.mark.parametrize("path", REPORTED, ids=[p.stem for p in REPORTED])
+@pytest.mark.parametrize("path", REPORTED + CAPTURES, ids=[p.name.split(".sqlite")[0] for p in REPORTED + CAPTURES])
 def test_matches_nsys_stats(path: Path, traces):
     trace = traces(path)
-    reports = path.with_suffix(".reports")
+    reports = path.with_name(path.name.split(".sqlite")[0] + ".reports")
     con = trace.con
     stages = {r[0]: dict(zip(("instances", "inclusive_ns", "kernels", "span_ns", "cpu_ns", "launches"), r[1:]))
               for r in con.execute("SELECT name, instances, inclusive_ns, kernels, span_ns, cpu_ns, launches FROM stages").fetchall()}
