@@ -1,7 +1,7 @@
 """open_trace(path) -> Trace: any nsys SQLite export or PyTorch-profiler JSON, as DuckDB views.
 
 The content decides the reader (not the file name): `SQLite format 3` -> nsys export; gzip -> looked
-inside (a gzipped export is decompressed into the cache folder, gzipped JSON goes to the Kineto
+inside (a gzipped export is decompressed to a temporary file for loading, gzipped JSON goes to the Kineto
 reader); `{` -> Kineto JSON. Loading and attribution run once per trace: the resulting tables are
 kept in a DuckDB file (the cache) beside the trace, `<trace>.dsocr-cache.duckdb`, or under
 $XDG_CACHE_HOME/dsocr-perf/ (default ~/.cache/dsocr-perf) when the trace's folder is read-only.
@@ -191,11 +191,11 @@ def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
     if kind in ("sqlite", "sqlite.gz"):
         from analyze.nsys import load_nsys
 
-        sqlite_path = _gunzipped(path, cache) if kind == "sqlite.gz" else path
+        sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
         try:
             load_nsys(db, sqlite_path, warnings, lean=lean)
         finally:
-            if kind == "sqlite.gz" and not cache:
+            if kind == "sqlite.gz":  # the cache holds everything; the decompressed copy is not kept
                 sqlite_path.unlink(missing_ok=True)
     else:
         _load_kineto(db, path, warnings)
@@ -209,28 +209,20 @@ def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
         db.executemany("INSERT INTO meta VALUES ('warning', ?)", [(w,) for w in warnings])
 
 
-def _gunzipped(path: Path, keep: bool) -> Path:
-    """Decompress a gzipped export next to the cache (or to a temp file when not caching)."""
+def _gunzipped(path: Path) -> Path:
+    """Decompress a gzipped export to a temporary file (deleted after loading)."""
     import shutil
     import tempfile
 
-    if keep:
-        target = cache_path_for(path).with_suffix(".sqlite")
-        if target.exists() and target.stat().st_mtime_ns >= path.stat().st_mtime_ns:
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        fd, name = tempfile.mkstemp(suffix=".sqlite", prefix="dsocr-")
-        os.close(fd)
-        target = Path(name)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix="dsocr-")
+    os.close(fd)
+    target = Path(name)
     try:
-        with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (OSError, EOFError) as e:
-        tmp.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
         raise TraceError(f"{path}: cannot decompress ({e}); the gzip file is damaged, copy it again") from None
-    os.replace(tmp, target)
     return target
 
 
