@@ -19,7 +19,7 @@ from pathlib import Path
 
 from analyze.errors import TraceError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump whenever the tables or their meaning change
 CACHE_SUFFIX = ".dsocr-cache.duckdb"
 SQLITE_HEADER = b"SQLite format 3\x00"
 GZIP_MAGIC = b"\x1f\x8b"
