@@ -95,19 +95,22 @@ class _Sqlite:
             statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
             statement.set_sql_query(sql)
             handle, _ = statement.execute_query()
-            if target is not None or insert is not None:
-                # Bulk reads go through pyarrow: its reader releases the GIL (the two reader threads
-                # run in parallel) and it is faster than DuckDB pulling the stream itself.
-                import pyarrow as pa
-
-                handle = pa.RecordBatchReader.from_stream(handle).read_all()
-            db.register("_sqlite_stream", handle)
-            if insert is not None:
-                db.execute(insert)
-                return None
-            if target is None:
+            if target is None and insert is None:
+                db.register("_sqlite_stream", handle)
                 return db.execute("SELECT * FROM _sqlite_stream").fetchall()
-            db.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _sqlite_stream")
+            # Bulk reads go through pyarrow, in chunks of CHUNK_ROWS (bounded memory): its reader
+            # releases the GIL (the two reader threads run in parallel) and it is faster than DuckDB
+            # pulling the stream itself.
+            for i, chunk in enumerate(_chunks(handle)):
+                db.register("_sqlite_stream", chunk)
+                if insert is not None:
+                    db.execute(insert)
+                elif i == 0:
+                    db.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _sqlite_stream")
+                else:
+                    db.execute(f"INSERT INTO {target} SELECT * FROM _sqlite_stream")
+                db.unregister("_sqlite_stream")
+            return None
         finally:
             db.unregister("_sqlite_stream")
             statement.close()
@@ -123,6 +126,29 @@ class _Sqlite:
     def close(self):
         self._conn.close()
         self._db.close()
+
+
+CHUNK_ROWS = 1 << 21
+
+
+def _chunks(handle):
+    """pyarrow Tables of about CHUNK_ROWS rows from an Arrow C stream (at least one, maybe empty)."""
+    import pyarrow as pa
+
+    reader = pa.RecordBatchReader.from_stream(handle)
+    batches, rows, sent = [], 0, False
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows >= CHUNK_ROWS:
+            yield pa.Table.from_batches(batches, schema=reader.schema)
+            batches, rows, sent = [], 0, True
+    if batches or not sent:
+        yield pa.Table.from_batches(batches, schema=reader.schema)
 
 
 def _table_key(name: str) -> str:
