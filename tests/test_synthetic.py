@@ -166,3 +166,20 @@ def test_analysis_matches_truth(synthetic):
         for key in ("instances", "kernels", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "gpu_ops",
                     "launches"):
             assert got[name][key] == t[key], (name, key)
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("analyze.cli"), reason="analyze.cli not written yet")
+def test_cli_json_matches_truth(synthetic):
+    """The command the benchmark times, parsed the way the benchmark parses it."""
+    import subprocess
+
+    import bench_analyze
+
+    path, truth = synthetic
+    proc = subprocess.run([sys.executable, "-c", "import sys; from analyze.cli import main; sys.exit(main())",
+                           str(path), "--json", "--ranges", "all", "--no-cache"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    rows = bench_analyze.range_rows(json.loads(proc.stdout))      # stdout is exactly one JSON document
+    got = {r["name"]: (r["inclusive_ns"], r["kernels"], r["instances"]) for r in rows}
+    assert got == {n: (t["inclusive_ns"], t["kernels"], t["instances"]) for n, t in truth["ranges"].items()}
