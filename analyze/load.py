@@ -26,6 +26,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MANIFEST_DOMAIN = "dsocr"
 MANIFEST_SCHEMA = "dsocr-manifest/1"
 MEMORY_LIMIT = "3GB"
+
 HINT = "give an nsys SQLite export (`nsys export --type sqlite`) or a PyTorch profiler trace (.json / .json.gz)"
 
 
@@ -95,6 +96,8 @@ def _configure(db) -> None:
     """Memory: DuckDB spills to disk beyond MEMORY_LIMIT, so 1e7 kernels stay within ~4 GB RSS."""
     import tempfile
 
+    # DuckDB draws a progress bar on stdout for statements over 2 s: it would corrupt --json / --csv.
+    db.execute("SET enable_progress_bar = false")
     db.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     db.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'dsocr-duckdb-spill'}'")
     db.execute("SET preserve_insertion_order = false")
@@ -166,6 +169,7 @@ def _open_cached(path: Path, cache_file: Path, key: str) -> Trace | None:
 
     try:
         db = duckdb.connect(str(cache_file), read_only=True)
+        db.execute("SET enable_progress_bar = false")
         row = db.execute("SELECT key FROM _cache").fetchone()
     except duckdb.Error:
         return None

@@ -61,6 +61,7 @@ class _Sqlite:
 
         self._adbc = adbc
         self._scratch = db.cursor()  # for small reads (catalogue, counts): a new DuckDB costs ~30 ms
+        self._scratch.execute("SET enable_progress_bar = false")
         uri = "file:" + str(path.resolve()) + "?mode=ro&immutable=1"
         try:
             self._db = adbc_driver_sqlite.connect(uri)
@@ -229,7 +230,9 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
         try:
             ops_sq = _Sqlite(path, db)
             try:
-                _load_ops(db.cursor(), ops_sq, lean)
+                cursor = db.cursor()
+                cursor.execute("SET enable_progress_bar = false")
+                _load_ops(cursor, ops_sq, lean)
             finally:
                 ops_sq.close()
         except BaseException as e:  # re-raised below, in the caller's thread
