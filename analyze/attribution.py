@@ -125,10 +125,16 @@ def _ranges(db) -> None:
         SELECT * FROM up;
 
         -- Innermost open push/pop range per thread as a step function of time (one row per distinct time).
+        -- Threads with push/pop ranges get one small integer key: an ASOF join on one key is ~2x
+        -- faster than on (process, thread).
+        CREATE OR REPLACE TEMP TABLE _threads AS
+        SELECT gpid, tid, CAST(row_number() OVER () AS BIGINT) AS thread_key
+        FROM (SELECT DISTINCT gpid, tid FROM base_ranges WHERE style = 'pushpop');
+
         CREATE OR REPLACE TEMP TABLE _top AS
-        SELECT o.gpid, o.tid, o.t, CASE WHEN o.delta = 1 THEN o.range_id ELSE t.parent_id END AS range_id
-        FROM _ordered o JOIN _tree t USING (range_id)
-        QUALIFY row_number() OVER (PARTITION BY o.gpid, o.tid, o.t ORDER BY o.seq DESC) = 1;
+        SELECT h.thread_key, o.t, CASE WHEN o.delta = 1 THEN o.range_id ELSE t.parent_id END AS range_id
+        FROM _ordered o JOIN _tree t USING (range_id) JOIN _threads h ON h.gpid = o.gpid AND h.tid = o.tid
+        QUALIFY row_number() OVER (PARTITION BY h.thread_key, o.t ORDER BY o.seq DESC) = 1;
 
         DROP TABLE _ordered;
         DROP TABLE _starts;
@@ -156,7 +162,8 @@ def _ops(db, nested: bool) -> None:
             SELECT {op_id}o.*, l.tid, l.start_ns AS call_start, l.end_ns AS call_end, s.range_id AS pp_range
             FROM base_ops o
             LEFT JOIN base_launches l ON l.gpid = o.gpid AND l.correlation = o.correlation
-            ASOF LEFT JOIN _top s ON s.gpid = o.gpid AND s.tid = l.tid AND s.t <= l.start_ns;
+            LEFT JOIN _threads h ON h.gpid = l.gpid AND h.tid = l.tid
+            ASOF LEFT JOIN _top s ON s.thread_key = h.thread_key AND s.t <= l.start_ns;
         """)
         # A call that outlives its innermost range climbs to the enclosing one (cannot happen on one
         # thread, but equal timestamps can make it look so).
