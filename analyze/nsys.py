@@ -29,6 +29,7 @@ and API names are ids into `strings(id, value)`):
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,18 +170,39 @@ def _reason(e: BaseException) -> str:
     return text.rsplit("] ", 1)[-1].replace("Failed to prepare query: ", "")
 
 
+# Columns declared INTEGER are read as they are (a CAST in the SQLite query costs ~45% more); the
+# ADBC driver types a column from its first batch and fails on a later value of another type, which
+# an INTEGER column can only hold in a damaged file: then the table is read again with CASTs.
+_strict = threading.local()
+
+
+class _TypeMismatch(Exception):
+    pass
+
+
 def _col(cols: dict[str, Column], name: str, cast: str = "INTEGER", default: str = "NULL", alias: str | None = None) -> str:
-    """The column aliased to its canonical name, or the default when the table lacks it. Nullable
-    columns are CAST: the ADBC driver types a column from its first batch and fails on a later value
-    of another type (NOT NULL INTEGER columns always hold integers and are read as they are: faster)."""
+    """The column aliased to its canonical name, or the default when the table lacks it."""
     col = cols.get(name.lower())
     if col is None:
         expr = default
-    elif cast == "INTEGER" and col.not_null and "INT" in col.declared:
+    elif cast == "INTEGER" and "INT" in col.declared and not getattr(_strict, "on", False):
         expr = f'"{col.name}"'
     else:
         expr = f'CAST("{col.name}" AS {cast})'
     return f"{expr} AS {alias or name}"
+
+
+def _cast_on_mismatch(load, undo: str, db, *args) -> None:
+    """Run `load`; if a column's type changed mid-table, undo its rows and run it again with CASTs."""
+    try:
+        load(db, *args)
+    except _TypeMismatch:
+        db.execute(undo)
+        _strict.on = True
+        try:
+            load(db, *args)
+        finally:
+            _strict.on = False
 
 
 def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = None) -> None:
@@ -191,6 +213,8 @@ def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = No
     except TraceError:
         raise
     except Exception as e:
+        if "type mismatch" in str(e).lower() and not getattr(_strict, "on", False):
+            raise _TypeMismatch(str(e)) from None
         if "SQLite" not in str(e) and "malformed" not in str(e):
             raise  # not the file's fault: a bug here
         raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
@@ -222,8 +246,6 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
 
     # The two big tables are read side by side: GPU ops in a second thread (its own SQLite and DuckDB
     # connections; both libraries release the GIL), API calls, NVTX and the rest here.
-    import threading
-
     failure: list[BaseException] = []
 
     def read_ops():
@@ -232,7 +254,7 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
             try:
                 cursor = db.cursor()
                 cursor.execute("SET enable_progress_bar = false")
-                _load_ops(cursor, ops_sq, lean)
+                _cast_on_mismatch(_load_ops, "DELETE FROM base_ops", cursor, ops_sq, lean)
             finally:
                 ops_sq.close()
         except BaseException as e:  # re-raised below, in the caller's thread
@@ -241,9 +263,9 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
     reader = threading.Thread(target=read_ops, name="dsocr-read-ops")
     reader.start()
     try:
-        _load_launches(db, sq)
-        _load_nvtx(db, sq)
-        _load_gpus(db, sq)
+        _cast_on_mismatch(_load_launches, "DELETE FROM base_launches", db, sq)
+        _cast_on_mismatch(_load_nvtx, "SELECT 1", db, sq)
+        _cast_on_mismatch(_load_gpus, "SELECT 1", db, sq)
     finally:
         reader.join()
     if failure:

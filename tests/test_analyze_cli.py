@@ -222,3 +222,22 @@ def test_sql_error_is_one_line(capsys, example):
 
 def test_unknown_range_for_kernels(capsys, example):
     assert "no range named" in _one_error_line(capsys, "kernels", example, "--range", "nope")
+
+
+def test_a_column_changing_type_mid_table_is_read_again_with_casts(tmp_path):
+    # Columns declared INTEGER are read without CAST (faster); a REAL value after the first 64k-row
+    # batch makes the reader fail on the type change: the table is then read again with CASTs.
+    path = tmp_path / "mixed.sqlite"
+    shutil.copy(TINY, path)
+    path.chmod(0o644)
+    with sqlite3.connect(path) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(CUPTI_ACTIVITY_KIND_RUNTIME)")]
+        row = list(db.execute("SELECT * FROM CUPTI_ACTIVITY_KIND_RUNTIME LIMIT 1").fetchone())
+        at = columns.index("correlationId")
+        rows = [row[:at] + [10_000_000 + i] + row[at + 1:] for i in range(70_000)]
+        rows[-1][at] = 12345.5
+        db.executemany(f"INSERT INTO CUPTI_ACTIVITY_KIND_RUNTIME VALUES ({', '.join('?' * len(columns))})", rows)
+    trace = open_trace(path, cache=False)
+    # tiny-2025.3.reports: prefill 5 kernels, 1 708 541 ns; 984 API rows + the 70 000 added.
+    assert trace.con.execute("SELECT kernels, inclusive_ns FROM stages WHERE name = 'prefill'").fetchone() == (5, 1_708_541)
+    assert trace.con.execute("SELECT count(*) FROM launches").fetchone()[0] == 984 + 70_000
