@@ -45,7 +45,8 @@ def derive(db) -> list[str]:
     """Create the derived tables and canonical views from the base_* tables in `db`. Returns warnings."""
     warnings: list[str] = []
     db.execute("SET merge_join_threshold = 0")
-    _ranges(db)
+    if not db.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_ranges'").fetchone()[0]:
+        derive_ranges(db)
     nested = _nested(db)
     if not nested:
         warnings.append("push/pop ranges of some thread do not nest (ranges of different NVTX domains interleave); "
@@ -56,7 +57,9 @@ def derive(db) -> list[str]:
     return warnings
 
 
-def _ranges(db) -> None:
+def derive_ranges(db) -> None:
+    """The range tree (_ranges, _ancestors) and the innermost-range step function (_top): they need
+    only the NVTX tables, so a reader may run this while it still reads the GPU ops."""
     _script(db, """
         -- Start and end events of push/pop ranges per thread, in stack order: at equal times ends come
         -- before starts (siblings touch), starts of longer ranges before shorter ones (parent first),

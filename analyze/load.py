@@ -197,7 +197,7 @@ def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
 
         sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
         try:
-            load_nsys(db, sqlite_path, warnings, lean=lean)
+            load_nsys(db, sqlite_path, warnings, lean=lean, meanwhile=attribution.derive_ranges)
         finally:
             if kind == "sqlite.gz":  # the cache holds everything; the decompressed copy is not kept
                 sqlite_path.unlink(missing_ok=True)

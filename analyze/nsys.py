@@ -221,17 +221,18 @@ def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = No
                          "copy it again or re-export it with `nsys export --type sqlite`") from None
 
 
-def load_nsys(db, path: Path, warnings: list[str], lean: bool = False) -> None:
+def load_nsys(db, path: Path, warnings: list[str], lean: bool = False, meanwhile=None) -> None:
     """Fill the DuckDB connection `db` with the base tables of the nsys export at `path`.
-    `lean`: skip the kernel columns that only the `kernels` view shows (names, geometry, bytes)."""
+    `lean`: skip the kernel columns that only the `kernels` view shows (names, geometry, bytes).
+    `meanwhile(db)`: work on base_ranges/base_marks to run while the GPU ops are still being read."""
     sq = _Sqlite(path, db)
     try:
-        _load(db, sq, path, warnings, lean)
+        _load(db, sq, path, warnings, lean, meanwhile)
     finally:
         sq.close()
 
 
-def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
+def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool, meanwhile) -> None:
     strings = sq.table("StringIds")
     known = [t for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_RUNTIME", "NVTX_EVENTS",
                          "TARGET_INFO_GPU", "META_DATA_EXPORT", "EXPORT_META_DATA") if sq.table(t)]
@@ -266,6 +267,8 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool) -> None:
         _cast_on_mismatch(_load_launches, "DELETE FROM base_launches", db, sq)
         _cast_on_mismatch(_load_nvtx, "SELECT 1", db, sq)
         _cast_on_mismatch(_load_gpus, "SELECT 1", db, sq)
+        if meanwhile is not None:
+            meanwhile(db)
     finally:
         reader.join()
     if failure:
