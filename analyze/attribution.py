@@ -13,11 +13,15 @@ counts at 1e7 kernels):
    before it: an ASOF join).
 2. The same events give, per thread, a step function "innermost open range at time t" (at a start:
    the range; at an end: its parent). One pass over the ops joins each op to its launch call
-   (hash join on process + correlation) and the call to that step function (ASOF join on process,
-   thread, time): the op's innermost push/pop range. Every enclosing push/pop range is that range or
-   one of its ancestors, so per-range totals are the per-innermost-range totals rolled up the tree.
-3. Start/end ranges on one thread (few) are matched with a range join; the thread equality is
-   written `a - b = 0` so that DuckDB keeps an inequality join instead of hashing on the thread.
+   (hash join on process + correlation) and the call to that step function (ASOF join on one small
+   thread key, then time): the op's innermost push/pop range. Every enclosing push/pop range is that
+   range or one of its ancestors, so per-range totals are the per-innermost-range totals rolled up
+   the tree.
+3. Start/end ranges on one thread (few, but one may span the whole trace, like a `request`): the
+   push/pop ranges lying inside one bring their rolled-up totals; only the ops outside those
+   (launched outside any push/pop range, or in one that straddles the start/end range) are matched
+   one by one with a range join, its thread equality written `a - b = 0` so that DuckDB keeps an
+   inequality join instead of hashing on the thread.
 4. Busy time (union of the kernel intervals of a range): kernels of one CUDA stream run one after
    another, so for a range whose kernels all ran on one (device, stream) busy = the sum of their
    durations (0 same-stream overlaps in the 12 real exports of ../shared). Ranges whose kernels ran
