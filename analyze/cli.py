@@ -142,10 +142,21 @@ def _trace_summary(trace) -> str:
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--ranges", "which", type=click.Choice(["stages", "all"]), default="stages", show_default=True,
               help="stages: prefill/decode/sam/clip/projector when present, else the top-level ranges; all: every range name.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: {trace, ranges: [...], warnings}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: {trace, ranges: [...], workload, gpu, model, warnings}.")
+@click.option("--peak-tflops", type=float, help="Override the GPU's dense bf16 peak (TFLOP/s) used for MFU.")
+@click.option("--peak-gbs", type=float, help="Override the GPU's memory bandwidth (GB/s) used for MBU.")
+@click.option("--attention-policy", type=click.Choice(["full", "causal-half"]), default=None,
+              help="How causal attention FLOPs are counted (default full: as torch's flop counter does).")
+@click.option("--roofline", "roofline_stem", type=click.Path(path_type=Path),
+              help="Also write a roofline plot, one point per stage: STEM.png and STEM.svg.")
+@click.option("--force", is_flag=True, help="Overwrite an existing roofline plot.")
 @no_cache_option
-def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
-    """Per-stage GPU time of TRACE (the default command)."""
+def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: float | None,
+                   peak_gbs: float | None, attention_policy: str | None, roofline_stem: Path | None,
+                   force: bool, no_cache: bool):
+    """Per-stage GPU time of TRACE (the default command), with FLOPs, MFU and MBU when the trace
+    carries a dsocr manifest."""
     from analyze.load import open_trace
 
     # Without the cache, load only what the stage table needs (no kernel names); the kernel table
@@ -161,12 +172,28 @@ def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
         for warning in trace.warnings:
             click.echo(f"Warning: {warning}", err=True)
     rows = stage_rows(trace, which)
+    from analyze.efficiency import efficiency_table, stage_efficiency
+
+    try:
+        metric_rows, extras = stage_efficiency(trace, rows, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
+                                               policy=attention_policy)
+    except ValueError as e:
+        raise TraceError(str(e)) from None
+    if roofline_stem is not None:
+        from analyze.roofline import plot_roofline
+
+        written = plot_roofline(metric_rows, extras["gpu"], roofline_stem, title=str(trace_path), force=force)
+        click.echo(f"wrote {', '.join(map(str, written))}", err=True)
     if as_json:
         import json
 
+        metric_keys = ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound")
         out = {"trace": str(trace_path),
-               "ranges": [{k: r[k] for k in STAGE_COLUMNS} for r in rows],
-               "warnings": trace.warnings}
+               "ranges": [{k: r[k] for k in STAGE_COLUMNS} | {k: m[k] for k in metric_keys}
+                          for r, m in zip(rows, metric_rows)],
+               "workload": extras["workload"], "gpu": extras["gpu"], "model": extras["model"],
+               "attention_policy": extras["attention_policy"],
+               "warnings": trace.warnings + extras["messages"]}
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(_trace_summary(trace))
@@ -176,6 +203,9 @@ def stages_command(trace_path: Path, which: str, as_json: bool, no_cache: bool):
         click.echo(_kernel_table(trace, None, 15))
         return
     click.echo(_stage_table(trace, rows))
+    if trace.manifest is not None:
+        click.echo()
+        click.echo(efficiency_table(metric_rows, extras))
 
 
 def _stage_table(trace, rows: list[dict]) -> str:
