@@ -143,7 +143,7 @@ def _trace_summary(trace) -> str:
 @click.option("--ranges", "which", type=click.Choice(["stages", "all"]), default="stages", show_default=True,
               help="stages: prefill/decode/sam/clip/projector when present, else the top-level ranges; all: every range name.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: {trace, ranges: [...], workload, gpu, model, warnings}.")
+              help="Print JSON: {trace, ranges: [...], workload, gpu, model, warnings, notes}.")
 @click.option("--peak-tflops", type=float, help="Override the GPU's dense bf16 peak (TFLOP/s) used for MFU.")
 @click.option("--peak-gbs", type=float, help="Override the GPU's memory bandwidth (GB/s) used for MBU.")
 @click.option("--attention-policy", type=click.Choice(["full", "causal-half"]), default=None,
@@ -193,7 +193,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
                           for r, m in zip(rows, metric_rows)],
                "workload": extras["workload"], "gpu": extras["gpu"], "model": extras["model"],
                "attention_policy": extras["attention_policy"],
-               "warnings": trace.warnings + extras["messages"]}
+               "warnings": trace.warnings, "notes": extras["messages"]}
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(_trace_summary(trace))
@@ -287,7 +287,7 @@ def kernels_command(trace_path: Path, range_name: str | None, top: int, as_json:
 @no_cache_option
 def sql_command(trace_path: Path, query: str | None, sql_file: Path | None, as_csv: bool, as_json: bool, no_cache: bool):
     """Run SQL over the canonical views of TRACE (kernels, launches, ranges, marks, kernel_ranges,
-    stages, range_stats, gpus, meta)."""
+    stages, range_stats, gpus, meta; decode_model when the trace carries a dsocr manifest)."""
     if (query is None) == (sql_file is None):
         raise TraceError("give either a query or -f FILE.sql, e.g. dsocr-analyze sql TRACE \"SELECT count(*) FROM kernels\"")
     if sql_file is not None:
@@ -298,6 +298,8 @@ def sql_command(trace_path: Path, query: str | None, sql_file: Path | None, as_c
     trace = _open(trace_path, no_cache)
     import duckdb
 
+    if "decode_model" in query.lower():
+        _register_decode_model(trace)
     try:
         result = trace.con.execute(query)
         columns = [d[0] for d in result.description] if result.description else []
@@ -306,6 +308,17 @@ def sql_command(trace_path: Path, query: str | None, sql_file: Path | None, as_c
         message = " ".join(str(e).split())
         raise TraceError(f"SQL: {message}") from None
     _print_rows(columns, rows, as_csv, as_json)
+
+
+def _register_decode_model(trace) -> None:
+    """The `decode_model` view: analytic FLOPs and bytes per decode step and decoder layer of the
+    recorded workload (first request), so decode cost can be read against context length in SQL.
+    Built on demand: it needs polars and the FLOP model, which other queries do not."""
+    if trace.manifest is None:
+        raise TraceError(f"{trace.path} carries no dsocr manifest, so there is no decode_model view")
+    from analyze.metrics import decode_model_frame
+
+    trace.con.register("decode_model", decode_model_frame(trace.manifest).to_arrow())
 
 
 def _print_rows(columns, rows, as_csv: bool, as_json: bool) -> None:
