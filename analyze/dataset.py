@@ -93,24 +93,9 @@ class DatasetStats:
 
 def find_manifest(trace) -> dict | None:
     """The trace's manifest, else a dsocr manifest saved as NAME.json beside the trace file."""
-    if getattr(trace, "manifest", None):
-        return trace.manifest
-    path = Path(trace.path)
-    name = path.name
-    for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".sqlite", ".json.gz", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    sidecar = path.with_name(name + ".json")
-    if sidecar == path or not sidecar.is_file():
-        return None
-    try:
-        manifest = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(manifest, dict) and manifest.get("schema") == stages.MANIFEST_SCHEMA:
-        return manifest
-    return None
+    from analyze.sidecar import sidecar_manifest
+
+    return getattr(trace, "manifest", None) or sidecar_manifest(Path(trace.path))
 
 
 def _request_table(trace, manifest: dict | None) -> pl.DataFrame:

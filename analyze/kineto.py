@@ -91,31 +91,9 @@ def _load(path: Path) -> dict[str, pa.Table]:
         "launches": launch_table,
         "ranges": _ranges(annotations, cpu_end_ns, warnings),
         "gpus": _gpus(doc.get("deviceProperties"), kernels),
-        "meta": _meta(doc, warnings, _sidecar_manifest(path)),
+        "meta": _meta(doc, warnings, _manifest_json(path)),
     }
     return tables
-
-
-def _sidecar_manifest(path: Path) -> str | None:
-    """The dsocr manifest the capture writes beside a profiler trace (run.pt.trace.json.gz -> run.json):
-    the PyTorch profiler has no NVTX marks to carry it inside the trace."""
-    from dsocr.stages import MANIFEST_SCHEMA
-
-    name = path.name
-    for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".json.gz", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    sidecar = path.with_name(name + ".json")
-    if sidecar == path or not sidecar.is_file():
-        return None
-    try:
-        manifest = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(manifest, dict) and manifest.get("schema") == MANIFEST_SCHEMA:
-        return json.dumps(manifest)
-    return None
 
 
 def _read(path: Path):
@@ -305,6 +283,13 @@ def _gpus(properties, ops):
         "total_memory": pa.array([rows[d][2] for d in devices], pa.int64()),
         "compute_capability": pa.array([rows[d][3] for d in devices], pa.string()),
     })
+
+
+def _manifest_json(path: Path) -> str | None:
+    from analyze.sidecar import sidecar_manifest
+
+    manifest = sidecar_manifest(path)
+    return None if manifest is None else json.dumps(manifest)
 
 
 def _meta(doc: dict, warnings: list[str], manifest: str | None):

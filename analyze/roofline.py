@@ -44,7 +44,6 @@ def plot_roofline(rows: list[dict], gpu: dict, out_stem, *, title: str | None = 
 
     peak_tflops, peak_gbs = gpu.get("peak_tflops"), gpu.get("peak_gbs")
     xs = [p["intensity"] for p in points]
-    ys = [p["tflops"] for p in points]
     lo = min(xs + [1.0]) / 3
     hi = max(xs + [1.0]) * 3
     fig, ax = plt.subplots(figsize=(7.5, 5))

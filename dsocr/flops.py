@@ -181,7 +181,7 @@ def experts_touched(tokens: int, n_experts: int, per_token: int) -> float:
 
 def sam_cost(c: SamConfig, side: int, count: int = 1, nbytes: int = 2) -> Cost:
     """SAM ViT-B on a batch of `count` views of `side` pixels."""
-    w, hd, m = c.width, c.width // c.heads, c.mlp_dim
+    w, m = c.width, c.mlp_dim
     g = side // c.patch_size
     n = g * g
     ws = c.window_size

@@ -15,7 +15,6 @@ uocr = pytest.importorskip("transformers.models.unlimited_ocr.modeling_unlimited
 
 
 def reference_from(ours):
-    from transformers import DynamicCache  # noqa: F401  (import check: the cache classes exist)
     from transformers.models.unlimited_ocr.configuration_unlimited_ocr import UnlimitedOcrTextConfig
 
     d = ours.config.decoder

@@ -11,9 +11,9 @@ import statistics
 import pytest
 
 from analyze.attribution import range_table
-from analyze.cli import main
 from analyze.dataset import dataset_stats, find_manifest
 from analyze.load import open_trace
+from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
@@ -26,16 +26,6 @@ def repeats():
 @pytest.fixture(scope="module")
 def stats(repeats):
     return dataset_stats(repeats)
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_requests_pages_and_repeats(stats):

@@ -5,22 +5,12 @@ import shutil
 
 import pytest
 
-from analyze.cli import main
 from analyze.diff import compare, side_of
+from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 A = DATA / "repeats-a.pt.trace.json.gz"
 B = DATA / "repeats-b.pt.trace.json.gz"
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

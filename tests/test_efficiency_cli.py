@@ -4,19 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from analyze.cli import main
+from cli_helper import run_analyze as analyze
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "examples" / "h100-gundam.sqlite.gz"
-
-
-def analyze(capsys, *args):
-    try:
-        main([*args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_json_carries_work_and_rates(capsys):

@@ -1,5 +1,4 @@
 """nsys discovery order, the nsys command lines, and the report-importer diagnosis (no GPU, no nsys needed)."""
-import os
 import stat
 from pathlib import Path
 

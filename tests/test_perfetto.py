@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from analyze.cli import main
 from analyze.load import open_trace
 from analyze.perfetto import GPU_PID_BASE, write_chrome_trace
+from cli_helper import run_analyze as run
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +69,6 @@ def test_tracks_are_named(exported):
     assert streams == kernel_streams and len(streams) >= 2  # the fixture uses two streams and a graph stream
     cpu_threads = {(e["pid"], e["tid"]) for e in meta if e["name"] == "thread_name" and e["pid"] < GPU_PID_BASE}
     assert cpu_threads == {(448, 448), (448, 500)}  # main thread and the worker thread
-
-
-def run(capsys, *args):
-    """dsocr-analyze ARGS as a user runs it: (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_gzip_and_no_overwrite(shared, tmp_path, capsys):

@@ -6,22 +6,12 @@ import shutil
 import pytest
 
 from analyze.attribution import range_table
-from analyze.cli import main
 from analyze.errors import TraceError
 from analyze.load import open_trace
 from analyze.report import FILES, build_report, to_yaml, write_report
+from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

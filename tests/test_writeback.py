@@ -9,19 +9,9 @@ from collections import defaultdict
 import pytest
 
 from analyze.attribution import range_table
-from analyze.cli import main
 from analyze.load import open_trace
 from analyze.writeback import default_output, write_analysis_db
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_helper import run_analyze as run
 
 
 @pytest.fixture(scope="module")
