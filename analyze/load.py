@@ -44,9 +44,11 @@ class Trace:
         return self.con.execute(query, params or [])
 
 
-def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
-    """Open a trace with its canonical views. `lean` (only with cache=False): skip what only the
-    `kernels` view shows (kernel names, categories, launch geometry), for the fastest stage table."""
+def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "auto") -> Trace:
+    """Open a trace with its canonical views. `lean` (only with cache=False): only what the stage
+    table needs (`stages`, `_ops`, gpus, meta; no kernel names, categories, launch geometry, nor the
+    `kernels`/`kernel_ranges` views), for the fastest stage table: an nsys export goes through the
+    NumPy sweep (analyze.sweep) unless engine='duckdb' or the sweep does not model the trace."""
     path = Path(path)
     lean = lean and not cache
     kind = sniff(path)
@@ -54,6 +56,11 @@ def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
     key = _cache_key(path)
     if cache_file is not None:
         trace = _open_cached(path, cache_file, key)
+        if trace is not None:
+            return trace
+
+    if cache_file is None and lean and engine != "duckdb" and kind in ("sqlite", "sqlite.gz"):
+        trace = _open_swept(path, kind)
         if trace is not None:
             return trace
 
@@ -90,6 +97,33 @@ def open_trace(path, *, cache: bool = True, lean: bool = False) -> Trace:
     if trace is None:
         raise TraceError(f"the analysis cache {cache_file} could not be reopened; run with --no-cache")
     return trace
+
+
+def _open_swept(path: Path, kind: str) -> Trace | None:
+    """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine."""
+    import duckdb
+
+    from analyze.sweep import Unsupported, load_stages
+
+    db = duckdb.connect(":memory:")
+    _configure(db)
+    sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
+    warnings: list[str] = []
+    try:
+        load_stages(db, sqlite_path, warnings)
+    except Unsupported:
+        db.close()
+        return None
+    finally:
+        if kind == "sqlite.gz":
+            sqlite_path.unlink(missing_ok=True)
+    warnings += _content_warnings(db, path)
+    manifest = _manifest(db)
+    if manifest is not None:
+        db.execute("INSERT INTO meta VALUES ('manifest', ?)", [json.dumps(manifest)])
+    if warnings:
+        db.executemany("INSERT INTO meta VALUES ('warning', ?)", [(w,) for w in warnings])
+    return _trace(db, path, None)
 
 
 def _configure(db) -> None:

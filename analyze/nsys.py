@@ -117,6 +117,19 @@ class _Sqlite:
             db.unregister("_sqlite_stream")
             statement.close()
 
+    def arrow(self, sql: str):
+        """The whole result as a pyarrow Table (no DuckDB involved)."""
+        import pyarrow as pa
+
+        statement = self._adbc.AdbcStatement(self._conn)
+        try:
+            statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            statement.set_sql_query(sql)
+            handle, _ = statement.execute_query()
+            return pa.RecordBatchReader.from_stream(handle).read_all()
+        finally:
+            statement.close()
+
     def rows(self, sql: str) -> list[tuple]:
         """Small result sets only (catalogue, metadata)."""
         try:
@@ -423,7 +436,14 @@ def _load_gpus(db, sq: _Sqlite) -> None:
                       memory_bandwidth_Bps BIGINT, total_memory BIGINT, compute_capability VARCHAR)""")
 
 
-def _load_meta(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
+def _graph_launches_in_db(db) -> int:
+    return db.execute("""SELECT count(*) FROM base_launches l JOIN strings s ON s.id = l.api_id
+                         WHERE s.value LIKE 'cudaGraphLaunch%' OR s.value LIKE 'cuGraphLaunch%'""").fetchone()[0]
+
+
+def _load_meta(db, sq: _Sqlite, path: Path, warnings: list[str], count_graph_launches=_graph_launches_in_db) -> None:
+    """meta from the export's metadata tables; `count_graph_launches(db)` is asked only when the capture
+    traced CUDA graphs at graph level."""
     db.execute("CREATE OR REPLACE TABLE meta (key VARCHAR, value VARCHAR)")
     for table in ("META_DATA_EXPORT", "EXPORT_META_DATA", "META_DATA_CAPTURE"):
         real = sq.table(table)
@@ -439,8 +459,7 @@ def _load_meta(db, sq: _Sqlite, path: Path, warnings: list[str]) -> None:
     if graph_trace:
         graph_rows = sq.rows(f'SELECT count(*) FROM "{graph_trace}"')[0][0]
     graph_mode = db.execute("SELECT any_value(value) FROM meta WHERE key LIKE '%CUDA_GRAPH_TRACE_OPTIONS:MODE'").fetchone()[0]
-    graph_launches = db.execute("""SELECT count(*) FROM base_launches l JOIN strings s ON s.id = l.api_id
-                                   WHERE s.value LIKE 'cudaGraphLaunch%' OR s.value LIKE 'cuGraphLaunch%'""").fetchone()[0]
+    graph_launches = count_graph_launches(db) if graph_mode == "Graph" else 0
     if graph_rows or (graph_mode == "Graph" and graph_launches):
         n = graph_rows or graph_launches
         warnings.append(f"CUDA graphs were traced at graph level ({n} graph launches): per-kernel rows of graph "

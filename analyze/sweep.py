@@ -1,0 +1,444 @@
+"""The cold stage table (`dsocr-analyze TRACE --no-cache`) as a sorted sweep over NumPy arrays.
+
+Same semantics as analyze.attribution (NVIDIA's launch-time rule), computed without DuckDB joins:
+the two big tables (GPU ops, API calls) go from SQLite (ADBC) to Arrow to NumPy, only the columns
+attribution needs; DuckDB holds only the small tables (strings, NVTX ranges and marks, gpus, meta)
+and the final `stages` table, so the rest of the CLI reads the same names.
+
+1. op -> launching call: `searchsorted` on one packed (process << 32 | correlation) key.
+2. Push/pop ranges sorted per thread by range_id (= start, then longer first): a range's parent is
+   found by climbing from the range just before it until one is still open at its start.
+3. Innermost push/pop range of each op: the last range of its thread starting at or before the call
+   (`searchsorted` on a packed (thread << 46 | start) key), climbed until it ends at or after the call.
+4. Per innermost range: kernel ns, counts, first/last op, streams; rolled up to every ancestor by
+   depth (deepest level first) with `np.add.at` / `np.minimum.at`.
+5. Start/end ranges (few) and ranges whose kernels ran on several streams (exact busy = union of
+   intervals) take the ops of their thread between their start and end from the ops sorted by
+   (thread, call start).
+6. Per range name with integer name ids (strings only for the distinct names).
+
+Anything this sweep does not model (push/pop ranges that do not nest, CUDA graph nodes, duplicate
+(process, correlation) keys, timestamps too wide to pack) raises Unsupported: the caller falls back
+to the DuckDB engine. tests/test_sweep.py checks both engines give identical stage rows.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+OPS_TABLES = ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET")
+OPS_COLUMNS = ("start", "end", "deviceId", "streamId", "correlationId", "globalPid")
+TIME_BITS = 46  # packed (thread << 46 | time - t0) keys: ~19.5 h of trace, 2**17 threads with ranges
+
+
+class Unsupported(Exception):
+    """The trace needs the general (DuckDB) engine."""
+
+
+def load_stages(db, path: Path, warnings: list[str]) -> None:
+    """Fill DuckDB `db` with strings, base_ranges, base_marks, gpus, meta, _ranges, `_ops`
+    (op_id, kind, start_ns, end_ns, tid, pp_range), `_se_direct` (op_id) and the `stages` table."""
+    from analyze import nsys
+
+    sq = nsys._Sqlite(path, db)
+    try:
+        if sq.table("StringIds") is None:
+            raise Unsupported("no StringIds")
+        strings = sq.table("StringIds")
+        nsys._copy(db, sq, "strings", f'SELECT CAST(id AS INTEGER) AS id, CAST(value AS TEXT) AS value FROM "{strings}"')
+        extra = [(nsys.MEMCPY_NAME_BASE - k, f"[CUDA memcpy {v}]") for k, v in nsys.MEMCPY_KINDS.items()]
+        extra.append((nsys.MEMSET_NAME_ID, "[CUDA memset]"))
+        db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
+
+        result: dict = {}
+
+        def read_ops():
+            try:
+                ops_sq = nsys._Sqlite(path, db)
+                try:
+                    result["ops"] = _read_ops(ops_sq)
+                finally:
+                    ops_sq.close()
+            except BaseException as e:  # re-raised below, in the caller's thread
+                result["error"] = e
+
+        reader = threading.Thread(target=read_ops, name="dsocr-sweep-ops")
+        reader.start()
+        try:
+            calls = _read_calls(sq)
+            nsys._cast_on_mismatch(nsys._load_nvtx, "SELECT 1", db, sq)
+            nsys._cast_on_mismatch(nsys._load_gpus, "SELECT 1", db, sq)
+        finally:
+            reader.join()
+        if "error" in result:
+            raise result["error"]
+
+        def count_graph_launches(_db):  # asked only for captures that trace graphs at graph level
+            runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
+            if runtime is None or "nameid" not in sq.columns(runtime):
+                return 0
+            return sq.rows(f"""SELECT count(*) FROM "{runtime}" WHERE "{sq.columns(runtime)['nameid'].name}" IN (
+                               SELECT id FROM "{strings}" WHERE value GLOB 'cudaGraphLaunch*'
+                                                             OR value GLOB 'cuGraphLaunch*')""")[0][0]
+
+        nsys._load_meta(db, sq, path, warnings, count_graph_launches=count_graph_launches)
+    finally:
+        sq.close()
+    ops = result["ops"]
+    db.complete()  # the loaders leave their last result open; DuckDB wants it closed before db.sql
+    ranges = _read_ranges(db)
+    stats, per_op = attribute(ops, calls, ranges)
+    _store(db, ops, per_op, stats)
+
+
+def _int_columns(table, names) -> list[np.ndarray]:
+    out = []
+    for name in names:
+        column = table.column(name)
+        if column.null_count:
+            raise Unsupported(f"NULLs in {name}")
+        out.append(np.asarray(column.to_numpy(), dtype=np.int64))
+    return out
+
+
+def _read_ops(sq) -> dict[str, np.ndarray]:
+    from analyze.nsys import _col
+
+    parts = []
+    for kind, table in enumerate(OPS_TABLES):
+        real = sq.table(table)
+        if real is None:
+            continue
+        c = sq.columns(real)
+        if any(n.lower() not in c for n in OPS_COLUMNS):
+            raise Unsupported(f"{real} lacks a column")
+        graph = f', "{c["graphnodeid"].name}" AS graph_node' if "graphnodeid" in c else ""
+        t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in OPS_COLUMNS)}{graph} FROM "{real}"')
+        if graph and t.column("graph_node").null_count < t.num_rows:
+            raise Unsupported("CUDA graph nodes")
+        cols = _int_columns(t, OPS_COLUMNS)
+        parts.append(cols + [np.full(t.num_rows, kind, np.int8)])
+    if not parts:
+        return {k: np.zeros(0, np.int64) for k in ("start", "end", "device", "stream", "correlation", "gpid", "kind")}
+    names = ("start", "end", "device", "stream", "correlation", "gpid", "kind")
+    return {n: np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i, n in enumerate(names)}
+
+
+def _read_calls(sq) -> dict[str, np.ndarray]:
+    from analyze.nsys import _col
+
+    runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
+    names = ("correlationId", "globalTid", "start", "end")
+    if runtime is None:
+        return {k: np.zeros(0, np.int64) for k in ("correlation", "gtid", "start", "end")}
+    c = sq.columns(runtime)
+    t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')
+    correlation, gtid, start, end = _int_columns(t, names)
+    return {"correlation": correlation, "gtid": gtid, "start": start, "end": end}
+
+
+def _read_ranges(db) -> dict[str, np.ndarray]:
+    import pyarrow.compute as pc
+
+    t = db.sql("""SELECT range_id, name, start_ns, end_ns, gpid | tid AS thread, style = 'pushpop' AS pushpop,
+                             end_tid IS NULL AS same_thread
+                      FROM base_ranges ORDER BY range_id""").to_arrow_table()
+    encoded = pc.dictionary_encode(t.column("name")).combine_chunks()
+    out = {n: np.asarray(t.column(n).to_numpy(), dtype=np.int64) for n in ("range_id", "start_ns", "end_ns", "thread")}
+    out["pushpop"] = np.asarray(t.column("pushpop").to_numpy(), dtype=bool)
+    out["same_thread"] = np.asarray(t.column("same_thread").to_numpy(), dtype=bool)
+    out["name_id"] = np.asarray(encoded.indices.to_numpy(), dtype=np.int64)
+    out["names"] = encoded.dictionary.to_pylist()
+    return out
+
+
+def _climb(start_at: np.ndarray, parent: np.ndarray, done) -> np.ndarray:
+    """Per element: follow `parent` from start_at until done(index, element positions) or -1."""
+    at = start_at.copy()
+    todo = np.flatnonzero(at >= 0)
+    while todo.size:
+        r = at[todo]
+        move = ~done(r, todo)
+        todo = todo[move]
+        at[todo] = parent[r[move]]
+        todo = todo[at[todo] >= 0]
+    return at
+
+
+def attribute(ops: dict, calls: dict, ranges: dict):
+    """Per range (in `ranges` order) the range_stats metrics, and per op its launching thread and
+    innermost push/pop range. Raises Unsupported where the sweep's model does not hold."""
+    n_ops, n_ranges = len(ops["start"]), len(ranges["range_id"])
+    if not n_ranges or not n_ops or not len(calls["start"]):
+        raise Unsupported("no ranges, GPU ops or API calls")
+    dur = ops["end"] - ops["start"]
+    is_kernel = ops["kind"] == 0
+
+    # 1. op -> call on (process, correlation)
+    proc_l = calls["gtid"] >> 24
+    proc_o = ops["gpid"] >> 24
+    for a in (proc_l, proc_o):
+        if a.size and (a.min() < 0 or a.max() >= 1 << 30):
+            raise Unsupported("process ids too wide to pack")
+    for a in (calls["correlation"], ops["correlation"]):
+        if a.size and (a.min() < 0 or a.max() >= 1 << 32):
+            raise Unsupported("correlation ids too wide to pack")
+    call_key = (proc_l << 32) | calls["correlation"]
+    order = np.argsort(call_key)
+    sorted_keys = call_key[order]
+    if sorted_keys.size > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
+        raise Unsupported("two API calls share a (process, correlation) key")
+    op_key = (proc_o << 32) | ops["correlation"]
+    pos = np.minimum(np.searchsorted(sorted_keys, op_key), sorted_keys.size - 1)
+    launched = sorted_keys[pos] == op_key
+    call = order[pos]
+    op_gtid = np.where(launched, calls["gtid"][call], -1)
+    cs, ce = calls["start"][call], calls["end"][call]
+
+    # threads with ranges -> dense ids; the ops' launching threads among them
+    r_start, r_end = ranges["start_ns"], ranges["end_ns"]
+    threads, r_thread = np.unique(ranges["thread"], return_inverse=True)
+    r_thread = r_thread.astype(np.int64)
+    if threads.size >= 1 << (63 - TIME_BITS):
+        raise Unsupported("too many threads")
+    tpos = np.minimum(np.searchsorted(threads, op_gtid), threads.size - 1)
+    op_thread = np.where(launched & (threads[tpos] == op_gtid), tpos, -1)
+    has_thread = op_thread >= 0
+    t0 = min(r_start.min(), cs[has_thread].min() if has_thread.any() else r_start.min())
+    t1 = max(r_end.max(), ce[has_thread].max() if has_thread.any() else r_end.max())
+    if t1 - t0 >= 1 << TIME_BITS:
+        raise Unsupported("trace too long to pack times")
+
+    def packed(thread, t):
+        return (thread << TIME_BITS) | (t - t0)
+
+    # 2. push/pop tree: ranges sorted by (thread, range_id)
+    pp = np.flatnonzero(ranges["pushpop"])
+    pp = pp[np.lexsort((ranges["range_id"][pp], r_thread[pp]))]
+    p_start, p_end, p_thread = r_start[pp], r_end[pp], r_thread[pp]
+    n_pp = pp.size
+    p_parent = np.arange(n_pp) - 1
+    if n_pp:
+        p_parent[np.r_[True, p_thread[1:] != p_thread[:-1]]] = -1
+
+    def open_at_start(r, i):  # candidate parent r still open when range i starts (stack order ties)
+        return (p_end[r] > p_start[i]) | ((p_start[r] == p_end[r]) & (p_end[r] == p_start[i]))
+
+    # climb through candidates already resolved (or partly): everything skipped closed before
+    todo = np.flatnonzero(p_parent >= 0)
+    while todo.size:
+        r = p_parent[todo]
+        closed = ~open_at_start(r, todo)
+        todo = todo[closed]
+        p_parent[todo] = p_parent[r[closed]]
+        todo = todo[p_parent[todo] >= 0]
+    has_parent = p_parent >= 0
+    q = p_parent[has_parent]
+    if ((p_start[q] > p_start[has_parent]) | (p_end[q] < p_end[has_parent])).any():
+        raise Unsupported("push/pop ranges do not nest")
+    p_depth = np.zeros(n_pp, np.int64)
+    for _ in range(n_pp + 1):
+        new = np.where(has_parent, p_depth[np.maximum(p_parent, 0)] + 1, 0)
+        if (new == p_depth).all():
+            break
+        p_depth = new
+    p_key = packed(p_thread, p_start)
+
+    # 3. innermost push/pop range per op (index into pp order, -1 none)
+    inner = np.full(n_ops, -1, np.int64)
+    if n_pp and has_thread.any():
+        k = np.flatnonzero(has_thread)
+        cand = np.searchsorted(p_key, packed(op_thread[k], cs[k]), side="right") - 1
+        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != op_thread[k])] = -1
+        k_ce = ce[k]
+        inner[k] = _climb(cand, p_parent, lambda r, i: p_end[r] >= k_ce[i])
+
+    # 4. per innermost push/pop range, rolled up the tree
+    big = np.iinfo(np.int64).max
+    stream_key = (ops["device"] << 40) | ops["stream"]
+    a = inner >= 0
+    ak = a & is_kernel
+    incl = np.bincount(inner[ak], weights=dur[ak], minlength=n_pp)
+    kern = np.bincount(inner[ak], minlength=n_pp).astype(np.int64)
+    gops = np.bincount(inner[a], minlength=n_pp).astype(np.int64)
+    first = np.full(n_pp, big, np.int64)
+    last = np.full(n_pp, -big, np.int64)
+    s_lo = np.full(n_pp, big, np.int64)
+    s_hi = np.full(n_pp, -big, np.int64)
+    np.minimum.at(first, inner[a], ops["start"][a])
+    np.maximum.at(last, inner[a], ops["end"][a])
+    np.minimum.at(s_lo, inner[ak], stream_key[ak])
+    np.maximum.at(s_hi, inner[ak], stream_key[ak])
+    for level in range(int(p_depth.max()) if n_pp else 0, 0, -1):
+        sel = np.flatnonzero(p_depth == level)
+        up = p_parent[sel]
+        np.add.at(incl, up, incl[sel])
+        np.add.at(kern, up, kern[sel])
+        np.add.at(gops, up, gops[sel])
+        np.minimum.at(first, up, first[sel])
+        np.maximum.at(last, up, last[sel])
+        np.minimum.at(s_lo, up, s_lo[sel])
+        np.maximum.at(s_hi, up, s_hi[sel])
+
+    # all ranges, in `ranges` order
+    parent = np.full(n_ranges, -1, np.int64)
+    depth = np.zeros(n_ranges, np.int64)
+    parent[pp] = np.where(has_parent, pp[np.maximum(p_parent, 0)], -1)
+    depth[pp] = p_depth
+    inclusive = np.zeros(n_ranges, np.float64)
+    exclusive = np.zeros(n_ranges, np.float64)
+    kernels = np.zeros(n_ranges, np.int64)
+    gpu_ops = np.zeros(n_ranges, np.int64)
+    r_first = np.full(n_ranges, big, np.int64)
+    r_last = np.full(n_ranges, -big, np.int64)
+    multi = np.zeros(n_ranges, bool)
+    inclusive[pp], kernels[pp], gpu_ops[pp] = incl, kern, gops
+    r_first[pp], r_last[pp] = first, last
+    multi[pp] = s_lo < s_hi
+
+    # 5. start/end ranges and multi-stream busy: the ops of a thread between two times
+    se = np.flatnonzero(~ranges["pushpop"])
+    se_live = se[ranges["same_thread"][se]]
+    k = np.flatnonzero(has_thread)
+    keys = packed(op_thread[k], cs[k])
+    o = np.argsort(keys)
+    op_order, op_sorted = k[o], keys[o]
+
+    def ops_inside(rs):
+        """(position in rs, op) for every op launched inside range rs[i] on its thread."""
+        lo = np.searchsorted(op_sorted, packed(r_thread[rs], r_start[rs]), side="left")
+        hi = np.searchsorted(op_sorted, packed(r_thread[rs], r_end[rs]), side="right")
+        counts = hi - lo
+        group = np.repeat(np.arange(rs.size), counts)
+        offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        ids = op_order[np.arange(group.size) + offset]
+        keep = ce[ids] <= r_end[rs][group]
+        return group[keep], ids[keep]
+
+    # the tightest push/pop range containing each start/end range hangs it in the tree
+    if se_live.size and n_pp:
+        cand = np.searchsorted(p_key, packed(r_thread[se_live], r_start[se_live]), side="right") - 1
+        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != r_thread[se_live])] = -1
+        se_end = r_end[se_live]
+        holder = _climb(cand, p_parent, lambda r, i: p_end[r] >= se_end[i])
+        parent[se_live] = np.where(holder >= 0, pp[np.maximum(holder, 0)], -1)
+        depth[se_live] = np.where(holder >= 0, p_depth[np.maximum(holder, 0)] + 1, 0)
+
+    best_se = np.full(n_ops, -1, np.int64)     # latest-starting start/end range containing the op
+    best_start = np.full(n_ops, -big, np.int64)
+    in_se = np.zeros(n_ops, bool)
+    if se_live.size:
+        g, ids = ops_inside(se_live)
+        r = se_live[g]
+        in_se[ids] = True
+        np.maximum.at(best_start, ids, r_start[r])
+        latest = r_start[r] == best_start[ids]
+        best_se[ids[latest]] = r[latest]
+        kg = is_kernel[ids]
+        n_se = se_live.size
+        inclusive[se_live] = np.bincount(g[kg], weights=dur[ids[kg]], minlength=n_se)
+        kernels[se_live] = np.bincount(g[kg], minlength=n_se)
+        gpu_ops[se_live] = np.bincount(g, minlength=n_se)
+        lo_, hi_ = np.full(n_se, big, np.int64), np.full(n_se, -big, np.int64)
+        np.minimum.at(lo_, g, ops["start"][ids])
+        np.maximum.at(hi_, g, ops["end"][ids])
+        r_first[se_live], r_last[se_live] = lo_, hi_
+        lo_, hi_ = np.full(n_se, big, np.int64), np.full(n_se, -big, np.int64)
+        np.minimum.at(lo_, g[kg], stream_key[ids[kg]])
+        np.maximum.at(hi_, g[kg], stream_key[ids[kg]])
+        multi[se_live] = lo_ < hi_
+    busy = inclusive.copy()
+    multi_ranges = np.flatnonzero(multi)
+    if multi_ranges.size:
+        # busy = length of the union of the range's kernel intervals: sorted by start, each kernel
+        # adds what reaches past the furthest end before it in the same range
+        g, ids = ops_inside(multi_ranges)
+        kg = is_kernel[ids]
+        g, ids = g[kg], ids[kg]
+        s, e = ops["start"][ids], ops["end"][ids]
+        order = np.lexsort((e, s, g))
+        g, s, e = g[order], s[order], e[order]
+        if multi_ranges.size >= 1 << 16:
+            raise Unsupported("too many multi-stream ranges")
+        reach = np.maximum.accumulate((g << TIME_BITS + 1) | (e - t0)) - (g << TIME_BITS + 1) + t0
+        first_in_group = np.r_[True, g[1:] != g[:-1]]
+        prev = np.where(first_in_group, s, np.r_[s[:1], reach[:-1]])
+        busy[multi_ranges] = np.bincount(g, weights=np.maximum(0, e - np.maximum(s, prev)),
+                                         minlength=multi_ranges.size)
+
+    # exclusive: the op's innermost range is a start/end range when one starts after its push/pop range
+    inner_all = np.where(inner >= 0, pp[np.maximum(inner, 0)], -1)
+    pp_start = np.where(inner >= 0, p_start[np.maximum(inner, 0)], -big)
+    se_wins = (best_se >= 0) & (best_start > pp_start)
+    innermost = np.where(se_wins, best_se, inner_all)
+    ek = is_kernel & (innermost >= 0)
+    exclusive = np.bincount(innermost[ek], weights=dur[ek], minlength=n_ranges)
+
+    # instances inside an instance of the same name count their kernels once (per name)
+    name_id = ranges["name_id"]
+    self_nested = np.zeros(n_ranges, bool)
+    anc = parent.copy()
+    while (anc >= 0).any():
+        live = anc >= 0
+        self_nested |= live & (name_id[np.maximum(anc, 0)] == name_id)
+        anc = np.where(live, parent[np.maximum(anc, 0)], -1)
+
+    has_ops = gpu_ops > 0
+    stats = {
+        "range_id": ranges["range_id"], "name_id": name_id, "names": ranges["names"], "depth": depth,
+        "cpu_ns": r_end - r_start,
+        "inclusive_ns": np.rint(inclusive).astype(np.int64), "exclusive_ns": np.rint(exclusive).astype(np.int64),
+        "busy_ns": np.rint(busy).astype(np.int64),
+        "span_ns": np.where(has_ops, r_last - r_first, 0), "kernels": kernels, "gpu_ops": gpu_ops,
+        "launches": gpu_ops, "outermost_of_name": ~self_nested,
+    }
+    per_op = {"launched": launched, "tid": np.where(launched, op_gtid & 0xFFFFFF, 0),
+              "pp_range": np.where(inner >= 0, ranges["range_id"][pp[np.maximum(inner, 0)]], 0),
+              "has_pp": inner >= 0, "in_se": in_se}
+    return stats, per_op
+
+
+def stage_rows(stats: dict) -> dict[str, np.ndarray]:
+    """range_stats grouped by name, as the `stages` view: columns in order of first appearance."""
+    name_id, n_names = stats["name_id"], len(stats["names"])
+
+    def total(values, where=None):
+        ids, w = (name_id, values) if where is None else (name_id[where], values[where])
+        return np.rint(np.bincount(ids, weights=w, minlength=n_names)).astype(np.int64)
+
+    first_id = np.full(n_names, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first_id, name_id, stats["range_id"])
+    depth = np.full(n_names, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(depth, name_id, stats["depth"])
+    out = {"name": np.asarray(stats["names"], dtype=object),
+           "instances": np.bincount(name_id, minlength=n_names).astype(np.int64)}
+    for metric in ("inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns"):
+        out[metric] = total(stats[metric])
+    out["kernels"] = total(stats["kernels"], stats["outermost_of_name"])
+    out["gpu_ops"] = total(stats["gpu_ops"])
+    out["launches"] = total(stats["launches"])
+    out["depth"] = depth.astype(np.int32)
+    out["first_range_id"] = first_id
+    seen = out["instances"] > 0
+    order = np.argsort(first_id[seen])
+    return {k: v[seen][order] for k, v in out.items()}
+
+
+def _store(db, ops: dict, per_op: dict, stats: dict) -> None:
+    import pyarrow as pa
+
+    n = len(ops["start"])
+    op_id = np.arange(n, dtype=np.int64)
+    db.register("_ops", pa.table({
+        "op_id": op_id, "kind": ops["kind"].astype(np.uint8), "start_ns": ops["start"], "end_ns": ops["end"],
+        "tid": pa.array(per_op["tid"], mask=~per_op["launched"]),
+        "pp_range": pa.array(per_op["pp_range"], mask=~per_op["has_pp"])}))
+    db.register("_se_direct", pa.table({"op_id": op_id[per_op["in_se"]]}))
+    rows = stage_rows(stats)
+    db.register("_sweep_stages", pa.table({k: (pa.array(list(v), pa.string()) if k == "name" else v)
+                                           for k, v in rows.items()}))
+    db.execute("CREATE TABLE stages AS SELECT * FROM _sweep_stages")
+    db.unregister("_sweep_stages")
+    db.execute("CREATE VIEW _ranges AS SELECT * FROM base_ranges")
