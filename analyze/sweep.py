@@ -52,26 +52,30 @@ def load_stages(db, path: Path, warnings: list[str]) -> None:
         extra.append((nsys.MEMSET_NAME_ID, "[CUDA memset]"))
         db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
 
+        # GPU ops and API calls are read in two threads (own SQLite connections; ADBC and pyarrow
+        # release the GIL) while this one loads the NVTX tables into DuckDB.
         result: dict = {}
 
-        def read_ops():
+        def read(key, reader):
             try:
-                ops_sq = nsys._Sqlite(path, db)
+                own = nsys._Sqlite(path, db)
                 try:
-                    result["ops"] = _read_ops(ops_sq)
+                    result[key] = reader(own)
                 finally:
-                    ops_sq.close()
+                    own.close()
             except BaseException as e:  # re-raised below, in the caller's thread
-                result["error"] = e
+                result.setdefault("error", e)
 
-        reader = threading.Thread(target=read_ops, name="dsocr-sweep-ops")
-        reader.start()
+        readers = [threading.Thread(target=read, args=(key, reader), name=f"dsocr-sweep-{key}")
+                   for key, reader in (("ops", _read_ops), ("calls", _read_calls))]
+        for reader in readers:
+            reader.start()
         try:
-            calls = _read_calls(sq)
-            nsys._cast_on_mismatch(nsys._load_nvtx, "SELECT 1", db, sq)
+            nsys._cast_on_mismatch(lambda d, q: nsys._load_nvtx(d, q, payloads=False), "SELECT 1", db, sq)
             nsys._cast_on_mismatch(nsys._load_gpus, "SELECT 1", db, sq)
         finally:
-            reader.join()
+            for reader in readers:
+                reader.join()
         if "error" in result:
             raise result["error"]
 
@@ -86,20 +90,25 @@ def load_stages(db, path: Path, warnings: list[str]) -> None:
         nsys._load_meta(db, sq, path, warnings, count_graph_launches=count_graph_launches)
     finally:
         sq.close()
-    ops = result["ops"]
+    ops, calls = result["ops"], result["calls"]
     db.complete()  # the loaders leave their last result open; DuckDB wants it closed before db.sql
     ranges = _read_ranges(db)
     stats, per_op = attribute(ops, calls, ranges)
     _store(db, ops, per_op, stats)
 
 
-def _int_columns(table, names) -> list[np.ndarray]:
+def _int_columns(holder: list, names) -> list[np.ndarray]:
+    """Columns of the pyarrow Table in holder[0] as int64 arrays; each Arrow column is let go once
+    converted (at 1e7 rows every copy is ~80 MB): the holder list must hold the only reference."""
+    table = holder.pop()
+    columns = [table.column(name) for name in names]
+    del table
     out = []
-    for name in names:
-        column = table.column(name)
-        if column.null_count:
+    for i, name in enumerate(names):
+        if columns[i].null_count:
             raise Unsupported(f"NULLs in {name}")
-        out.append(np.asarray(column.to_numpy(), dtype=np.int64))
+        out.append(np.asarray(columns[i].to_numpy(), dtype=np.int64))
+        columns[i] = None
     return out
 
 
@@ -118,8 +127,9 @@ def _read_ops(sq) -> dict[str, np.ndarray]:
         t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in OPS_COLUMNS)}{graph} FROM "{real}"')
         if graph and t.column("graph_node").null_count < t.num_rows:
             raise Unsupported("CUDA graph nodes")
-        cols = _int_columns(t, OPS_COLUMNS)
-        parts.append(cols + [np.full(t.num_rows, kind, np.int8)])
+        rows, holder = t.num_rows, [t.select(list(OPS_COLUMNS))]
+        del t
+        parts.append(_int_columns(holder, OPS_COLUMNS) + [np.full(rows, kind, np.int8)])
     if not parts:
         return {k: np.zeros(0, np.int64) for k in ("start", "end", "device", "stream", "correlation", "gpid", "kind")}
     names = ("start", "end", "device", "stream", "correlation", "gpid", "kind")
@@ -134,23 +144,23 @@ def _read_calls(sq) -> dict[str, np.ndarray]:
     if runtime is None:
         return {k: np.zeros(0, np.int64) for k in ("correlation", "gtid", "start", "end")}
     c = sq.columns(runtime)
-    t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')
-    correlation, gtid, start, end = _int_columns(t, names)
+    correlation, gtid, start, end = _int_columns([sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')],
+                                                 names)
     return {"correlation": correlation, "gtid": gtid, "start": start, "end": end}
 
 
 def _read_ranges(db) -> dict[str, np.ndarray]:
-    import pyarrow.compute as pc
-
-    t = db.sql("""SELECT range_id, name, start_ns, end_ns, gpid | tid AS thread, style = 'pushpop' AS pushpop,
-                             end_tid IS NULL AS same_thread
-                      FROM base_ranges ORDER BY range_id""").to_arrow_table()
-    encoded = pc.dictionary_encode(t.column("name")).combine_chunks()
-    out = {n: np.asarray(t.column(n).to_numpy(), dtype=np.int64) for n in ("range_id", "start_ns", "end_ns", "thread")}
-    out["pushpop"] = np.asarray(t.column("pushpop").to_numpy(), dtype=bool)
-    out["same_thread"] = np.asarray(t.column("same_thread").to_numpy(), dtype=bool)
-    out["name_id"] = np.asarray(encoded.indices.to_numpy(), dtype=np.int64)
-    out["names"] = encoded.dictionary.to_pylist()
+    """base_ranges in range_id order, names as ids into out['names'] (the distinct names)."""
+    names = [n for (n,) in db.execute("SELECT DISTINCT name FROM base_ranges ORDER BY name").fetchall()]
+    db.execute("CREATE TEMP TABLE _range_names AS SELECT name, CAST(row_number() OVER (ORDER BY name) - 1 AS BIGINT) AS name_id "
+               "FROM (SELECT DISTINCT name FROM base_ranges)")
+    out = db.execute("""SELECT range_id, n.name_id, start_ns, end_ns, gpid | tid AS thread, style = 'pushpop' AS pushpop,
+                               end_tid IS NULL AS same_thread
+                        FROM base_ranges JOIN _range_names n USING (name) ORDER BY range_id""").fetchnumpy()
+    out = {k: np.asarray(v) for k, v in out.items()}
+    for k in ("range_id", "name_id", "start_ns", "end_ns", "thread"):
+        out[k] = out[k].astype(np.int64, copy=False)
+    out["names"] = names
     return out
 
 
@@ -165,6 +175,39 @@ def _climb(start_at: np.ndarray, parent: np.ndarray, done) -> np.ndarray:
         at[todo] = parent[r[move]]
         todo = todo[at[todo] >= 0]
     return at
+
+
+def _call_of_op(proc_l, corr_l, proc_o, corr_o):
+    """Index of each op's API call on (process, correlation), and whether it has one. Correlation
+    ids are small counters per process: a direct lookup table when it stays small, else a sort."""
+    procs, rest = [], proc_l
+    while rest.size and len(procs) <= 16:
+        procs.append(rest[0])
+        rest = rest[rest != rest[0]]
+    n, top = corr_l.size, int(corr_l.max())
+    if len(procs) <= 16 and len(procs) * (top + 1) <= 4 * n + 4096:
+        dense_l = np.zeros(n, np.int64)
+        dense_o = np.full(corr_o.size, -1, np.int64)
+        for i, p in enumerate(procs[1:], 1):
+            dense_l[proc_l == p] = i
+        for i, p in enumerate(procs):
+            dense_o[proc_o == p] = i
+        table = np.full((len(procs), top + 1), -1, np.int64)
+        table[dense_l, corr_l] = np.arange(n)
+        if (table[dense_l, corr_l] != np.arange(n)).any():
+            raise Unsupported("two API calls share a (process, correlation) key")
+        ok = (dense_o >= 0) & (corr_o <= top)
+        call = np.where(ok, table[np.maximum(dense_o, 0), np.minimum(corr_o, top)], -1)
+        launched = call >= 0
+        return np.maximum(call, 0), launched
+    call_key = (proc_l << 32) | corr_l
+    order = np.argsort(call_key, kind="stable")  # timsort: calls come nearly in key order
+    sorted_keys = call_key[order]
+    if sorted_keys.size > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
+        raise Unsupported("two API calls share a (process, correlation) key")
+    op_key = (proc_o << 32) | corr_o
+    pos = np.minimum(np.searchsorted(sorted_keys, op_key), sorted_keys.size - 1)
+    return order[pos], sorted_keys[pos] == op_key
 
 
 def attribute(ops: dict, calls: dict, ranges: dict):
@@ -185,17 +228,14 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     for a in (calls["correlation"], ops["correlation"]):
         if a.size and (a.min() < 0 or a.max() >= 1 << 32):
             raise Unsupported("correlation ids too wide to pack")
-    call_key = (proc_l << 32) | calls["correlation"]
-    order = np.argsort(call_key)
-    sorted_keys = call_key[order]
-    if sorted_keys.size > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
-        raise Unsupported("two API calls share a (process, correlation) key")
-    op_key = (proc_o << 32) | ops["correlation"]
-    pos = np.minimum(np.searchsorted(sorted_keys, op_key), sorted_keys.size - 1)
-    launched = sorted_keys[pos] == op_key
-    call = order[pos]
+    call, launched = _call_of_op(proc_l, calls["correlation"], proc_o, ops["correlation"])
+    del proc_l, proc_o
     op_gtid = np.where(launched, calls["gtid"][call], -1)
     cs, ce = calls["start"][call], calls["end"][call]
+    del call
+    calls.clear()  # the calls are not needed any more: 4 x 80 MB at 1e7
+    for column in ("correlation", "gpid"):
+        del ops[column]
 
     # threads with ranges -> dense ids; the ops' launching threads among them
     r_start, r_end = ranges["start_ns"], ranges["end_ns"]
@@ -205,6 +245,8 @@ def attribute(ops: dict, calls: dict, ranges: dict):
         raise Unsupported("too many threads")
     tpos = np.minimum(np.searchsorted(threads, op_gtid), threads.size - 1)
     op_thread = np.where(launched & (threads[tpos] == op_gtid), tpos, -1)
+    op_tid = (op_gtid & 0xFFFFFF).astype(np.int64)
+    del tpos, op_gtid
     has_thread = op_thread >= 0
     t0 = min(r_start.min(), cs[has_thread].min() if has_thread.any() else r_start.min())
     t1 = max(r_end.max(), ce[has_thread].max() if has_thread.any() else r_end.max())
@@ -247,17 +289,22 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     p_key = packed(p_thread, p_start)
 
     # 3. innermost push/pop range per op (index into pp order, -1 none)
+    # ops in (thread, call start) order: sorted needles make searchsorted cache-friendly, and steps
+    # 5 take a range's ops as one slice of this order
+    k = np.flatnonzero(has_thread)
+    keys = packed(op_thread[k], cs[k])
+    o = np.argsort(keys, kind="stable")
+    op_order, op_sorted = k[o], keys[o]
     inner = np.full(n_ops, -1, np.int64)
-    if n_pp and has_thread.any():
-        k = np.flatnonzero(has_thread)
-        cand = np.searchsorted(p_key, packed(op_thread[k], cs[k]), side="right") - 1
-        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != op_thread[k])] = -1
-        k_ce = ce[k]
-        inner[k] = _climb(cand, p_parent, lambda r, i: p_end[r] >= k_ce[i])
+    if n_pp and op_order.size:
+        cand = np.searchsorted(p_key, op_sorted, side="right") - 1
+        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != op_thread[op_order])] = -1
+        k_ce = ce[op_order]
+        inner[op_order] = _climb(cand, p_parent, lambda r, i: p_end[r] >= k_ce[i])
 
     # 4. per innermost push/pop range, rolled up the tree
     big = np.iinfo(np.int64).max
-    stream_key = (ops["device"] << 40) | ops["stream"]
+    stream_key = (ops.pop("device") << 40) | ops.pop("stream")
     a = inner >= 0
     ak = a & is_kernel
     incl = np.bincount(inner[ak], weights=dur[ak], minlength=n_pp)
@@ -301,10 +348,6 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     # 5. start/end ranges and multi-stream busy: the ops of a thread between two times
     se = np.flatnonzero(~ranges["pushpop"])
     se_live = se[ranges["same_thread"][se]]
-    k = np.flatnonzero(has_thread)
-    keys = packed(op_thread[k], cs[k])
-    o = np.argsort(keys)
-    op_order, op_sorted = k[o], keys[o]
 
     def ops_inside(rs):
         """(position in rs, op) for every op launched inside range rs[i] on its thread."""
@@ -360,10 +403,14 @@ def attribute(ops: dict, calls: dict, ranges: dict):
         s, e = ops["start"][ids], ops["end"][ids]
         order = np.lexsort((e, s, g))
         g, s, e = g[order], s[order], e[order]
-        if multi_ranges.size >= 1 << 16:
-            raise Unsupported("too many multi-stream ranges")
-        reach = np.maximum.accumulate((g << TIME_BITS + 1) | (e - t0)) - (g << TIME_BITS + 1) + t0
+        # per-group running max in one accumulate: shift each group above the previous one
         first_in_group = np.r_[True, g[1:] != g[:-1]]
+        group_start = np.maximum.accumulate(np.where(first_in_group, np.arange(g.size), 0))
+        v = e - s[group_start]  # >= 0: s is sorted within a group
+        width = np.zeros(multi_ranges.size, np.int64)
+        np.maximum.at(width, g, v + 1)
+        shift = np.cumsum(width) - width
+        reach = np.maximum.accumulate(v + shift[g]) - shift[g] + s[group_start]
         prev = np.where(first_in_group, s, np.r_[s[:1], reach[:-1]])
         busy[multi_ranges] = np.bincount(g, weights=np.maximum(0, e - np.maximum(s, prev)),
                                          minlength=multi_ranges.size)
@@ -394,7 +441,7 @@ def attribute(ops: dict, calls: dict, ranges: dict):
         "span_ns": np.where(has_ops, r_last - r_first, 0), "kernels": kernels, "gpu_ops": gpu_ops,
         "launches": gpu_ops, "outermost_of_name": ~self_nested,
     }
-    per_op = {"launched": launched, "tid": np.where(launched, op_gtid & 0xFFFFFF, 0),
+    per_op = {"launched": launched, "tid": op_tid,
               "pp_range": np.where(inner >= 0, ranges["range_id"][pp[np.maximum(inner, 0)]], 0),
               "has_pp": inner >= 0, "in_se": in_se}
     return stats, per_op
