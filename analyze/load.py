@@ -101,16 +101,17 @@ def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "a
 
 def _open_swept(path: Path, kind: str) -> Trace | None:
     """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine."""
-    import duckdb
+    from analyze.sweep import Readers, Unsupported, load_stages
 
-    from analyze.sweep import Unsupported, load_stages
+    sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
+    readers = Readers(sqlite_path)  # the big tables are read while DuckDB is imported
+    import duckdb
 
     db = duckdb.connect(":memory:")
     _configure(db)
-    sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
     warnings: list[str] = []
     try:
-        load_stages(db, sqlite_path, warnings)
+        load_stages(db, sqlite_path, warnings, readers)
     except Unsupported:
         db.close()
         return None

@@ -56,18 +56,21 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 class _Sqlite:
     """A read-only ADBC connection to one export, with the table/column catalogue."""
 
-    def __init__(self, path: Path, db):
+    def __init__(self, path: Path, db=None):
         import adbc_driver_manager as adbc
         import adbc_driver_sqlite
 
         self._adbc = adbc
-        self._scratch = db.cursor()  # for small reads (catalogue, counts): a new DuckDB costs ~30 ms
-        self._scratch.execute("SET enable_progress_bar = false")
+        # small reads (catalogue, counts) go through DuckDB (a new DuckDB costs ~30 ms), or through
+        # pyarrow when there is no DuckDB (db=None: analyze.sweep's readers start before it is imported)
+        self._scratch = db.cursor() if db is not None else None
+        if self._scratch is not None:
+            self._scratch.execute("SET enable_progress_bar = false")
         uri = "file:" + str(path.resolve()) + "?mode=ro&immutable=1"
         try:
             self._db = adbc_driver_sqlite.connect(uri)
             self._conn = adbc.AdbcConnection(self._db)
-            names = self.into(self._scratch, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            names = self._small("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
         except Exception as e:  # adbc raises its own DatabaseError / OperationalError types
             raise TraceError(f"{path} cannot be read as SQLite ({_reason(e)}): the file is truncated or corrupt; "
                              "copy it again or re-export it with `nsys export --type sqlite`") from None
@@ -130,10 +133,16 @@ class _Sqlite:
         finally:
             statement.close()
 
+    def _small(self, sql: str) -> list[tuple]:
+        if self._scratch is not None:
+            return self.into(self._scratch, sql)
+        table = self.arrow(sql)
+        return list(zip(*(column.to_pylist() for column in table.columns)))
+
     def rows(self, sql: str) -> list[tuple]:
         """Small result sets only (catalogue, metadata)."""
         try:
-            return self.into(self._scratch, sql)
+            return self._small(sql)
         except Exception as e:
             raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
                              "copy it again or re-export it with `nsys export --type sqlite`") from None

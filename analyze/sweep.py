@@ -37,13 +37,52 @@ class Unsupported(Exception):
     """The trace needs the general (DuckDB) engine."""
 
 
-def load_stages(db, path: Path, warnings: list[str]) -> None:
+class Readers:
+    """GPU ops and API calls, read in two threads (own SQLite connections; ADBC and pyarrow release
+    the GIL). They need no DuckDB, so they start before DuckDB is even imported."""
+
+    def __init__(self, path: Path):
+        self._result: dict = {}
+        self._threads = [threading.Thread(target=self._read, args=(key, reader, path), name=f"dsocr-sweep-{key}")
+                         for key, reader in (("ops", _read_ops), ("calls", _read_calls))]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, key, reader, path):
+        from analyze import nsys
+
+        try:
+            own = nsys._Sqlite(path)
+            try:
+                self._result[key] = reader(own)
+            finally:
+                own.close()
+        except BaseException as e:  # re-raised by join(), in the caller's thread
+            self._result.setdefault("error", e)
+
+    def join_quietly(self) -> None:
+        """Wait for the threads (after an error elsewhere: no reader outlives the load)."""
+        for thread in self._threads:
+            thread.join()
+
+    def join(self) -> tuple[dict, dict]:
+        for thread in self._threads:
+            thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result.pop("ops"), self._result.pop("calls")
+
+
+def load_stages(db, path: Path, warnings: list[str], readers: Readers | None = None) -> None:
     """Fill DuckDB `db` with strings, base_ranges, base_marks, gpus, meta, _ranges, `_ops`
-    (op_id, kind, start_ns, end_ns, tid, pp_range), `_se_direct` (op_id) and the `stages` table."""
+    (op_id, kind, start_ns, end_ns, tid, pp_range), `_se_direct` (op_id) and the `stages` table.
+    `readers`: Readers(path) started by the caller (else started here)."""
     from analyze import nsys
 
-    sq = nsys._Sqlite(path, db)
+    readers = readers or Readers(path)
+    sq = None
     try:
+        sq = nsys._Sqlite(path, db)
         if sq.table("StringIds") is None:
             raise Unsupported("no StringIds")
         strings = sq.table("StringIds")
@@ -51,33 +90,10 @@ def load_stages(db, path: Path, warnings: list[str]) -> None:
         extra = [(nsys.MEMCPY_NAME_BASE - k, f"[CUDA memcpy {v}]") for k, v in nsys.MEMCPY_KINDS.items()]
         extra.append((nsys.MEMSET_NAME_ID, "[CUDA memset]"))
         db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
-
-        # GPU ops and API calls are read in two threads (own SQLite connections; ADBC and pyarrow
-        # release the GIL) while this one loads the NVTX tables into DuckDB.
-        result: dict = {}
-
-        def read(key, reader):
-            try:
-                own = nsys._Sqlite(path, db)
-                try:
-                    result[key] = reader(own)
-                finally:
-                    own.close()
-            except BaseException as e:  # re-raised below, in the caller's thread
-                result.setdefault("error", e)
-
-        readers = [threading.Thread(target=read, args=(key, reader), name=f"dsocr-sweep-{key}")
-                   for key, reader in (("ops", _read_ops), ("calls", _read_calls))]
-        for reader in readers:
-            reader.start()
-        try:
-            nsys._cast_on_mismatch(lambda d, q: nsys._load_nvtx(d, q, payloads=False), "SELECT 1", db, sq)
-            nsys._cast_on_mismatch(nsys._load_gpus, "SELECT 1", db, sq)
-        finally:
-            for reader in readers:
-                reader.join()
-        if "error" in result:
-            raise result["error"]
+        # the NVTX tables go to DuckDB here while the readers read
+        nsys._cast_on_mismatch(lambda d, q: nsys._load_nvtx(d, q, payloads=False), "SELECT 1", db, sq)
+        nsys._cast_on_mismatch(nsys._load_gpus, "SELECT 1", db, sq)
+        ops, calls = readers.join()
 
         def count_graph_launches(_db):  # asked only for captures that trace graphs at graph level
             runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
@@ -89,8 +105,9 @@ def load_stages(db, path: Path, warnings: list[str]) -> None:
 
         nsys._load_meta(db, sq, path, warnings, count_graph_launches=count_graph_launches)
     finally:
-        sq.close()
-    ops, calls = result["ops"], result["calls"]
+        readers.join_quietly()
+        if sq is not None:
+            sq.close()
     db.complete()  # the loaders leave their last result open; DuckDB wants it closed before db.sql
     ranges = _read_ranges(db)
     stats, per_op = attribute(ops, calls, ranges)
@@ -113,7 +130,13 @@ def _int_columns(holder: list, names) -> list[np.ndarray]:
 
 
 def _read_ops(sq) -> dict[str, np.ndarray]:
+    """KERNEL + MEMCPY + MEMSET columns; graphNodeId (costly to read: ~40% more) only when the
+    export has a graph-launch API name, the only way GPU ops get graph nodes."""
     from analyze.nsys import _col
+
+    strings = sq.table("StringIds")
+    graphs = strings is not None and sq.rows(f"""SELECT count(*) FROM "{strings}"
+                                                 WHERE value GLOB 'cudaGraphLaunch*' OR value GLOB 'cuGraphLaunch*'""")[0][0] > 0
 
     parts = []
     for kind, table in enumerate(OPS_TABLES):
@@ -123,7 +146,7 @@ def _read_ops(sq) -> dict[str, np.ndarray]:
         c = sq.columns(real)
         if any(n.lower() not in c for n in OPS_COLUMNS):
             raise Unsupported(f"{real} lacks a column")
-        graph = f', "{c["graphnodeid"].name}" AS graph_node' if "graphnodeid" in c else ""
+        graph = f', "{c["graphnodeid"].name}" AS graph_node' if graphs and "graphnodeid" in c else ""
         t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in OPS_COLUMNS)}{graph} FROM "{real}"')
         if graph and t.column("graph_node").null_count < t.num_rows:
             raise Unsupported("CUDA graph nodes")
