@@ -165,11 +165,14 @@ def _read_calls(sq) -> dict[str, np.ndarray]:
     runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
     names = ("correlationId", "globalTid", "start", "end")
     if runtime is None:
-        return {k: np.zeros(0, np.int64) for k in ("correlation", "gtid", "start", "end")}
+        return {k: np.zeros(0, np.int64) for k in ("correlation", "gtid", "start", "end", "order")}
     c = sq.columns(runtime)
     correlation, gtid, start, end = _int_columns([sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')],
                                                  names)
-    return {"correlation": correlation, "gtid": gtid, "start": start, "end": end}
+    # sorted here, in the reader thread, while the GPU ops are still being read (that core is idle
+    # otherwise): attribute() needs the ops in (thread, call start) order
+    order = np.lexsort((start, gtid))
+    return {"correlation": correlation, "gtid": gtid, "start": start, "end": end, "order": order}
 
 
 def _read_ranges(db) -> dict[str, np.ndarray]:
@@ -255,6 +258,14 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     del proc_l, proc_o
     op_gtid = np.where(launched, calls["gtid"][call], -1)
     cs, ce = calls["start"][call], calls["end"][call]
+    # ops in their calls' (thread, start) order, when each call made at most one op
+    ops_by_call = None
+    if "order" in calls and np.bincount(call[launched], minlength=len(calls["start"])).max(initial=0) <= 1:
+        call_to_op = np.full(len(calls["start"]), -1, np.int64)
+        call_to_op[call[launched]] = np.flatnonzero(launched)
+        ops_by_call = call_to_op[calls["order"]]
+        ops_by_call = ops_by_call[ops_by_call >= 0]
+        del call_to_op
     del call
     calls.clear()  # the calls are not needed any more: 4 x 80 MB at 1e7
     for column in ("correlation", "gpid"):
@@ -314,10 +325,15 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     # 3. innermost push/pop range per op (index into pp order, -1 none)
     # ops in (thread, call start) order: sorted needles make searchsorted cache-friendly, and steps
     # 5 take a range's ops as one slice of this order
-    k = np.flatnonzero(has_thread)
-    keys = packed(op_thread[k], cs[k])
-    o = np.argsort(keys, kind="stable")
-    op_order, op_sorted = k[o], keys[o]
+    if ops_by_call is not None:
+        op_order = ops_by_call[has_thread[ops_by_call]]
+        op_sorted = packed(op_thread[op_order], cs[op_order])
+    else:
+        k = np.flatnonzero(has_thread)
+        keys = packed(op_thread[k], cs[k])
+        o = np.argsort(keys, kind="stable")
+        op_order, op_sorted = k[o], keys[o]
+    del ops_by_call
     inner = np.full(n_ops, -1, np.int64)
     if n_pp and op_order.size:
         cand = np.searchsorted(p_key, op_sorted, side="right") - 1
