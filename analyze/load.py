@@ -109,6 +109,7 @@ def _open_swept(path: Path, kind: str) -> Trace | None:
 
     db = duckdb.connect(":memory:")
     _configure(db)
+    db.execute("SET threads = 1")  # its tables are small; the cores are busy with the readers
     warnings: list[str] = []
     try:
         load_stages(db, sqlite_path, warnings, readers)
