@@ -216,18 +216,19 @@ def _call_of_op(proc_l, corr_l, proc_o, corr_o):
         rest = rest[rest != rest[0]]
     n, top = corr_l.size, int(corr_l.max())
     if len(procs) <= 16 and len(procs) * (top + 1) <= 4 * n + 4096:
-        dense_l = np.zeros(n, np.int64)
-        dense_o = np.full(corr_o.size, -1, np.int64)
-        for i, p in enumerate(procs[1:], 1):
-            dense_l[proc_l == p] = i
+        width = top + 1
+        slot_l = corr_l.copy()           # slot = process number * width + correlation
+        slot_o = np.full(corr_o.size, -1, np.int64)
         for i, p in enumerate(procs):
-            dense_o[proc_o == p] = i
-        table = np.full((len(procs), top + 1), -1, np.int64)
-        table[dense_l, corr_l] = np.arange(n)
-        if (table[dense_l, corr_l] != np.arange(n)).any():
+            if i:
+                slot_l[proc_l == p] += i * width
+            mine = (proc_o == p) & (corr_o <= top)
+            slot_o[mine] = corr_o[mine] + i * width
+        table = np.full(len(procs) * width, -1, np.int64)
+        table[slot_l] = np.arange(n)
+        if np.count_nonzero(table >= 0) != n:
             raise Unsupported("two API calls share a (process, correlation) key")
-        ok = (dense_o >= 0) & (corr_o <= top)
-        call = np.where(ok, table[np.maximum(dense_o, 0), np.minimum(corr_o, top)], -1)
+        call = np.where(slot_o >= 0, table[np.maximum(slot_o, 0)], -1)
         launched = call >= 0
         return np.maximum(call, 0), launched
     call_key = (proc_l << 32) | corr_l
