@@ -469,6 +469,26 @@ def fit_sentence(dec: dict) -> str:
             f"(r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).")
 
 
+def stage_table(data: dict, name_cell=lambda name: name, text_cell=lambda text: text) -> tuple[list, list]:
+    """Header and cell rows of the stage table, shared by report.md and report.html (which passes
+    its own escaping for the name and text cells)."""
+    has_metrics = any(r.get("flops") is not None for r in data["stages"])
+    header = ["stage", "n", "inclusive ms", "share", "exclusive ms", "busy ms", "CPU ms", "GPU idle", "kernels", "launches"]
+    if has_metrics:
+        header += ["GFLOP", "TFLOP/s", "MFU", "GB/s", "MBU", "bound"]
+    rows = []
+    for r in data["stages"]:
+        row = [name_cell(r["name"]), r["instances"], _fmt_ms(r["inclusive_ns"]), _fmt_pct(r["share"]),
+               _fmt_ms(r["exclusive_ns"]), _fmt_ms(r["busy_ns"]), _fmt_ms(r["cpu_ns"]),
+               _fmt_pct(r["gpu_idle_share"], 0), f"{r['kernels']:,}", f"{r['launches']:,}"]
+        if has_metrics:
+            row += [_fmt_num(None if r["flops"] is None else r["flops"] / 1e9), _fmt_num(r["tflops"]),
+                    _fmt_num(r["mfu"], "{:.1f}%"), _fmt_num(r["gbs"], "{:,.0f}"), _fmt_num(r["mbu"], "{:.1f}%"),
+                    text_cell(r.get("bound") or "-")]
+        rows.append(row)
+    return header, rows
+
+
 def render_markdown(data: dict) -> str:
     title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
     lines = [f"# {title}: {Path(data['trace']['path']).name}", ""]
@@ -504,20 +524,7 @@ def render_markdown(data: dict) -> str:
               f"the GPU was busy {_fmt_pct(t['busy_share'])} of the {_fmt_ms(t['wall_ns'])} ms from first to last GPU op.",
               "Inclusive = kernels launched inside the stage's ranges (nested stages count in their parents too); "
               "busy = union of those kernels' intervals; CPU = wall time of the ranges.", ""]
-    has_metrics = any(r.get("flops") is not None for r in data["stages"])
-    header = ["stage", "n", "inclusive ms", "share", "exclusive ms", "busy ms", "CPU ms", "GPU idle", "kernels", "launches"]
-    if has_metrics:
-        header += ["GFLOP", "TFLOP/s", "MFU", "GB/s", "MBU", "bound"]
-    rows = []
-    for r in data["stages"]:
-        row = [r["name"], r["instances"], _fmt_ms(r["inclusive_ns"]), _fmt_pct(r["share"]), _fmt_ms(r["exclusive_ns"]),
-               _fmt_ms(r["busy_ns"]), _fmt_ms(r["cpu_ns"]), _fmt_pct(r["gpu_idle_share"], 0), f"{r['kernels']:,}",
-               f"{r['launches']:,}"]
-        if has_metrics:
-            row += [_fmt_num(None if r["flops"] is None else r["flops"] / 1e9), _fmt_num(r["tflops"]),
-                    _fmt_num(r["mfu"], "{:.1f}%"), _fmt_num(r["gbs"], "{:,.0f}"), _fmt_num(r["mbu"], "{:.1f}%"),
-                    r.get("bound") or "-"]
-        rows.append(row)
+    header, rows = stage_table(data)
     lines += _table(header, rows) + [""]
     if data.get("model_mfu"):
         mm = data["model_mfu"]

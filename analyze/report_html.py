@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence
+from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
 
 CSS = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
@@ -213,20 +213,7 @@ def render_html(data: dict, trace=None) -> str:
     parts.append("<h2>Setup and workload</h2>" + _table(None, setup, left=2))
 
     # stage table
-    has_metrics = any(r.get("flops") is not None for r in data["stages"])
-    header = ["stage", "n", "inclusive ms", "share", "exclusive ms", "busy ms", "CPU ms", "GPU idle", "kernels", "launches"]
-    if has_metrics:
-        header += ["GFLOP", "TFLOP/s", "MFU", "GB/s", "MBU", "bound"]
-    rows = []
-    for r in data["stages"]:
-        row = [f"<code>{_esc(r['name'])}</code>", r["instances"], _fmt_ms(r["inclusive_ns"]), _fmt_pct(r["share"]),
-               _fmt_ms(r["exclusive_ns"]), _fmt_ms(r["busy_ns"]), _fmt_ms(r["cpu_ns"]), _fmt_pct(r["gpu_idle_share"], 0),
-               f"{r['kernels']:,}", f"{r['launches']:,}"]
-        if has_metrics:
-            row += [_fmt_num(None if r["flops"] is None else r["flops"] / 1e9), _fmt_num(r["tflops"]),
-                    _fmt_num(r["mfu"], "{:.1f}%"), _fmt_num(r["gbs"], "{:,.0f}"), _fmt_num(r["mbu"], "{:.1f}%"),
-                    _esc(r.get("bound") or "-")]
-        rows.append(row)
+    header, rows = stage_table(data, name_cell=lambda name: f"<code>{_esc(name)}</code>", text_cell=_esc)
     parts.append("<h2>Stages</h2><p class='muted'>Inclusive = kernels launched inside the stage's ranges (nested stages "
                  "count in their parents too); busy = union of their intervals; CPU = wall time of the ranges.</p>"
                  + _table(header, rows))
