@@ -101,25 +101,27 @@ def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "a
 
 def _open_swept(path: Path, kind: str) -> Trace | None:
     """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine."""
-    from analyze.sweep import Readers, Unsupported, load_stages
+    from analyze import sweep
 
     sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
-    readers = Readers(sqlite_path)  # the big tables are read while DuckDB is imported
-    import duckdb
-
-    db = duckdb.connect(":memory:")
-    _configure(db)
-    db.execute("SET threads = 1")  # its tables are small; the cores are busy with the readers
-    warnings: list[str] = []
     try:
-        load_stages(db, sqlite_path, warnings, readers)
-    except Unsupported:
-        db.close()
+        readers = sweep.Readers(sqlite_path)  # the two big tables, in two threads
+        try:
+            small = sweep.read_small_tables(sqlite_path)  # meanwhile here: NVTX, gpus, meta
+            import duckdb  # (~0.1 s) also while the readers read
+            swept = sweep.sweep(readers, small)
+        finally:
+            readers.join_quietly()
+    except sweep.Unsupported:
         return None
     finally:
         if kind == "sqlite.gz":
             sqlite_path.unlink(missing_ok=True)
-    warnings += _content_warnings(db, path)
+    db = duckdb.connect(":memory:")
+    _configure(db)
+    db.execute("SET threads = 1")  # it holds only small tables and Arrow views
+    sweep.store(db, swept)
+    warnings = small.warnings + _content_warnings(db, path)
     manifest = _manifest(db)
     if manifest is not None:
         db.execute("INSERT INTO meta VALUES ('manifest', ?)", [json.dumps(manifest)])

@@ -35,10 +35,6 @@ from typing import NamedTuple
 
 from analyze.errors import TraceError
 
-NVTX_RANGE_TYPES = (59, 60, 70, 71)   # PushPop, StartEnd, NVTXT PushPop, NVTXT StartEnd
-NVTX_PUSHPOP_TYPES = (59, 70)
-NVTX_MARK = 34
-NVTX_DOMAIN_CREATE = 75
 MEMSET_NAME_ID = -1000                 # synthetic `strings` ids for memcpy/memset names
 MEMCPY_NAME_BASE = -100                # -100 - copyKind
 
@@ -232,15 +228,39 @@ def _copy(db, sq: _Sqlite, target: str | None, sql: str, insert: str | None = No
     (a statement reading `_sqlite_stream`)."""
     try:
         sq.into(db, sql, target, insert)
-    except TraceError:
-        raise
     except Exception as e:
-        if "type mismatch" in str(e).lower() and not getattr(_strict, "on", False):
-            raise _TypeMismatch(str(e)) from None
-        if "SQLite" not in str(e) and "malformed" not in str(e):
-            raise  # not the file's fault: a bug here
-        raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
-                         "copy it again or re-export it with `nsys export --type sqlite`") from None
+        _raise_read_error(e)
+
+
+def _raise_read_error(e: Exception):
+    """_TypeMismatch (read again with CASTs), TraceError (the file's fault), or `e` itself (a bug)."""
+    if isinstance(e, TraceError):
+        raise e
+    if "type mismatch" in str(e).lower() and not getattr(_strict, "on", False):
+        raise _TypeMismatch(str(e)) from None
+    if "SQLite" not in str(e) and "malformed" not in str(e):
+        raise e  # not the file's fault: a bug here
+    raise TraceError(f"cannot read the export ({_reason(e)}): the file is truncated or corrupt; "
+                     "copy it again or re-export it with `nsys export --type sqlite`") from None
+
+
+def read_arrow(sq: _Sqlite, query) -> "pa.Table":
+    """The result of the SQLite query `query()` as a pyarrow Table; when a column's type changes
+    mid-table the query is built again with CASTs (see _col)."""
+    def read():
+        try:
+            return sq.arrow(query())
+        except Exception as e:
+            _raise_read_error(e)
+
+    try:
+        return read()
+    except _TypeMismatch:
+        _strict.on = True
+        try:
+            return read()
+        finally:
+            _strict.on = False
 
 
 def load_nsys(db, path: Path, warnings: list[str], lean: bool = False, meanwhile=None) -> None:
@@ -287,15 +307,15 @@ def _load(db, sq: _Sqlite, path: Path, warnings: list[str], lean: bool, meanwhil
     reader.start()
     try:
         _cast_on_mismatch(_load_launches, "DELETE FROM base_launches", db, sq)
-        _cast_on_mismatch(_load_nvtx, "SELECT 1", db, sq)
-        _cast_on_mismatch(_load_gpus, "SELECT 1", db, sq)
+        _load_nvtx(db, sq)
+        _load_gpus(db, sq)
         if meanwhile is not None:
             meanwhile(db)
     finally:
         reader.join()
     if failure:
         raise failure[0]
-    _load_meta(db, sq, path, warnings)
+    _load_meta(db, sq, warnings)
 
 
 # Columns of base_ops, and how each GPU-op table fills them (None: NULL). `lean` loads skip the
@@ -369,110 +389,94 @@ def _load_launches(db, sq: _Sqlite) -> None:
                         start, "end", nameId FROM _sqlite_stream""")
 
 
-def _load_nvtx(db, sq: _Sqlite, payloads: bool = True) -> None:
-    """base_ranges and base_marks from NVTX_EVENTS (ranges 59/60/70/71, marks 34, domains 75).
-    payloads=False: payload columns NULL (the stage table does not show them; saves ~30% here)."""
-    nvtx = sq.table("NVTX_EVENTS")
-    if nvtx:
-        c = sq.columns(nvtx)
-        payload_cols = [n for n in ("int64Value", "uint64Value", "int32Value", "uint32Value", "doubleValue",
-                                    "floatValue", "jsonText") if n.lower() in c]
-        payload = (f"CAST(coalesce({', '.join(chr(34) + c[n.lower()].name + chr(34) for n in payload_cols)}) AS TEXT)"
-                   if payload_cols and payloads else "CAST(NULL AS TEXT)")
-        types = ", ".join(map(str, NVTX_RANGE_TYPES + (NVTX_MARK, NVTX_DOMAIN_CREATE)))
-        _copy(db, sq, "_raw_nvtx", f"""SELECT {_col(c, 'start')}, {_col(c, 'end')}, {_col(c, 'eventType')},
-              {_col(c, 'globalTid')}, {_col(c, 'endGlobalTid')}, {_col(c, 'text', 'TEXT')}, {_col(c, 'textId')},
-              {_col(c, 'domainId', 'INTEGER', '0')}, {payload} AS payload
-              FROM "{nvtx}" WHERE eventType IN ({types})""")
-    else:
-        db.execute("CREATE OR REPLACE TABLE _raw_nvtx AS SELECT 0 AS start, 0 AS \"end\", 0 AS eventType, "
-                   "0 AS globalTid, 0 AS endGlobalTid, '' AS text, 0 AS textId, 0 AS domainId, '' AS payload WHERE false")
-    pushpop = ", ".join(map(str, NVTX_PUSHPOP_TYPES))
-    ranges = ", ".join(map(str, NVTX_RANGE_TYPES))
-    db.execute(f"""
-        -- Domain names: the domain-create rows, per process (domain ids are per-process counters).
-        CREATE OR REPLACE TEMP TABLE _domains AS
-        SELECT globalTid & ~16777215 AS gpid, domainId, any_value(coalesce(s.value, n.text)) AS domain
-        FROM _raw_nvtx n LEFT JOIN strings s ON s.id = n.textId
-        WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY ALL;
+def _load_nvtx(db, sq: _Sqlite) -> None:
+    """base_ranges and base_marks (analyze.nvtx)."""
+    from analyze.nvtx import read_nvtx
 
-        -- NVTX text = the registered string (textId) or the inline text; name = 'domain:text', or the
-        -- bare text in the default domain. A never-closed range ends at the last NVTX timestamp (NVIDIA).
-        CREATE OR REPLACE TEMP VIEW _named AS
-        SELECT n.*, n.globalTid & ~16777215 AS gpid, coalesce(d.domain, '') AS domain_name,
-               CASE WHEN coalesce(d.domain, '') = '' THEN coalesce(s.value, n.text, '')
-                    ELSE d.domain || ':' || coalesce(s.value, n.text, '') END AS qualified
-        FROM _raw_nvtx n
-        LEFT JOIN strings s ON s.id = n.textId
-        LEFT JOIN _domains d ON d.gpid = n.globalTid & ~16777215 AND d.domainId = n.domainId;
+    store_nvtx(db, read_nvtx(sq))
 
-        CREATE OR REPLACE TABLE base_ranges AS
-        SELECT CAST(row_number() OVER (ORDER BY start, globalTid, "end" DESC NULLS FIRST) - 1 AS BIGINT) AS range_id,
-               qualified AS name, domain_name AS domain, CAST(start AS BIGINT) AS start_ns,
-               CAST(coalesce("end", (SELECT greatest(max(start), max("end")) FROM _raw_nvtx)) AS BIGINT) AS end_ns,
-               CAST(gpid AS BIGINT) AS gpid, CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid,
-               CAST(globalTid & 16777215 AS BIGINT) AS tid,
-               CASE WHEN eventType IN ({pushpop}) THEN 'pushpop' ELSE 'startend' END AS style,
-               -- NVIDIA skips every range with an ending thread recorded (endGlobalTid IS NOT NULL)
-               CAST(endGlobalTid & 16777215 AS BIGINT) AS end_tid,
-               payload
-        FROM _named WHERE eventType IN ({ranges});
 
-        CREATE OR REPLACE TABLE base_marks AS
-        SELECT CAST(start AS BIGINT) AS ts_ns, qualified AS name, domain_name AS domain, CAST(gpid AS BIGINT) AS gpid,
-               CAST((globalTid >> 24) & 16777215 AS BIGINT) AS pid, CAST(globalTid & 16777215 AS BIGINT) AS tid,
-               payload
-        FROM _named WHERE eventType = {NVTX_MARK};
+def store_nvtx(db, nvtx, copy: bool = True) -> None:
+    """base_ranges and base_marks as DuckDB tables, or (copy=False) as views of the Arrow tables."""
+    for name, table in (("base_ranges", nvtx.ranges), ("base_marks", nvtx.marks)):
+        if not copy:
+            db.register(name, table)
+            continue
+        db.register("_arrow_nvtx", table)
+        db.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _arrow_nvtx")
+        db.unregister("_arrow_nvtx")
 
-        DROP VIEW _named; DROP TABLE _raw_nvtx; DROP TABLE _domains;
-    """)
+
+GPU_COLUMNS = (("device", "id", "INTEGER"), ("name", "name", "TEXT"), ("sm_count", "smCount", "INTEGER"),
+               ("clock_hz", "clockRate", "INTEGER"), ("memory_bandwidth_Bps", "memoryBandwidth", "INTEGER"),
+               ("total_memory", "totalMemory", "INTEGER"))
+
+
+def read_gpus(sq: _Sqlite) -> "pa.Table":
+    """One row per device of TARGET_INFO_GPU (the table repeats a device per context)."""
+    import pyarrow as pa
+
+    from analyze.schema import BASE_TABLES
+
+    schema = pa.schema(BASE_TABLES["gpus"])
+    gpu = sq.table("TARGET_INFO_GPU")
+    if gpu is None:
+        return schema.empty_table()
+    c = sq.columns(gpu)
+    cc = (f'CAST("{c["computemajor"].name}" AS TEXT) || \'.\' || CAST("{c["computeminor"].name}" AS TEXT)'
+          if "computemajor" in c and "computeminor" in c else "NULL")
+    select = ", ".join(f'CAST("{c[source.lower()].name}" AS {cast})' if source.lower() in c else "NULL"
+                       for _, source, cast in GPU_COLUMNS)
+    rows = sq.rows(f'SELECT DISTINCT {select}, {cc} FROM "{gpu}"')
+    rows.sort(key=lambda r: (r[0] is None, r[0] or 0, str(r)))
+    return pa.Table.from_pylist([dict(zip(schema.names, r)) for r in rows], schema)
 
 
 def _load_gpus(db, sq: _Sqlite) -> None:
-    gpu = sq.table("TARGET_INFO_GPU")
-    if gpu:
-        c = sq.columns(gpu)
-        cc = (f'CAST("{c["computemajor"].name}" AS TEXT) || \'.\' || CAST("{c["computeminor"].name}" AS TEXT)'
-              if "computemajor" in c and "computeminor" in c else "NULL")
-        _copy(db, sq, "gpus", f"""SELECT {_col(c, 'id')}, {_col(c, 'name', 'TEXT')}, {_col(c, 'smCount')},
-              {_col(c, 'clockRate')}, {_col(c, 'memoryBandwidth')}, {_col(c, 'totalMemory')}, {cc} AS cc
-              FROM "{gpu}" """)
-        db.execute("""CREATE OR REPLACE TABLE gpus AS
-            SELECT DISTINCT CAST(id AS INTEGER) AS device, name, CAST(smCount AS INTEGER) AS sm_count,
-                   CAST(clockRate AS BIGINT) AS clock_hz, CAST(memoryBandwidth AS BIGINT) AS memory_bandwidth_Bps,
-                   CAST(totalMemory AS BIGINT) AS total_memory, cc AS compute_capability FROM gpus""")
-    else:
-        db.execute("""CREATE OR REPLACE TABLE gpus (device INTEGER, name VARCHAR, sm_count INTEGER, clock_hz BIGINT,
-                      memory_bandwidth_Bps BIGINT, total_memory BIGINT, compute_capability VARCHAR)""")
+    db.register("_arrow_gpus", read_gpus(sq))
+    db.execute("CREATE OR REPLACE TABLE gpus AS SELECT * FROM _arrow_gpus")
+    db.unregister("_arrow_gpus")
 
 
-def _graph_launches_in_db(db) -> int:
-    return db.execute("""SELECT count(*) FROM base_launches l JOIN strings s ON s.id = l.api_id
-                         WHERE s.value LIKE 'cudaGraphLaunch%' OR s.value LIKE 'cuGraphLaunch%'""").fetchone()[0]
-
-
-def _load_meta(db, sq: _Sqlite, path: Path, warnings: list[str], count_graph_launches=_graph_launches_in_db) -> None:
-    """meta from the export's metadata tables; `count_graph_launches(db)` is asked only when the capture
-    traced CUDA graphs at graph level."""
-    db.execute("CREATE OR REPLACE TABLE meta (key VARCHAR, value VARCHAR)")
+def read_meta(sq: _Sqlite, warnings: list[str]) -> list[tuple[str, str]]:
+    """(key, value) rows of the export's metadata tables (environment variables left out), plus
+    ('source', 'nsys'); a warning when CUDA graphs were traced at graph level."""
+    meta = []
     for table in ("META_DATA_EXPORT", "EXPORT_META_DATA", "META_DATA_CAPTURE"):
         real = sq.table(table)
         if real and {"name", "value"} <= set(sq.columns(real)):
-            _copy(db, sq, "_raw_meta", f'SELECT CAST(name AS TEXT) AS key, CAST(value AS TEXT) AS value FROM "{real}"')
-            db.execute("INSERT INTO meta SELECT key, value FROM _raw_meta WHERE key NOT LIKE '%ENVIRONMENT_VARIABLE%'")
-            db.execute("DROP TABLE _raw_meta")
-    db.execute("INSERT INTO meta VALUES ('source', 'nsys')")
+            meta += [(k, v) for k, v in sq.rows(f'SELECT CAST(name AS TEXT), CAST(value AS TEXT) FROM "{real}"')
+                     if k is None or "ENVIRONMENT_VARIABLE" not in k]
+    meta.append(("source", "nsys"))
 
     # CUDA graphs traced at graph level: one GRAPH_TRACE row per launch, no per-kernel rows.
     graph_rows = 0
     graph_trace = sq.table("CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
     if graph_trace:
         graph_rows = sq.rows(f'SELECT count(*) FROM "{graph_trace}"')[0][0]
-    graph_mode = db.execute("SELECT any_value(value) FROM meta WHERE key LIKE '%CUDA_GRAPH_TRACE_OPTIONS:MODE'").fetchone()[0]
-    graph_launches = count_graph_launches(db) if graph_mode == "Graph" else 0
+    graph_mode = next((v for k, v in meta if k is not None and k.endswith("CUDA_GRAPH_TRACE_OPTIONS:MODE")), None)
+    graph_launches = _graph_launches(sq) if graph_mode == "Graph" else 0
     if graph_rows or (graph_mode == "Graph" and graph_launches):
         n = graph_rows or graph_launches
         warnings.append(f"CUDA graphs were traced at graph level ({n} graph launches): per-kernel rows of graph "
                         "launches are absent from this export and their GPU time is not attributed; "
                         "capture with `nsys profile --cuda-graph-trace=node`")
-        db.execute("INSERT INTO meta VALUES ('cuda_graph_trace', 'graph')")
+        meta.append(("cuda_graph_trace", "graph"))
+    return meta
+
+
+def _graph_launches(sq: _Sqlite) -> int:
+    runtime, strings = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME"), sq.table("StringIds")
+    if runtime is None or strings is None or "nameid" not in sq.columns(runtime):
+        return 0
+    return sq.rows(f"""SELECT count(*) FROM "{runtime}" WHERE "{sq.columns(runtime)['nameid'].name}" IN (
+                       SELECT id FROM "{strings}" WHERE value GLOB 'cudaGraphLaunch*' OR value GLOB 'cuGraphLaunch*')""")[0][0]
+
+
+def _load_meta(db, sq: _Sqlite, warnings: list[str]) -> None:
+    store_meta(db, read_meta(sq, warnings))
+
+
+def store_meta(db, meta: list[tuple[str, str]]) -> None:
+    db.execute("CREATE OR REPLACE TABLE meta (key VARCHAR, value VARCHAR)")
+    db.executemany("INSERT INTO meta VALUES (?, ?)", meta)

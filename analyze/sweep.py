@@ -24,6 +24,7 @@ to the DuckDB engine. tests/test_sweep.py checks both engines give identical sta
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,45 +74,81 @@ class Readers:
         return self._result.pop("ops"), self._result.pop("calls")
 
 
-def load_stages(db, path: Path, warnings: list[str], readers: Readers | None = None) -> None:
-    """Fill DuckDB `db` with strings, base_ranges, base_marks, gpus, meta, _ranges, `_ops`
-    (op_id, kind, start_ns, end_ns, tid, pp_range), `_se_direct` (op_id) and the `stages` table.
-    `readers`: Readers(path) started by the caller (else started here)."""
-    from analyze import nsys
+@dataclass
+class SmallTables:
+    """What the sweep reads besides the two big tables: NVTX (analyze.nvtx), gpus and meta."""
+    nvtx: object
+    gpus: object
+    meta: list
+    warnings: list
 
-    readers = readers or Readers(path)
-    sq = None
+
+def read_small_tables(path: Path) -> SmallTables:
+    """Read in the caller's thread while Readers read the big tables (no DuckDB involved)."""
+    from analyze import nsys
+    from analyze.nvtx import read_nvtx
+
+    sq = nsys._Sqlite(path)
     try:
-        sq = nsys._Sqlite(path, db)
         if sq.table("StringIds") is None:
             raise Unsupported("no StringIds")
-        strings = sq.table("StringIds")
-        nsys._copy(db, sq, "strings", f'SELECT CAST(id AS INTEGER) AS id, CAST(value AS TEXT) AS value FROM "{strings}"')
-        extra = [(nsys.MEMCPY_NAME_BASE - k, f"[CUDA memcpy {v}]") for k, v in nsys.MEMCPY_KINDS.items()]
-        extra.append((nsys.MEMSET_NAME_ID, "[CUDA memset]"))
-        db.executemany("INSERT INTO strings VALUES (?, ?)", extra)
-        # the NVTX tables go to DuckDB here while the readers read
-        nsys._cast_on_mismatch(lambda d, q: nsys._load_nvtx(d, q, payloads=False), "SELECT 1", db, sq)
-        nsys._cast_on_mismatch(nsys._load_gpus, "SELECT 1", db, sq)
-        ops, calls = readers.join()
-
-        def count_graph_launches(_db):  # asked only for captures that trace graphs at graph level
-            runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
-            if runtime is None or "nameid" not in sq.columns(runtime):
-                return 0
-            return sq.rows(f"""SELECT count(*) FROM "{runtime}" WHERE "{sq.columns(runtime)['nameid'].name}" IN (
-                               SELECT id FROM "{strings}" WHERE value GLOB 'cudaGraphLaunch*'
-                                                             OR value GLOB 'cuGraphLaunch*')""")[0][0]
-
-        nsys._load_meta(db, sq, path, warnings, count_graph_launches=count_graph_launches)
+        warnings: list[str] = []
+        nvtx = read_nvtx(sq, payloads=False)
+        return SmallTables(nvtx=nvtx, gpus=nsys.read_gpus(sq), meta=nsys.read_meta(sq, warnings), warnings=warnings)
     finally:
-        readers.join_quietly()
-        if sq is not None:
-            sq.close()
-    db.complete()  # the loaders leave their last result open; DuckDB wants it closed before db.sql
-    ranges = _read_ranges(db)
+        sq.close()
+
+
+@dataclass
+class Swept:
+    small: SmallTables
+    ops: dict           # per GPU op: kind, start, end (what _store keeps of the ops table)
+    per_op: dict        # per GPU op: launched, tid, pp_range, has_pp, in_se
+    stats: dict         # per range: the range_stats metrics
+
+
+def sweep(readers: Readers, small: SmallTables) -> Swept:
+    """Wait for the big tables and attribute (Unsupported where the sweep's model does not hold)."""
+    ops, calls = readers.join()
+    nvtx = small.nvtx
+    if not nvtx.name_id.size:
+        raise Unsupported("no NVTX ranges")
+    if (nvtx.thread < 0).any():
+        raise Unsupported("ranges without a thread")
+    ranges = {"range_id": np.arange(nvtx.name_id.size, dtype=np.int64), "name_id": nvtx.name_id,
+              "start_ns": nvtx.ranges.column("start_ns").to_numpy(), "end_ns": nvtx.ranges.column("end_ns").to_numpy(),
+              "thread": nvtx.thread, "pushpop": nvtx.pushpop, "same_thread": nvtx.same_thread, "names": nvtx.names}
     stats, per_op = attribute(ops, calls, ranges)
-    _store(db, ops, per_op, stats)
+    return Swept(small=small, ops=ops, per_op=per_op, stats=stats)
+
+
+def store(db, swept: Swept) -> None:
+    """The tables the stage command reads, in DuckDB `db`: base_ranges (and the `_ranges` view),
+    base_marks, gpus, meta, `_ops` (op_id, kind, start_ns, end_ns, tid, pp_range), `_se_direct`
+    (op_id) and `stages`. The big ones are Arrow tables registered, not copied."""
+    import pyarrow as pa
+
+    from analyze import nsys
+
+    small = swept.small
+    nsys.store_nvtx(db, small.nvtx, copy=False)
+    db.register("_arrow_gpus", small.gpus)
+    db.execute("CREATE TABLE gpus AS SELECT * FROM _arrow_gpus")
+    db.unregister("_arrow_gpus")
+    nsys.store_meta(db, small.meta)
+    ops, per_op = swept.ops, swept.per_op
+    op_id = np.arange(len(ops["start"]), dtype=np.int64)
+    db.register("_ops", pa.table({
+        "op_id": op_id, "kind": ops["kind"].astype(np.uint8), "start_ns": ops["start"], "end_ns": ops["end"],
+        "tid": pa.array(per_op["tid"], mask=~per_op["launched"]),
+        "pp_range": pa.array(per_op["pp_range"], mask=~per_op["has_pp"])}))
+    db.register("_se_direct", pa.table({"op_id": op_id[per_op["in_se"]]}))
+    rows = stage_rows(swept.stats)
+    db.register("_sweep_stages", pa.table({k: (pa.array(list(v), pa.string()) if k == "name" else v)
+                                           for k, v in rows.items()}))
+    db.execute("CREATE TABLE stages AS SELECT * FROM _sweep_stages")
+    db.unregister("_sweep_stages")
+    db.execute("CREATE VIEW _ranges AS SELECT * FROM base_ranges")
 
 
 def _int_columns(holder: list, names) -> list[np.ndarray]:
@@ -177,21 +214,6 @@ def _read_calls(sq) -> dict[str, np.ndarray]:
     # otherwise): attribute() needs the ops in (thread, call start) order
     order = np.lexsort((start, gtid))
     return {"correlation": correlation, "gtid": gtid, "start": start, "end": end, "order": order}
-
-
-def _read_ranges(db) -> dict[str, np.ndarray]:
-    """base_ranges in range_id order, names as ids into out['names'] (the distinct names)."""
-    names = [n for (n,) in db.execute("SELECT DISTINCT name FROM base_ranges ORDER BY name").fetchall()]
-    db.execute("CREATE TEMP TABLE _range_names AS SELECT name, CAST(row_number() OVER (ORDER BY name) - 1 AS BIGINT) AS name_id "
-               "FROM (SELECT DISTINCT name FROM base_ranges)")
-    out = db.execute("""SELECT range_id, n.name_id, start_ns, end_ns, gpid | tid AS thread, style = 'pushpop' AS pushpop,
-                               end_tid IS NULL AS same_thread
-                        FROM base_ranges JOIN _range_names n USING (name) ORDER BY range_id""").fetchnumpy()
-    out = {k: np.asarray(v) for k, v in out.items()}
-    for k in ("range_id", "name_id", "start_ns", "end_ns", "thread"):
-        out[k] = out[k].astype(np.int64, copy=False)
-    out["names"] = names
-    return out
 
 
 def _climb(start_at: np.ndarray, parent: np.ndarray, done) -> np.ndarray:
@@ -515,21 +537,3 @@ def stage_rows(stats: dict) -> dict[str, np.ndarray]:
     seen = out["instances"] > 0
     order = np.argsort(first_id[seen])
     return {k: v[seen][order] for k, v in out.items()}
-
-
-def _store(db, ops: dict, per_op: dict, stats: dict) -> None:
-    import pyarrow as pa
-
-    n = len(ops["start"])
-    op_id = np.arange(n, dtype=np.int64)
-    db.register("_ops", pa.table({
-        "op_id": op_id, "kind": ops["kind"].astype(np.uint8), "start_ns": ops["start"], "end_ns": ops["end"],
-        "tid": pa.array(per_op["tid"], mask=~per_op["launched"]),
-        "pp_range": pa.array(per_op["pp_range"], mask=~per_op["has_pp"])}))
-    db.register("_se_direct", pa.table({"op_id": op_id[per_op["in_se"]]}))
-    rows = stage_rows(stats)
-    db.register("_sweep_stages", pa.table({k: (pa.array(list(v), pa.string()) if k == "name" else v)
-                                           for k, v in rows.items()}))
-    db.execute("CREATE TABLE stages AS SELECT * FROM _sweep_stages")
-    db.unregister("_sweep_stages")
-    db.execute("CREATE VIEW _ranges AS SELECT * FROM base_ranges")
