@@ -210,10 +210,11 @@ def _read_calls(sq) -> dict[str, np.ndarray]:
     c = sq.columns(runtime)
     correlation, gtid, start, end = _int_columns([sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')],
                                                  names)
-    # sorted here, in the reader thread, while the GPU ops are still being read (that core is idle
-    # otherwise): attribute() needs the ops in (thread, call start) order
+    # sorted and indexed here, in the reader thread, while the GPU ops are still being read (that
+    # core is idle otherwise): attribute() needs the ops in (thread, call start) order
     order = np.lexsort((start, gtid))
-    return {"correlation": correlation, "gtid": gtid, "start": start, "end": end, "order": order}
+    index = CallIndex(gtid, correlation)
+    return {"gtid": gtid, "start": start, "end": end, "order": order, "index": index}
 
 
 def _climb(start_at: np.ndarray, parent: np.ndarray, done) -> np.ndarray:
@@ -229,38 +230,114 @@ def _climb(start_at: np.ndarray, parent: np.ndarray, done) -> np.ndarray:
     return at
 
 
-def _call_of_op(proc_l, corr_l, proc_o, corr_o):
-    """Index of each op's API call on (process, correlation), and whether it has one. Correlation
-    ids are small counters per process: a direct lookup table when it stays small, else a sort."""
-    procs, rest = [], proc_l
-    while rest.size and len(procs) <= 16:
-        procs.append(rest[0])
-        rest = rest[rest != rest[0]]
-    n, top = corr_l.size, int(corr_l.max())
-    if len(procs) <= 16 and len(procs) * (top + 1) <= 4 * n + 4096:
-        width = top + 1
-        slot_l = corr_l.copy()           # slot = process number * width + correlation
-        slot_o = np.full(corr_o.size, -1, np.int64)
-        for i, p in enumerate(procs):
-            if i:
-                slot_l[proc_l == p] += i * width
-            mine = (proc_o == p) & (corr_o <= top)
-            slot_o[mine] = corr_o[mine] + i * width
-        table = np.full(len(procs) * width, -1, np.int64)
-        table[slot_l] = np.arange(n)
-        if np.count_nonzero(table >= 0) != n:
+class CallIndex:
+    """The API calls by (process, correlation). Correlation ids are small counters per process: a
+    direct lookup table when they stay small, else a sorted key array. Built in the calls reader's
+    thread, which finishes before the GPU-op reader."""
+
+    def __init__(self, gtid: np.ndarray, correlation: np.ndarray):
+        proc = _process_of(gtid)
+        _check_correlation(correlation)
+        procs, rest = [], proc
+        while rest.size and len(procs) <= 16:
+            procs.append(rest[0])
+            rest = rest[rest != rest[0]]
+        n = correlation.size
+        top = int(correlation.max()) if n else 0
+        self.procs, self.width = procs, top + 1
+        if len(procs) <= 16 and len(procs) * (top + 1) <= 4 * n + 4096:
+            slot = correlation.copy()           # slot = process number * width + correlation
+            for i, p in enumerate(procs[1:], 1):
+                slot[proc == p] += i * self.width
+            self.table = np.full(len(procs) * self.width, -1, np.int64)
+            self.table[slot] = np.arange(n)
+            if np.count_nonzero(self.table >= 0) != n:
+                raise Unsupported("two API calls share a (process, correlation) key")
+            return
+        self.table = None
+        key = (proc << 32) | correlation
+        self.order = np.argsort(key, kind="stable")  # timsort: calls come nearly in key order
+        self.sorted_keys = key[self.order]
+        if n > 1 and (self.sorted_keys[1:] == self.sorted_keys[:-1]).any():
             raise Unsupported("two API calls share a (process, correlation) key")
-        call = np.where(slot_o >= 0, table[np.maximum(slot_o, 0)], -1)
-        launched = call >= 0
-        return np.maximum(call, 0), launched
-    call_key = (proc_l << 32) | corr_l
-    order = np.argsort(call_key, kind="stable")  # timsort: calls come nearly in key order
-    sorted_keys = call_key[order]
-    if sorted_keys.size > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
-        raise Unsupported("two API calls share a (process, correlation) key")
-    op_key = (proc_o << 32) | corr_o
-    pos = np.minimum(np.searchsorted(sorted_keys, op_key), sorted_keys.size - 1)
-    return order[pos], sorted_keys[pos] == op_key
+
+    def lookup(self, gpid: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per op: the index of its call (0 where none) and whether it has one."""
+        proc = _process_of(gpid)
+        _check_correlation(correlation)
+        if self.table is not None:
+            slot = np.full(correlation.size, -1, np.int64)
+            for i, p in enumerate(self.procs):
+                mine = (proc == p) & (correlation < self.width)
+                slot[mine] = correlation[mine] + i * self.width
+            call = np.where(slot >= 0, self.table[np.maximum(slot, 0)], -1)
+            return np.maximum(call, 0), call >= 0
+        if not self.sorted_keys.size:
+            return np.zeros(correlation.size, np.int64), np.zeros(correlation.size, bool)
+        key = (proc << 32) | correlation
+        pos = np.minimum(np.searchsorted(self.sorted_keys, key), self.sorted_keys.size - 1)
+        return self.order[pos], self.sorted_keys[pos] == key
+
+
+def _process_of(global_id: np.ndarray) -> np.ndarray:
+    proc = global_id >> 24
+    if proc.size and (proc.min() < 0 or proc.max() >= 1 << 30):
+        raise Unsupported("process ids too wide to pack")
+    return proc
+
+
+def _check_correlation(correlation: np.ndarray) -> None:
+    if correlation.size and (correlation.min() < 0 or correlation.max() >= 1 << 32):
+        raise Unsupported("correlation ids too wide to pack")
+
+
+class _InThread:
+    """Run fn(*args) in a thread; result() re-raises its exception. (NumPy's big loops release the
+    GIL, so two of these passes run on two cores.)"""
+
+    def __init__(self, fn, *args):
+        self._out: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="dsocr-sweep-pushpop")
+        self._thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self._out["value"] = fn(*args)
+        except BaseException as e:
+            self._out["error"] = e
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+
+@dataclass
+class _Ops:
+    """Per GPU op (arrays of n_ops) what the passes read; `order`/`sorted_key`: the ops launched on
+    a thread with ranges, in (thread, call start) order, and that packed key."""
+    start: np.ndarray
+    end: np.ndarray
+    dur: np.ndarray
+    is_kernel: np.ndarray
+    stream_key: np.ndarray
+    thread: np.ndarray      # dense id of the launching thread among threads with ranges, -1 none
+    call_end: np.ndarray
+    order: np.ndarray
+    sorted_key: np.ndarray
+
+
+@dataclass
+class _Tree:
+    """Push/pop ranges in (thread, range_id) order (`pp`: their indices in `ranges` order)."""
+    pp: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    thread: np.ndarray
+    parent: np.ndarray      # index into this order, -1 at the top
+    depth: np.ndarray
+    key: np.ndarray         # packed (thread, start)
 
 
 def attribute(ops: dict, calls: dict, ranges: dict):
@@ -269,20 +346,11 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     n_ops, n_ranges = len(ops["start"]), len(ranges["range_id"])
     if not n_ranges or not n_ops or not len(calls["start"]):
         raise Unsupported("no ranges, GPU ops or API calls")
-    dur = ops["end"] - ops["start"]
-    is_kernel = ops["kind"] == 0
 
     # 1. op -> call on (process, correlation)
-    proc_l = calls["gtid"] >> 24
-    proc_o = ops["gpid"] >> 24
-    for a in (proc_l, proc_o):
-        if a.size and (a.min() < 0 or a.max() >= 1 << 30):
-            raise Unsupported("process ids too wide to pack")
-    for a in (calls["correlation"], ops["correlation"]):
-        if a.size and (a.min() < 0 or a.max() >= 1 << 32):
-            raise Unsupported("correlation ids too wide to pack")
-    call, launched = _call_of_op(proc_l, calls["correlation"], proc_o, ops["correlation"])
-    del proc_l, proc_o
+    index = calls.pop("index", None) or CallIndex(calls["gtid"], calls["correlation"])
+    call, launched = index.lookup(ops.pop("gpid"), ops.pop("correlation"))
+    del index
     op_gtid = np.where(launched, calls["gtid"][call], -1)
     cs, ce = calls["start"][call], calls["end"][call]
     # ops in their calls' (thread, start) order, when each call made at most one op
@@ -295,13 +363,11 @@ def attribute(ops: dict, calls: dict, ranges: dict):
         del call_to_op
     del call
     calls.clear()  # the calls are not needed any more: 4 x 80 MB at 1e7
-    for column in ("correlation", "gpid"):
-        del ops[column]
 
     # threads with ranges -> dense ids; the ops' launching threads among them
     r_start, r_end = ranges["start_ns"], ranges["end_ns"]
     threads, r_thread = np.unique(ranges["thread"], return_inverse=True)
-    r_thread = r_thread.astype(np.int64)
+    r_thread = r_thread.astype(np.int64).reshape(-1)
     if threads.size >= 1 << (63 - TIME_BITS):
         raise Unsupported("too many threads")
     tpos = np.minimum(np.searchsorted(threads, op_gtid), threads.size - 1)
@@ -317,10 +383,93 @@ def attribute(ops: dict, calls: dict, ranges: dict):
     def packed(thread, t):
         return (thread << TIME_BITS) | (t - t0)
 
-    # 2. push/pop tree: ranges sorted by (thread, range_id)
+    tree = _pushpop_tree(ranges, r_thread, packed)
+
+    # ops in (thread, call start) order: sorted needles make searchsorted cache-friendly, and the
+    # start/end pass takes a range's ops as one slice of this order
+    if ops_by_call is not None:
+        op_order = ops_by_call[has_thread[ops_by_call]]
+        op_sorted = packed(op_thread[op_order], cs[op_order])
+    else:
+        k = np.flatnonzero(has_thread)
+        keys = packed(op_thread[k], cs[k])
+        o = np.argsort(keys, kind="stable")
+        op_order, op_sorted = k[o], keys[o]
+    del ops_by_call, cs
+    start, end = ops["start"], ops["end"]
+    o = _Ops(start=start, end=end, dur=end - start, is_kernel=ops["kind"] == 0, stream_key=ops.pop("stream_key"),
+             thread=op_thread, call_end=ce, order=op_order, sorted_key=op_sorted)
+
+    # 3-4 (push/pop ranges) in a second thread while 5 (start/end ranges) runs here
+    pushpop = _InThread(_pushpop_pass, o, tree, n_ops)
+    se_live = np.flatnonzero(~ranges["pushpop"] & ranges["same_thread"])
+    try:
+        se = _start_end_pass(o, se_live, r_thread, r_start, r_end, tree, packed, n_ops)
+    finally:
+        inner, pp_totals = pushpop.result()
+
+    # all ranges, in `ranges` order
+    big = np.iinfo(np.int64).max
+    pp, p_parent = tree.pp, tree.parent
+    parent = np.full(n_ranges, -1, np.int64)
+    depth = np.zeros(n_ranges, np.int64)
+    parent[pp] = np.where(p_parent >= 0, pp[np.maximum(p_parent, 0)], -1)
+    depth[pp] = tree.depth
+    parent[se_live], depth[se_live] = se["parent"], se["depth"]
+    inclusive = np.zeros(n_ranges, np.float64)
+    kernels = np.zeros(n_ranges, np.int64)
+    gpu_ops = np.zeros(n_ranges, np.int64)
+    r_first = np.full(n_ranges, big, np.int64)
+    r_last = np.full(n_ranges, -big, np.int64)
+    multi = np.zeros(n_ranges, bool)
+    for rows, totals in ((pp, pp_totals), (se_live, se)):
+        inclusive[rows], kernels[rows], gpu_ops[rows] = totals["inclusive"], totals["kernels"], totals["gpu_ops"]
+        r_first[rows], r_last[rows] = totals["first"], totals["last"]
+        multi[rows] = totals["stream_lo"] < totals["stream_hi"]
+    busy = inclusive.copy()
+    multi_ranges = np.flatnonzero(multi)
+    if multi_ranges.size:
+        busy[multi_ranges] = _union_busy(o, _ops_inside(o, multi_ranges, r_thread, r_start, r_end, packed),
+                                         multi_ranges.size)
+
+    # exclusive: the op's innermost range is a start/end range when one starts after its push/pop range
+    inner_all = np.where(inner >= 0, pp[np.maximum(inner, 0)], -1)
+    pp_start = np.where(inner >= 0, tree.start[np.maximum(inner, 0)], -big)
+    se_wins = (se["best"] >= 0) & (se["best_start"] > pp_start)
+    innermost = np.where(se_wins, se["best"], inner_all)
+    ek = o.is_kernel & (innermost >= 0)
+    exclusive = np.bincount(innermost[ek], weights=o.dur[ek], minlength=n_ranges)
+
+    # instances inside an instance of the same name count their kernels once (per name)
+    name_id = ranges["name_id"]
+    self_nested = np.zeros(n_ranges, bool)
+    anc = parent.copy()
+    while (anc >= 0).any():
+        live = anc >= 0
+        self_nested |= live & (name_id[np.maximum(anc, 0)] == name_id)
+        anc = np.where(live, parent[np.maximum(anc, 0)], -1)
+
+    has_ops = gpu_ops > 0
+    stats = {
+        "range_id": ranges["range_id"], "name_id": name_id, "names": ranges["names"], "depth": depth,
+        "cpu_ns": r_end - r_start,
+        "inclusive_ns": np.rint(inclusive).astype(np.int64), "exclusive_ns": np.rint(exclusive).astype(np.int64),
+        "busy_ns": np.rint(busy).astype(np.int64),
+        "span_ns": np.where(has_ops, r_last - r_first, 0), "kernels": kernels, "gpu_ops": gpu_ops,
+        "launches": gpu_ops, "outermost_of_name": ~self_nested,
+    }
+    per_op = {"launched": launched, "tid": op_tid,
+              "pp_range": np.where(inner >= 0, ranges["range_id"][pp[np.maximum(inner, 0)]], 0),
+              "has_pp": inner >= 0, "in_se": se["in_se"]}
+    return stats, per_op
+
+
+def _pushpop_tree(ranges: dict, r_thread: np.ndarray, packed) -> _Tree:
+    """2. A range's parent is found by climbing from the range just before it (same thread, by
+    range_id) until one is still open at its start."""
     pp = np.flatnonzero(ranges["pushpop"])
     pp = pp[np.lexsort((ranges["range_id"][pp], r_thread[pp]))]
-    p_start, p_end, p_thread = r_start[pp], r_end[pp], r_thread[pp]
+    p_start, p_end, p_thread = ranges["start_ns"][pp], ranges["end_ns"][pp], r_thread[pp]
     n_pp = pp.size
     p_parent = np.arange(n_pp) - 1
     if n_pp:
@@ -347,170 +496,114 @@ def attribute(ops: dict, calls: dict, ranges: dict):
         if (new == p_depth).all():
             break
         p_depth = new
-    p_key = packed(p_thread, p_start)
+    return _Tree(pp=pp, start=p_start, end=p_end, thread=p_thread, parent=p_parent, depth=p_depth,
+                 key=packed(p_thread, p_start))
 
-    # 3. innermost push/pop range per op (index into pp order, -1 none)
-    # ops in (thread, call start) order: sorted needles make searchsorted cache-friendly, and steps
-    # 5 take a range's ops as one slice of this order
-    if ops_by_call is not None:
-        op_order = ops_by_call[has_thread[ops_by_call]]
-        op_sorted = packed(op_thread[op_order], cs[op_order])
-    else:
-        k = np.flatnonzero(has_thread)
-        keys = packed(op_thread[k], cs[k])
-        o = np.argsort(keys, kind="stable")
-        op_order, op_sorted = k[o], keys[o]
-    del ops_by_call
+
+def _innermost(tree: _Tree, thread: np.ndarray, key: np.ndarray, t_end: np.ndarray) -> np.ndarray:
+    """Per item (packed `key` = (thread, t), fastest sorted): the innermost push/pop range of its
+    thread that encloses [t, t_end], as an index into the tree, -1 none."""
+    cand = np.searchsorted(tree.key, key, side="right") - 1
+    cand[(cand >= 0) & (tree.thread[np.maximum(cand, 0)] != thread)] = -1
+    return _climb(cand, tree.parent, lambda r, i: tree.end[r] >= t_end[i])
+
+
+def _pushpop_pass(o: _Ops, tree: _Tree, n_ops: int):
+    """3-4. Each op's innermost push/pop range, and per push/pop range its ops' totals, rolled up
+    to every ancestor by depth (deepest level first)."""
+    n_pp = tree.pp.size
     inner = np.full(n_ops, -1, np.int64)
-    if n_pp and op_order.size:
-        cand = np.searchsorted(p_key, op_sorted, side="right") - 1
-        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != op_thread[op_order])] = -1
-        k_ce = ce[op_order]
-        inner[op_order] = _climb(cand, p_parent, lambda r, i: p_end[r] >= k_ce[i])
-
-    # 4. per innermost push/pop range, rolled up the tree
+    if n_pp and o.order.size:
+        inner[o.order] = _innermost(tree, o.thread[o.order], o.sorted_key, o.call_end[o.order])
     big = np.iinfo(np.int64).max
-    stream_key = ops.pop("stream_key")  # device << 40 | stream
     a = inner >= 0
-    ak = a & is_kernel
-    incl = np.bincount(inner[ak], weights=dur[ak], minlength=n_pp)
-    kern = np.bincount(inner[ak], minlength=n_pp).astype(np.int64)
-    gops = np.bincount(inner[a], minlength=n_pp).astype(np.int64)
-    first = np.full(n_pp, big, np.int64)
-    last = np.full(n_pp, -big, np.int64)
-    s_lo = np.full(n_pp, big, np.int64)
-    s_hi = np.full(n_pp, -big, np.int64)
-    np.minimum.at(first, inner[a], ops["start"][a])
-    np.maximum.at(last, inner[a], ops["end"][a])
-    np.minimum.at(s_lo, inner[ak], stream_key[ak])
-    np.maximum.at(s_hi, inner[ak], stream_key[ak])
-    for level in range(int(p_depth.max()) if n_pp else 0, 0, -1):
-        sel = np.flatnonzero(p_depth == level)
-        up = p_parent[sel]
-        np.add.at(incl, up, incl[sel])
-        np.add.at(kern, up, kern[sel])
-        np.add.at(gops, up, gops[sel])
-        np.minimum.at(first, up, first[sel])
-        np.maximum.at(last, up, last[sel])
-        np.minimum.at(s_lo, up, s_lo[sel])
-        np.maximum.at(s_hi, up, s_hi[sel])
+    ak = a & o.is_kernel
+    totals = {"inclusive": np.bincount(inner[ak], weights=o.dur[ak], minlength=n_pp),
+              "kernels": np.bincount(inner[ak], minlength=n_pp).astype(np.int64),
+              "gpu_ops": np.bincount(inner[a], minlength=n_pp).astype(np.int64),
+              "first": np.full(n_pp, big, np.int64), "last": np.full(n_pp, -big, np.int64),
+              "stream_lo": np.full(n_pp, big, np.int64), "stream_hi": np.full(n_pp, -big, np.int64)}
+    np.minimum.at(totals["first"], inner[a], o.start[a])
+    np.maximum.at(totals["last"], inner[a], o.end[a])
+    np.minimum.at(totals["stream_lo"], inner[ak], o.stream_key[ak])
+    np.maximum.at(totals["stream_hi"], inner[ak], o.stream_key[ak])
+    add = {"inclusive": np.add, "kernels": np.add, "gpu_ops": np.add, "first": np.minimum, "last": np.maximum,
+           "stream_lo": np.minimum, "stream_hi": np.maximum}
+    for level in range(int(tree.depth.max()) if n_pp else 0, 0, -1):
+        sel = np.flatnonzero(tree.depth == level)
+        up = tree.parent[sel]
+        for name, ufunc in add.items():
+            ufunc.at(totals[name], up, totals[name][sel])
+    return inner, totals
 
-    # all ranges, in `ranges` order
-    parent = np.full(n_ranges, -1, np.int64)
-    depth = np.zeros(n_ranges, np.int64)
-    parent[pp] = np.where(has_parent, pp[np.maximum(p_parent, 0)], -1)
-    depth[pp] = p_depth
-    inclusive = np.zeros(n_ranges, np.float64)
-    exclusive = np.zeros(n_ranges, np.float64)
-    kernels = np.zeros(n_ranges, np.int64)
-    gpu_ops = np.zeros(n_ranges, np.int64)
-    r_first = np.full(n_ranges, big, np.int64)
-    r_last = np.full(n_ranges, -big, np.int64)
-    multi = np.zeros(n_ranges, bool)
-    inclusive[pp], kernels[pp], gpu_ops[pp] = incl, kern, gops
-    r_first[pp], r_last[pp] = first, last
-    multi[pp] = s_lo < s_hi
 
-    # 5. start/end ranges and multi-stream busy: the ops of a thread between two times
-    se = np.flatnonzero(~ranges["pushpop"])
-    se_live = se[ranges["same_thread"][se]]
+def _ops_inside(o: _Ops, rs: np.ndarray, r_thread, r_start, r_end, packed) -> tuple[np.ndarray, np.ndarray]:
+    """(position in rs, op) for every op launched inside range rs[i] on its thread: a slice of the
+    ops in (thread, call start) order, less calls that end after the range."""
+    lo = np.searchsorted(o.sorted_key, packed(r_thread[rs], r_start[rs]), side="left")
+    hi = np.searchsorted(o.sorted_key, packed(r_thread[rs], r_end[rs]), side="right")
+    counts = hi - lo
+    group = np.repeat(np.arange(rs.size), counts)
+    offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    ids = o.order[np.arange(group.size) + offset]
+    keep = o.call_end[ids] <= r_end[rs][group]
+    return group[keep], ids[keep]
 
-    def ops_inside(rs):
-        """(position in rs, op) for every op launched inside range rs[i] on its thread."""
-        lo = np.searchsorted(op_sorted, packed(r_thread[rs], r_start[rs]), side="left")
-        hi = np.searchsorted(op_sorted, packed(r_thread[rs], r_end[rs]), side="right")
-        counts = hi - lo
-        group = np.repeat(np.arange(rs.size), counts)
-        offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        ids = op_order[np.arange(group.size) + offset]
-        keep = ce[ids] <= r_end[rs][group]
-        return group[keep], ids[keep]
 
-    # the tightest push/pop range containing each start/end range hangs it in the tree
-    if se_live.size and n_pp:
-        cand = np.searchsorted(p_key, packed(r_thread[se_live], r_start[se_live]), side="right") - 1
-        cand[(cand >= 0) & (p_thread[np.maximum(cand, 0)] != r_thread[se_live])] = -1
-        se_end = r_end[se_live]
-        holder = _climb(cand, p_parent, lambda r, i: p_end[r] >= se_end[i])
-        parent[se_live] = np.where(holder >= 0, pp[np.maximum(holder, 0)], -1)
-        depth[se_live] = np.where(holder >= 0, p_depth[np.maximum(holder, 0)] + 1, 0)
+def _start_end_pass(o: _Ops, se_live, r_thread, r_start, r_end, tree: _Tree, packed, n_ops: int) -> dict:
+    """5. Start/end ranges (few; NVIDIA attributes those ended on their own thread): their ops, their
+    place in the tree (under the tightest push/pop range containing them), and per op the
+    latest-starting start/end range containing it."""
+    n_se, big = se_live.size, np.iinfo(np.int64).max
+    out = {"parent": np.full(n_se, -1, np.int64), "depth": np.zeros(n_se, np.int64),
+           "best": np.full(n_ops, -1, np.int64), "best_start": np.full(n_ops, -big, np.int64),
+           "in_se": np.zeros(n_ops, bool),
+           "inclusive": np.zeros(n_se), "kernels": np.zeros(n_se, np.int64), "gpu_ops": np.zeros(n_se, np.int64),
+           "first": np.full(n_se, big, np.int64), "last": np.full(n_se, -big, np.int64),
+           "stream_lo": np.full(n_se, big, np.int64), "stream_hi": np.full(n_se, -big, np.int64)}
+    if not n_se:
+        return out
+    if tree.pp.size:
+        key = packed(r_thread[se_live], r_start[se_live])
+        holder = _innermost(tree, r_thread[se_live], key, r_end[se_live])
+        out["parent"] = np.where(holder >= 0, tree.pp[np.maximum(holder, 0)], -1)
+        out["depth"] = np.where(holder >= 0, tree.depth[np.maximum(holder, 0)] + 1, 0)
+    g, ids = _ops_inside(o, se_live, r_thread, r_start, r_end, packed)
+    r = se_live[g]
+    out["in_se"][ids] = True
+    np.maximum.at(out["best_start"], ids, r_start[r])
+    latest = r_start[r] == out["best_start"][ids]
+    out["best"][ids[latest]] = r[latest]
+    kg = o.is_kernel[ids]
+    out["inclusive"] = np.bincount(g[kg], weights=o.dur[ids[kg]], minlength=n_se)
+    out["kernels"] = np.bincount(g[kg], minlength=n_se)
+    out["gpu_ops"] = np.bincount(g, minlength=n_se)
+    np.minimum.at(out["first"], g, o.start[ids])
+    np.maximum.at(out["last"], g, o.end[ids])
+    np.minimum.at(out["stream_lo"], g[kg], o.stream_key[ids[kg]])
+    np.maximum.at(out["stream_hi"], g[kg], o.stream_key[ids[kg]])
+    return out
 
-    best_se = np.full(n_ops, -1, np.int64)     # latest-starting start/end range containing the op
-    best_start = np.full(n_ops, -big, np.int64)
-    in_se = np.zeros(n_ops, bool)
-    if se_live.size:
-        g, ids = ops_inside(se_live)
-        r = se_live[g]
-        in_se[ids] = True
-        np.maximum.at(best_start, ids, r_start[r])
-        latest = r_start[r] == best_start[ids]
-        best_se[ids[latest]] = r[latest]
-        kg = is_kernel[ids]
-        n_se = se_live.size
-        inclusive[se_live] = np.bincount(g[kg], weights=dur[ids[kg]], minlength=n_se)
-        kernels[se_live] = np.bincount(g[kg], minlength=n_se)
-        gpu_ops[se_live] = np.bincount(g, minlength=n_se)
-        lo_, hi_ = np.full(n_se, big, np.int64), np.full(n_se, -big, np.int64)
-        np.minimum.at(lo_, g, ops["start"][ids])
-        np.maximum.at(hi_, g, ops["end"][ids])
-        r_first[se_live], r_last[se_live] = lo_, hi_
-        lo_, hi_ = np.full(n_se, big, np.int64), np.full(n_se, -big, np.int64)
-        np.minimum.at(lo_, g[kg], stream_key[ids[kg]])
-        np.maximum.at(hi_, g[kg], stream_key[ids[kg]])
-        multi[se_live] = lo_ < hi_
-    busy = inclusive.copy()
-    multi_ranges = np.flatnonzero(multi)
-    if multi_ranges.size:
-        # busy = length of the union of the range's kernel intervals: sorted by start, each kernel
-        # adds what reaches past the furthest end before it in the same range
-        g, ids = ops_inside(multi_ranges)
-        kg = is_kernel[ids]
-        g, ids = g[kg], ids[kg]
-        s, e = ops["start"][ids], ops["end"][ids]
-        order = np.lexsort((e, s, g))
-        g, s, e = g[order], s[order], e[order]
-        # per-group running max in one accumulate: shift each group above the previous one
-        first_in_group = np.r_[True, g[1:] != g[:-1]]
-        group_start = np.maximum.accumulate(np.where(first_in_group, np.arange(g.size), 0))
-        v = e - s[group_start]  # >= 0: s is sorted within a group
-        width = np.zeros(multi_ranges.size, np.int64)
-        np.maximum.at(width, g, v + 1)
-        shift = np.cumsum(width) - width
-        reach = np.maximum.accumulate(v + shift[g]) - shift[g] + s[group_start]
-        prev = np.where(first_in_group, s, np.r_[s[:1], reach[:-1]])
-        busy[multi_ranges] = np.bincount(g, weights=np.maximum(0, e - np.maximum(s, prev)),
-                                         minlength=multi_ranges.size)
 
-    # exclusive: the op's innermost range is a start/end range when one starts after its push/pop range
-    inner_all = np.where(inner >= 0, pp[np.maximum(inner, 0)], -1)
-    pp_start = np.where(inner >= 0, p_start[np.maximum(inner, 0)], -big)
-    se_wins = (best_se >= 0) & (best_start > pp_start)
-    innermost = np.where(se_wins, best_se, inner_all)
-    ek = is_kernel & (innermost >= 0)
-    exclusive = np.bincount(innermost[ek], weights=dur[ek], minlength=n_ranges)
-
-    # instances inside an instance of the same name count their kernels once (per name)
-    name_id = ranges["name_id"]
-    self_nested = np.zeros(n_ranges, bool)
-    anc = parent.copy()
-    while (anc >= 0).any():
-        live = anc >= 0
-        self_nested |= live & (name_id[np.maximum(anc, 0)] == name_id)
-        anc = np.where(live, parent[np.maximum(anc, 0)], -1)
-
-    has_ops = gpu_ops > 0
-    stats = {
-        "range_id": ranges["range_id"], "name_id": name_id, "names": ranges["names"], "depth": depth,
-        "cpu_ns": r_end - r_start,
-        "inclusive_ns": np.rint(inclusive).astype(np.int64), "exclusive_ns": np.rint(exclusive).astype(np.int64),
-        "busy_ns": np.rint(busy).astype(np.int64),
-        "span_ns": np.where(has_ops, r_last - r_first, 0), "kernels": kernels, "gpu_ops": gpu_ops,
-        "launches": gpu_ops, "outermost_of_name": ~self_nested,
-    }
-    per_op = {"launched": launched, "tid": op_tid,
-              "pp_range": np.where(inner >= 0, ranges["range_id"][pp[np.maximum(inner, 0)]], 0),
-              "has_pp": inner >= 0, "in_se": in_se}
-    return stats, per_op
+def _union_busy(o: _Ops, inside: tuple[np.ndarray, np.ndarray], n_groups: int) -> np.ndarray:
+    """Per group, the length of the union of its kernels' intervals: sorted by start, each kernel
+    adds what reaches past the furthest end before it in the same group."""
+    g, ids = inside
+    kg = o.is_kernel[ids]
+    g, ids = g[kg], ids[kg]
+    s, e = o.start[ids], o.end[ids]
+    order = np.lexsort((e, s, g))
+    g, s, e = g[order], s[order], e[order]
+    # per-group running max in one accumulate: shift each group above the previous one
+    first_in_group = np.r_[True, g[1:] != g[:-1]]
+    group_start = np.maximum.accumulate(np.where(first_in_group, np.arange(g.size), 0))
+    v = e - s[group_start]  # >= 0: s is sorted within a group
+    width = np.zeros(n_groups, np.int64)
+    np.maximum.at(width, g, v + 1)
+    shift = np.cumsum(width) - width
+    reach = np.maximum.accumulate(v + shift[g]) - shift[g] + s[group_start]
+    prev = np.where(first_in_group, s, np.r_[s[:1], reach[:-1]])
+    return np.bincount(g, weights=np.maximum(0, e - np.maximum(s, prev)), minlength=n_groups)
 
 
 def stage_rows(stats: dict) -> dict[str, np.ndarray]:

@@ -14,9 +14,9 @@ Exit status 1 when a total differs; the targets of issue 6 are reported, not ass
 
     python benchmarks/bench_analyze.py --profile 1e6
 
-runs the same cold analysis in this process with every DuckDB statement timed (a proxy connection
-handed to analyze.load's internal `_build`; it follows that module's internals, so it may need a touch
-when they change) and prints where the time goes: per phase, per calling function, top statements.
+runs one cold analysis in a fresh process with the steps of the sweep path wrapped (PROFILED: it
+follows those modules' internals, so it may need a touch when they change) and prints the timeline:
+when each step starts and ends, in which thread, and the RSS then.
 """
 from __future__ import annotations
 
@@ -199,82 +199,71 @@ def fmt_mb(x) -> str:
     return "–" if x is None else f"{x / 2**20:,.0f}"
 
 
-class TimedConnection:
-    """A DuckDB connection that times every statement, labelled by the analysis function that ran it."""
-
-    def __init__(self, con):
-        self._con = con
-        self.log: list[tuple[float, float, str, str]] = []   # (wall s, process CPU s, calling function, first SQL line)
-
-    def execute(self, sql, *args):
-        # DuckDB resolves an unknown table name from the Python variables of the calling frame
-        # (analyze.nsys streams ADBC results that way, as `handle`): make them visible here too.
-        handle = sys._getframe(1).f_locals.get("handle")  # noqa: F841
-        caller = sys._getframe(1)
-        while caller.f_code.co_name in ("_script", "_copy", "into", "rows") and caller.f_back is not None:
-            caller = caller.f_back
-        result = None
-        statements = self._con.extract_statements(sql) if isinstance(sql, str) and not args else [sql]
-        for statement in statements:
-            text = statement.query if hasattr(statement, "query") else str(statement)
-            label = next((line.strip() for line in text.splitlines()
-                          if line.strip() and not line.strip().startswith("--")), "")[:90]
-            t0, c0 = time.perf_counter(), time.process_time()
-            result = self._con.execute(statement, *args)
-            self.log.append((time.perf_counter() - t0, time.process_time() - c0, caller.f_code.co_name, label))
-        return result
-
-    def cursor(self):
-        """A cursor for another thread (analyze.nsys reads GPU ops in one), logging into the same list."""
-        other = TimedConnection(self._con.cursor())
-        other.log = self.log
-        return other
-
-    def __getattr__(self, name):
-        return getattr(self._con, name)
+# Functions of the cold path timed by --profile: module -> names (a wrapper logs each call's start and end).
+PROFILED = {
+    "analyze.load": ("_open_swept", "_content_warnings", "_manifest"),
+    "analyze.sweep": ("_read_ops", "_read_calls", "read_small_tables", "sweep", "attribute", "store", "stage_rows"),
+    "analyze.nvtx": ("read_nvtx",),
+    "analyze.nsys": ("read_gpus", "read_meta"),
+    "analyze.efficiency": ("stage_efficiency",),
+}
 
 
 def profile(size: int, seed: int) -> int:
+    """One cold `dsocr-analyze TRACE --json --ranges all --no-cache`, in a fresh process, as a timeline:
+    when each step of the sweep path starts and ends, in which thread, and the process's RSS then."""
     trace, truth, _ = trace_for(size, seed)
-    start = time.perf_counter()
-    path = f"import sys; sys.path.insert(0, {CODE_DIR!r}); " if CODE_DIR else ""
-    importer = [sys.executable, "-c", path + "import analyze.cli, analyze.load, analyze.attribution, analyze.nsys, duckdb, "
-                "adbc_driver_sqlite, adbc_driver_manager"]
-    import_s, _, _ = timed(importer)
-    bare_s, _, _ = timed([sys.executable, "-c", "pass"])
-    import duckdb
-    from analyze import cli, load
-
-    phases = {}
-    con = TimedConnection(duckdb.connect(":memory:"))
-    t0, c0 = time.perf_counter(), time.process_time()
-    load._build(con, trace, load.sniff(trace), cache=False)
-    phases["open (load + attribution)"] = (time.perf_counter() - t0, time.process_time() - c0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    rows = cli.stage_rows(load._trace(con, trace, None), "all")
-    phases["stage table (stage_rows)"] = (time.perf_counter() - t0, time.process_time() - c0)
-    total_sql = sum(t for t, _, _, _ in con.log)
-    total_cpu = sum(c for _, c, _, _ in con.log)
-    print(f"# profile of the cold analysis, {truth['kernels']:,} kernels ({trace}), {len(rows)} range names, "
-          f"load {os.getloadavg()[0]:.1f}")
-    print(f"python start {bare_s:.2f} s; python + imports (analyze, duckdb, adbc) {import_s:.2f} s")
-    for name, (secs, cpu) in phases.items():
-        print(f"{name}: {secs:.2f} s ({cpu:.2f} s CPU)")
-    print(f"DuckDB statements: {total_sql:.2f} s ({total_cpu:.2f} s CPU) in {len(con.log)} statements "
-          "(statements of a reader thread overlap the others; CPU s is the whole process's during the statement)")
-    by_caller: dict[str, list[float]] = {}
-    for secs, cpu, caller, _ in con.log:
-        acc = by_caller.setdefault(caller, [0.0, 0.0])
-        acc[0] += secs
-        acc[1] += cpu
-    print("\n| function | s | CPU s |\n|---|---:|---:|")
-    for caller, (secs, cpu) in sorted(by_caller.items(), key=lambda kv: -kv[1][0]):
-        if secs >= 0.01:
-            print(f"| {caller} | {secs:.2f} | {cpu:.2f} |")
-    print("\n| s | CPU s | function | statement |\n|---:|---:|---|---|")
-    for secs, cpu, caller, label in sorted(con.log, reverse=True)[:15]:
-        print(f"| {secs:.2f} | {cpu:.2f} | {caller} | `{label}` |")
-    print(f"\nwall {time.perf_counter() - start:.1f} s for the whole profile")
+    drop_cache(trace)
+    path = f"sys.path.insert(0, {CODE_DIR!r}); " if CODE_DIR else ""
+    script = f"""
+import sys, time, threading, importlib
+T0 = time.perf_counter()
+{path}
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+def log(what):
+    sys.stderr.write(f"{{time.perf_counter() - T0:.3f}}\t{{threading.current_thread().name}}\t{{what}}\t{{rss_mb():.0f}}\\n")
+import analyze.cli
+log("imports done")
+def wrap(module, name):
+    inner = getattr(module, name)
+    def timed(*args, **kwargs):
+        log("start " + name)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            log("end " + name)
+    setattr(module, name, timed)
+for module, names in {PROFILED!r}.items():
+    for name in names:
+        wrap(importlib.import_module(module), name)
+sys.argv = ["dsocr-analyze", {str(trace)!r}, "--json", "--ranges", "all", "--no-cache"]
+try:
+    analyze.cli.main()
+except SystemExit:
+    pass
+log("exit")
+"""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise BenchError(f"the profiled run failed: {proc.stderr.strip()[-2000:]}")
+    events = [line.split("\t") for line in proc.stderr.splitlines() if line.count("\t") == 3]
+    print(f"# timeline of one cold run, {truth['kernels']:,} kernels ({trace}), load {os.getloadavg()[0]:.1f}; "
+          f"process wall {wall:.2f} s (python start included)\n")
+    print("| start s | end s | s | thread | step | RSS at end, MB |\n|---:|---:|---:|---|---|---:|")
+    open_steps: dict[tuple[str, str], str] = {}
+    for t, thread, what, rss in events:
+        kind, _, name = what.partition(" ")
+        if kind == "start":
+            open_steps[(thread, name)] = t
+        elif kind == "end":
+            begin = open_steps.pop((thread, name), t)
+            print(f"| {float(begin):.3f} | {float(t):.3f} | {float(t) - float(begin):.3f} | {thread} | {name} | {rss} |")
+        else:
+            print(f"| | {float(t):.3f} | | {thread} | {what} | {rss} |")
     return 0
 
 
@@ -285,7 +274,7 @@ def main(argv=None) -> int:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--ours-only", action="store_true", help="skip nsys stats")
     which.add_argument("--baseline-only", action="store_true", help="only nsys stats")
-    which.add_argument("--profile", metavar="SIZE", help="time every DuckDB statement of one cold analysis")
+    which.add_argument("--profile", metavar="SIZE", help="the timeline of one cold analysis (steps, threads, RSS)")
     ap.add_argument("--code", metavar="DIR", help="import the analysis package from DIR instead of the installed one "
                     "(e.g. `git archive HEAD analyze dsocr | tar -x -C DIR` to time the committed code)")
     args = ap.parse_args(argv)
