@@ -159,11 +159,12 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
     carries a dsocr manifest."""
     from analyze.load import open_trace
 
-    # Without the cache, load only what the stage table needs (no kernel names); the kernel table
-    # shown when there are no NVTX ranges needs the names: then the trace is read again in full.
+    # Without a cache, load only what the stage table needs (no kernel names; no cache is written);
+    # the kernel table shown when there are no NVTX ranges needs the names: then the trace is read
+    # again in full.
     trace = open_trace(trace_path, cache=not no_cache, lean=True)
-    if no_cache and not trace.con.execute("SELECT count(*) FROM _ranges").fetchone()[0]:
-        trace = open_trace(trace_path, cache=False)
+    if trace.cache_path is None and not trace.con.execute("SELECT count(*) FROM _ranges").fetchone()[0]:
+        trace = open_trace(trace_path, cache=not no_cache)
     has_kernels = trace.con.execute("SELECT count(*) FROM _ops").fetchone()[0] > 0
     if not has_kernels:
         raise TraceError(f"{trace_path} has no GPU kernels, memcpys or memsets: nothing to attribute; capture with "

@@ -45,12 +45,14 @@ class Trace:
 
 
 def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "auto") -> Trace:
-    """Open a trace with its canonical views. `lean` (only with cache=False): only what the stage
-    table needs (`stages`, `_ops`, gpus, meta; no kernel names, categories, launch geometry, nor the
-    `kernels`/`kernel_ranges` views), for the fastest stage table: an nsys export goes through the
-    NumPy sweep (analyze.sweep) unless engine='duckdb' or the sweep does not model the trace."""
+    """Open a trace with its canonical views, from the cache when it has a valid one.
+
+    `lean`: only what the stage table needs (`stages`, `_ops`, gpus, meta; no kernel names,
+    categories, launch geometry, nor the `kernels`/`kernel_ranges` views), for the fastest stage
+    table: without a valid cache an nsys export goes through the NumPy sweep (analyze.sweep), which
+    writes no cache (building one costs ~3x the sweep), unless engine='duckdb' or the sweep does not
+    model the trace; then the full load runs (and is cached when `cache`)."""
     path = Path(path)
-    lean = lean and not cache
     kind = sniff(path)
     cache_file = cache_path_for(path) if cache else None
     key = _cache_key(path)
@@ -59,10 +61,11 @@ def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "a
         if trace is not None:
             return trace
 
-    if cache_file is None and lean and engine != "duckdb" and kind in ("sqlite", "sqlite.gz"):
+    if lean and engine != "duckdb" and kind in ("sqlite", "sqlite.gz"):
         trace = _open_swept(path, kind)
         if trace is not None:
             return trace
+    lean = lean and cache_file is None
 
     import duckdb
 

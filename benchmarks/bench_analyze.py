@@ -1,10 +1,11 @@
 """dsocr-analyze vs NVIDIA's `nsys stats --report nvtx_kern_sum` on synthetic exports, in one run.
 
-    python benchmarks/bench_analyze.py --sizes 1e5,1e6[,1e7] [--seed 0] [--ours-only | --baseline-only]
+    python benchmarks/bench_analyze.py --sizes 1e5,1e6[,1e7] [--seed 0] [--repeat 3] [--ours-only | --baseline-only]
 
 Per size: generate the export (cached as /tmp/dsocr-syn-SIZE-sSEED.sqlite with its truth file), then time
   ours    `dsocr-analyze TRACE --json --ranges all --no-cache` in a fresh process (process start, open,
-          attribution, stage table; the cache file is deleted first as well), with its peak RSS;
+          attribution, stage table; the cache file is deleted first as well), --repeat times (the
+          median wall is the one compared with the target; every run is printed), with its peak RSS;
   nsys    `$NSYS_CPU stats --report nvtx_kern_sum --format csv` on a fresh copy of the file (nsys adds
           indexes to what it reads), the CLI from ../shared/tools/nsys-cpu.sh;
   cached  `dsocr-analyze sql TRACE "select count(*) from kernels"` after a cache-building run;
@@ -25,6 +26,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,10 +113,17 @@ def range_rows(doc) -> list[dict]:
     return []
 
 
-def run_ours(trace: Path) -> dict:
+def run_ours(trace: Path, repeat: int) -> dict:
+    """`repeat` cold runs: the median wall and CPU seconds, all walls, the largest peak RSS."""
     drop_cache(trace)
     cmd = [*dsocr_analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"]
-    wall, rss, out = timed(cmd)
+    runs = []
+    for _ in range(repeat):
+        wall, rss, out = timed(cmd)
+        runs.append((wall, cpu_of(cmd), rss))
+    wall = statistics.median(w for w, _, _ in runs)
+    cpu = statistics.median(c for _, c, _ in runs)
+    rss = max(r for _, _, r in runs)
     start = 0 if out.startswith("{") else out.find("\n{") + 1
     noise = out[:start]
     if noise:
@@ -124,7 +133,8 @@ def run_ours(trace: Path) -> dict:
     if not rows:
         raise BenchError("dsocr-analyze --json printed no per-range rows (objects with name and inclusive_ns)")
     totals = {r["name"]: (int(r["inclusive_ns"]), int(r["kernels"]), int(r["instances"])) for r in rows}
-    return {"wall": wall, "cpu": cpu_of(cmd), "rss": rss, "totals": totals, "clean_json": not noise}
+    return {"wall": wall, "cpu": cpu, "rss": rss, "totals": totals, "clean_json": not noise,
+            "walls": [w for w, _, _ in runs]}
 
 
 def run_cached(trace: Path) -> dict:
@@ -271,6 +281,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1e5,1e6", help="kernel counts, comma separated (e.g. 1e5,1e6,1e7)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="cold runs of dsocr-analyze per size (the median is reported)")
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--ours-only", action="store_true", help="skip nsys stats")
     which.add_argument("--baseline-only", action="store_true", help="only nsys stats")
@@ -305,9 +316,10 @@ def main(argv=None) -> int:
             print(f"# {trace} ({truth['kernels']:,} kernels, {trace.stat().st_size / 2**20:,.0f} MB"
                   + (f", generated in {gen_s:.1f} s" if gen_s else ", cached") + f"), load {os.getloadavg()[0]:.1f}",
                   flush=True)
-            ours = None if args.baseline_only else run_ours(trace)
+            ours = None if args.baseline_only else run_ours(trace, max(1, args.repeat))
             if ours:
-                print(f"  dsocr-analyze cold: {ours['wall']:.2f} s ({ours['cpu']:.2f} s CPU), "
+                print(f"  dsocr-analyze cold: median {ours['wall']:.2f} s ({ours['cpu']:.2f} s CPU) of "
+                      f"{len(ours['walls'])} runs {', '.join(f'{w:.2f}' for w in ours['walls'])}; "
                       f"peak RSS {fmt_mb(ours['rss'])} MB", flush=True)
             base = None if args.ours_only else run_nsys(trace, nsys)
             if base:
@@ -332,7 +344,7 @@ def main(argv=None) -> int:
         return 2
 
     print()
-    print("| kernels | dsocr-analyze cold, s (CPU s) | peak RSS, MB | nsys stats nvtx_kern_sum, s (CPU s) "
+    print("| kernels | dsocr-analyze cold, median s (CPU s) | peak RSS, MB | nsys stats nvtx_kern_sum, s (CPU s) "
           "| nsys / ours (wall) | cached `sql count(*)`, s | per-range totals |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for size, truth, ours, base, cached, same in results:

@@ -84,15 +84,28 @@ def test_json_has_every_range_with_the_contract_keys(capsys, example):
 
 
 def test_cache_is_written_beside_and_reused(capsys, example):
-    code, first, _ = run(capsys, example)
+    code, first, _ = run(capsys, "sql", example, "select count(*) from kernels")
     cache = example.with_name(example.name + CACHE_SUFFIX)
     assert code == 0 and cache.exists()
     stamp = cache.stat().st_mtime_ns
-    code, second, _ = run(capsys, example)
+    code, second, _ = run(capsys, "sql", example, "select count(*) from kernels")
     assert second == first and cache.stat().st_mtime_ns == stamp      # read, not rebuilt
     os.utime(example, ns=(example.stat().st_atime_ns, example.stat().st_mtime_ns + 10**9))
-    code, third, _ = run(capsys, example)
+    code, third, _ = run(capsys, "sql", example, "select count(*) from kernels")
     assert third == first and cache.stat().st_mtime_ns != stamp       # trace changed: rebuilt
+
+
+def test_stage_table_sweeps_without_writing_a_cache_and_reads_one_when_there(capsys, tmp_path):
+    trace = tmp_path / TINY.name
+    shutil.copy(TINY, trace)
+    trace.chmod(0o644)
+    cache = trace.with_name(trace.name + CACHE_SUFFIX)
+    code, swept, _ = run(capsys, trace)
+    assert code == 0 and not cache.exists()                          # the NumPy sweep, nothing written
+    assert run(capsys, "sql", trace, "select count(*) from kernels")[1].split()[-1] == "7" and cache.exists()
+    assert open_trace(trace, lean=True).cache_path == cache
+    code, cached, _ = run(capsys, trace)
+    assert code == 0 and cached == swept
 
 
 def test_cache_goes_to_xdg_when_the_folder_is_read_only(cache_home):
