@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from analyze.errors import TraceError
+from analyze.load import STAGE_COLUMNS
 
 DEFAULT_COMMAND = "stages"
 
@@ -92,8 +93,6 @@ def _open(path: Path, no_cache: bool):
 # ---------------------------------------------------------------------------------------------------
 # stages: the main table
 
-STAGE_COLUMNS = ("name", "instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns",
-                 "kernels", "gpu_ops", "launches")
 
 
 def stage_rows(trace, which: str = "stages") -> list[dict]:
@@ -101,8 +100,7 @@ def stage_rows(trace, which: str = "stages") -> list[dict]:
     name in any domain), else the top-level ranges; `which='all'` gives every range name."""
     from dsocr.stages import REPORTED_STAGES
 
-    rows = trace.con.execute(f"SELECT {', '.join(STAGE_COLUMNS)}, depth FROM stages ORDER BY first_range_id").fetchall()
-    rows = [dict(zip(STAGE_COLUMNS + ("depth",), r)) for r in rows]
+    rows = [dict(row) for row in trace.stage_facts().stages]
     if which == "all":
         return rows
     by_stage = {}
@@ -122,14 +120,10 @@ def extra_stage_columns(trace, rows: list[dict]) -> tuple[list[str], list[list[s
 
 
 def _trace_summary(trace) -> str:
-    con = trace.con
-    total, kernels, attributed = con.execute("""
-        SELECT coalesce(sum(end_ns - start_ns), 0)::BIGINT, count(*),
-               coalesce(sum(end_ns - start_ns) FILTER (
-                   WHERE pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _se_direct)), 0)::BIGINT
-        FROM _ops WHERE kind = 0""").fetchone()
+    facts = trace.stage_facts()
+    total, kernels, attributed = facts.kernel_ns, facts.kernels, facts.attributed_ns
     version = trace.meta.get("EXPORT_PRODUCT_VERSION")
-    gpus = [g for (g,) in con.execute("SELECT DISTINCT name FROM gpus WHERE name IS NOT NULL ORDER BY 1").fetchall()]
+    gpus = sorted({name for _, name, _, _ in facts.gpus if name is not None})
     source = trace.source + (f" {version}" if version else "")
     gpu = f", {', '.join(gpus)}" if gpus else ""
     from analyze.table import ms, pct
@@ -163,9 +157,9 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
     # the kernel table shown when there are no NVTX ranges needs the names: then the trace is read
     # again in full.
     trace = open_trace(trace_path, cache=not no_cache, lean=True)
-    if trace.cache_path is None and not trace.con.execute("SELECT count(*) FROM _ranges").fetchone()[0]:
+    if trace.cache_path is None and not trace.stage_facts().ranges:
         trace = open_trace(trace_path, cache=not no_cache)
-    has_kernels = trace.con.execute("SELECT count(*) FROM _ops").fetchone()[0] > 0
+    has_kernels = trace.stage_facts().ops > 0
     if not has_kernels:
         raise TraceError(f"{trace_path} has no GPU kernels, memcpys or memsets: nothing to attribute; capture with "
                          "CUDA tracing on (`nsys profile --trace=cuda,nvtx`)")
@@ -212,7 +206,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
 def _stage_table(trace, rows: list[dict]) -> str:
     from analyze.table import ms, pct, render
 
-    total = trace.con.execute("SELECT coalesce(sum(end_ns - start_ns), 0) FROM _ops WHERE kind = 0").fetchone()[0]
+    total = trace.stage_facts().kernel_ns
     headers = ["range", "n", "GPU ms", "GPU %", "excl ms", "excl %", "busy ms", "span ms", "CPU ms", "kernels",
                "launches"]
     cells = [[r["name"], f"{r['instances']:,}", ms(r["inclusive_ns"]), pct(r["inclusive_ns"], total),

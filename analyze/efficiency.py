@@ -9,9 +9,8 @@ from __future__ import annotations
 
 def gpu_facts(trace) -> tuple[str | None, float | None, int | None]:
     """Name, memory bandwidth (B/s) and total memory of the trace's first GPU, when it names one."""
-    row = trace.con.execute("""SELECT name, memory_bandwidth_Bps, total_memory FROM gpus
-                               WHERE name IS NOT NULL ORDER BY device LIMIT 1""").fetchone()
-    return tuple(row) if row else (None, None, None)
+    named = [(name, bandwidth, memory) for _, name, bandwidth, memory in trace.stage_facts().gpus if name is not None]
+    return named[0] if named else (None, None, None)
 
 
 def stage_efficiency(trace, rows: list[dict], *, peak_tflops=None, peak_gbs=None, policy=None):

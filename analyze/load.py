@@ -30,18 +30,63 @@ MEMORY_LIMIT = "3GB"
 HINT = "give an nsys SQLite export (`nsys export --type sqlite`) or a PyTorch profiler trace (.json / .json.gz)"
 
 
+STAGE_COLUMNS = ("name", "instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns",
+                 "kernels", "gpu_ops", "launches")
+
+
+@dataclass
+class StageFacts:
+    """Everything the stage table prints, without SQL: from the sweep directly, or read once from
+    the DuckDB views."""
+    stages: list[dict]          # the `stages` rows (STAGE_COLUMNS + depth), by first range
+    ranges: int                 # range instances
+    ops: int                    # GPU operations
+    kernels: int
+    kernel_ns: int              # all kernel time
+    attributed_ns: int          # kernel time inside some range
+    gpus: list[tuple]           # (device, name, memory bandwidth B/s, total memory), by device
+
+
 @dataclass
 class Trace:
-    con: object                 # duckdb.DuckDBPyConnection with the canonical views
+    connection: object          # duckdb.DuckDBPyConnection with the canonical views (see `con`)
     path: Path
     source: str                 # 'nsys' | 'kineto'
     warnings: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     manifest: dict | None = None
     cache_path: Path | None = None
+    connect: object = None      # builds `connection` on first use (the sweep's traces)
+    facts: StageFacts | None = None
+
+    @property
+    def con(self):
+        if self.connection is None and self.connect is not None:
+            self.connection = self.connect()
+        return self.connection
 
     def sql(self, query: str, params=None):
         return self.con.execute(query, params or [])
+
+    def stage_facts(self) -> StageFacts:
+        if self.facts is None:
+            self.facts = _facts_from_views(self.con)
+        return self.facts
+
+
+def _facts_from_views(con) -> StageFacts:
+    rows = con.execute(f"SELECT {', '.join(STAGE_COLUMNS)}, depth FROM stages ORDER BY first_range_id").fetchall()
+    ops, kernels, kernel_ns, attributed = con.execute("""
+        SELECT count(*), count(*) FILTER (WHERE kind = 0),
+               coalesce(sum(end_ns - start_ns) FILTER (WHERE kind = 0), 0)::BIGINT,
+               coalesce(sum(end_ns - start_ns) FILTER (
+                   WHERE kind = 0 AND (pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _se_direct))), 0)::BIGINT
+        FROM _ops""").fetchone()
+    return StageFacts(stages=[dict(zip(STAGE_COLUMNS + ("depth",), r)) for r in rows],
+                      ranges=con.execute("SELECT count(*) FROM _ranges").fetchone()[0], ops=ops, kernels=kernels,
+                      kernel_ns=kernel_ns, attributed_ns=attributed,
+                      gpus=con.execute("SELECT device, name, memory_bandwidth_Bps, total_memory FROM gpus "
+                                       "ORDER BY device").fetchall())
 
 
 def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "auto") -> Trace:
@@ -103,7 +148,8 @@ def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "a
 
 
 def _open_swept(path: Path, kind: str) -> Trace | None:
-    """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine."""
+    """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine. DuckDB is
+    not even imported unless something asks for `trace.con`."""
     from analyze import sweep
 
     sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
@@ -111,7 +157,6 @@ def _open_swept(path: Path, kind: str) -> Trace | None:
         readers = sweep.Readers(sqlite_path)  # the two big tables, in two threads
         try:
             small = sweep.read_small_tables(sqlite_path)  # meanwhile here: NVTX, gpus, meta
-            import duckdb  # (~0.1 s) also while the readers read
             swept = sweep.sweep(readers, small)
         finally:
             readers.join_quietly()
@@ -120,17 +165,30 @@ def _open_swept(path: Path, kind: str) -> Trace | None:
     finally:
         if kind == "sqlite.gz":
             sqlite_path.unlink(missing_ok=True)
-    db = duckdb.connect(":memory:")
-    _configure(db)
-    db.execute("SET threads = 1")  # it holds only small tables and Arrow views
-    sweep.store(db, swept)
-    warnings = small.warnings + _content_warnings(db, path)
-    manifest = _manifest(db)
+    facts = sweep.stage_facts(swept)
+    warnings = small.warnings + content_warnings(facts.ops, facts.ranges, sweep.unlaunched(swept), kineto=False)
+    marks = small.nvtx.marks
+    manifest = manifest_of(zip(marks.column("ts_ns").to_pylist(), marks.column("domain").to_pylist(),
+                               marks.column("name").to_pylist()))
+    meta = dict(small.meta)
     if manifest is not None:
-        db.execute("INSERT INTO meta VALUES ('manifest', ?)", [json.dumps(manifest)])
-    if warnings:
-        db.executemany("INSERT INTO meta VALUES ('warning', ?)", [(w,) for w in warnings])
-    return _trace(db, path, None)
+        meta["manifest"] = json.dumps(manifest)
+
+    def connect():
+        import duckdb
+
+        db = duckdb.connect(":memory:")
+        _configure(db)
+        db.execute("SET threads = 1")  # it holds only small tables and Arrow views
+        sweep.store(db, swept)
+        if manifest is not None:
+            db.execute("INSERT INTO meta VALUES ('manifest', ?)", [meta["manifest"]])
+        if warnings:
+            db.executemany("INSERT INTO meta VALUES ('warning', ?)", [(w,) for w in warnings])
+        return db
+
+    return Trace(connection=None, connect=connect, path=path, source="nsys", warnings=warnings, meta=meta,
+                 manifest=manifest, facts=facts)
 
 
 def _configure(db) -> None:
@@ -224,7 +282,7 @@ def _trace(db, path: Path, cache_file: Path | None) -> Trace:
     meta = dict(db.execute("SELECT key, value FROM meta WHERE key NOT IN ('warning')").fetchall())
     warnings = [w for (w,) in db.execute("SELECT value FROM meta WHERE key = 'warning' ORDER BY rowid").fetchall()]
     manifest = json.loads(meta["manifest"]) if "manifest" in meta else None
-    return Trace(con=db, path=path, source=meta.get("source", "nsys"), warnings=warnings, meta=meta,
+    return Trace(connection=db, path=path, source=meta.get("source", "nsys"), warnings=warnings, meta=meta,
                  manifest=manifest, cache_path=cache_file)
 
 
@@ -337,19 +395,23 @@ def load_base_tables(db, base: dict, source: str) -> None:
 
 
 def _content_warnings(db, path: Path) -> list[str]:
-    out = []
-    ops, kernels = db.execute("SELECT count(*), count(*) FILTER (WHERE kind = 0) FROM _ops").fetchone()
+    ops = db.execute("SELECT count(*) FROM _ops").fetchone()[0]
     ranges = db.execute("SELECT count(*) FROM base_ranges").fetchone()[0]
+    kineto = db.execute("SELECT count(*) FROM meta WHERE key = 'source' AND value = 'kineto'").fetchone()[0] > 0
+    unlaunched = db.execute("SELECT count(*) FROM _ops WHERE tid IS NULL").fetchone()[0] if ops else 0
+    return content_warnings(ops, ranges, unlaunched, kineto)
+
+
+def content_warnings(ops: int, ranges: int, unlaunched: int, kineto: bool) -> list[str]:
+    out = []
     if ops == 0:
         out.append("no GPU kernels in this trace: was CUDA traced? (nsys profile --trace=cuda,nvtx)")
-    kineto = db.execute("SELECT count(*) FROM meta WHERE key = 'source' AND value = 'kineto'").fetchone()[0] > 0
     if ranges == 0 and kineto:
         out.append("no record_function ranges (user_annotation) in this trace: nothing to attribute kernels to, "
                    "showing kernels only (wrap the stages in torch.profiler.record_function)")
     elif ranges == 0:
         out.append("no NVTX ranges in this trace: nothing to attribute kernels to, showing kernels only "
                    "(capture with `nsys profile --trace=cuda,nvtx` and NVTX ranges in the program)")
-    unlaunched = db.execute("SELECT count(*) FROM _ops WHERE tid IS NULL").fetchone()[0] if ops else 0
     if ops and unlaunched:
         out.append(f"{unlaunched} of {ops} GPU operations have no launching API call in the trace "
                    "(CUDA API tracing off, or launched before the capture started); they are in no range")
@@ -357,10 +419,15 @@ def _content_warnings(db, path: Path) -> list[str]:
 
 
 def _manifest(db) -> dict | None:
-    """The dsocr workload manifest: a JSON mark in domain dsocr with "schema": "dsocr-manifest/1"."""
-    rows = db.execute("""SELECT name FROM base_marks WHERE domain = ? AND name LIKE ? ORDER BY ts_ns""",
-                      [MANIFEST_DOMAIN, MANIFEST_DOMAIN + ":{%"]).fetchall()
-    for (name,) in rows:
+    return manifest_of(db.execute("SELECT ts_ns, domain, name FROM base_marks").fetchall())
+
+
+def manifest_of(marks) -> dict | None:
+    """The dsocr workload manifest among (ts_ns, domain, name) marks: the first JSON mark in domain
+    dsocr with "schema": "dsocr-manifest/1"."""
+    prefix = MANIFEST_DOMAIN + ":{"
+    for _, domain, name in sorted((m for m in marks if m[1] == MANIFEST_DOMAIN and m[2] and m[2].startswith(prefix)),
+                                  key=lambda m: m[0]):
         try:
             value = json.loads(name[len(MANIFEST_DOMAIN) + 1:])
         except ValueError:

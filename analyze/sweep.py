@@ -1,25 +1,29 @@
-"""The cold stage table (`dsocr-analyze TRACE --no-cache`) as a sorted sweep over NumPy arrays.
+"""The stage table of an export without a cache, as a sorted sweep over NumPy arrays.
 
-Same semantics as analyze.attribution (NVIDIA's launch-time rule), computed without DuckDB joins:
-the two big tables (GPU ops, API calls) go from SQLite (ADBC) to Arrow to NumPy, only the columns
-attribution needs; DuckDB holds only the small tables (strings, NVTX ranges and marks, gpus, meta)
-and the final `stages` table, so the rest of the CLI reads the same names.
+Same semantics as analyze.attribution (NVIDIA's launch-time rule), computed without DuckDB joins.
+Reading (analyze.load._open_swept): the two big tables (GPU ops, API calls) go from SQLite (ADBC) to
+Arrow to NumPy in two threads (Readers), only the columns attribution needs, while the caller's
+thread reads NVTX, gpus and meta (read_small_tables, analyze.nvtx) and imports DuckDB. DuckDB then
+holds only small tables, Arrow views and the final `stages` table (store), so the rest of the CLI
+reads the same names as with the DuckDB engine.
 
-1. op -> launching call: `searchsorted` on one packed (process << 32 | correlation) key.
+1. op -> launching call: CallIndex, a lookup table on (process, correlation) built by the calls
+   reader's thread.
 2. Push/pop ranges sorted per thread by range_id (= start, then longer first): a range's parent is
    found by climbing from the range just before it until one is still open at its start.
 3. Innermost push/pop range of each op: the last range of its thread starting at or before the call
    (`searchsorted` on a packed (thread << 46 | start) key), climbed until it ends at or after the call.
 4. Per innermost range: kernel ns, counts, first/last op, streams; rolled up to every ancestor by
    depth (deepest level first) with `np.add.at` / `np.minimum.at`.
-5. Start/end ranges (few) and ranges whose kernels ran on several streams (exact busy = union of
-   intervals) take the ops of their thread between their start and end from the ops sorted by
-   (thread, call start).
-6. Per range name with integer name ids (strings only for the distinct names).
+5. Start/end ranges (few) take the ops of their thread between their start and end from the ops
+   sorted by (thread, call start). Steps 3-4 run in a second thread meanwhile.
+6. Ranges whose kernels ran on several streams: exact busy time as the union of intervals.
+7. Per range name with integer name ids (strings only for the distinct names).
 
 Anything this sweep does not model (push/pop ranges that do not nest, CUDA graph nodes, duplicate
-(process, correlation) keys, timestamps too wide to pack) raises Unsupported: the caller falls back
-to the DuckDB engine. tests/test_sweep.py checks both engines give identical stage rows.
+(process, correlation) keys, timestamps too wide to pack, no NVTX ranges) raises Unsupported: the
+caller falls back to the DuckDB engine. tests/test_sweep.py checks both engines give identical
+stage rows on every real export.
 """
 from __future__ import annotations
 
@@ -102,7 +106,7 @@ def read_small_tables(path: Path) -> SmallTables:
 @dataclass
 class Swept:
     small: SmallTables
-    ops: dict           # per GPU op: kind, start, end (what _store keeps of the ops table)
+    ops: dict           # per GPU op: kind, start, end (what store() keeps of the ops table)
     per_op: dict        # per GPU op: launched, tid, pp_range, has_pp, in_se
     stats: dict         # per range: the range_stats metrics
 
@@ -120,6 +124,29 @@ def sweep(readers: Readers, small: SmallTables) -> Swept:
               "thread": nvtx.thread, "pushpop": nvtx.pushpop, "same_thread": nvtx.same_thread, "names": nvtx.names}
     stats, per_op = attribute(ops, calls, ranges)
     return Swept(small=small, ops=ops, per_op=per_op, stats=stats)
+
+
+def stage_facts(swept: Swept):
+    """What the stage table prints (analyze.load.StageFacts), straight from the arrays."""
+    from analyze.load import STAGE_COLUMNS, StageFacts
+
+    rows = stage_rows(swept.stats)
+    stages = [dict(zip(STAGE_COLUMNS + ("depth",), values))
+              for values in zip(*(rows[c].tolist() for c in STAGE_COLUMNS + ("depth",)))]
+    ops, per_op = swept.ops, swept.per_op
+    kernel = ops["kind"] == 0
+    dur = ops["end"] - ops["start"]
+    inside = kernel & (per_op["has_pp"] | per_op["in_se"])
+    gpus = swept.small.gpus
+    return StageFacts(stages=stages, ranges=len(swept.stats["range_id"]), ops=len(dur), kernels=int(kernel.sum()),
+                      kernel_ns=int(dur[kernel].sum()), attributed_ns=int(dur[inside].sum()),
+                      gpus=list(zip(*(gpus.column(c).to_pylist() for c in
+                                      ("device", "name", "memory_bandwidth_Bps", "total_memory")))))
+
+
+def unlaunched(swept: Swept) -> int:
+    """GPU operations without a launching API call in the trace."""
+    return int((~swept.per_op["launched"]).sum())
 
 
 def store(db, swept: Swept) -> None:

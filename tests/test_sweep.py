@@ -42,9 +42,11 @@ def test_sweep_equals_duckdb(path: Path):
         assert name in NOT_SWEPT, f"{name}: the sweep fell back to DuckDB"
         return
     assert name not in NOT_SWEPT
+    assert swept.stage_facts() == duck.stage_facts()  # what the stage table prints, computed without SQL
+    assert "duckdb" not in str(type(swept.connection))   # ... and DuckDB not touched for it
     assert _rows(swept) == _rows(duck)
     assert swept.warnings == duck.warnings
-    assert swept.manifest == duck.manifest
+    assert swept.manifest == duck.manifest and swept.meta == duck.meta
     for sql in ("SELECT count(*), count(tid), sum(end_ns - start_ns) FROM _ops",
                 "SELECT count(*) FROM _ops WHERE pp_range IS NOT NULL OR op_id IN (SELECT op_id FROM _se_direct)",
                 "SELECT * FROM gpus ORDER BY device"):
