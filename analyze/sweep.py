@@ -196,7 +196,7 @@ def _int_columns(holder: list, names) -> list[np.ndarray]:
 def _read_ops(sq) -> dict[str, np.ndarray]:
     """KERNEL + MEMCPY + MEMSET columns; graphNodeId (costly to read: ~40% more) only when the
     export has a graph-launch API name, the only way GPU ops get graph nodes."""
-    from analyze.nsys import _col
+    from analyze.nsys import _col, read_arrow
 
     strings = sq.table("StringIds")
     graphs = strings is not None and sq.rows(f"""SELECT count(*) FROM "{strings}"
@@ -214,7 +214,7 @@ def _read_ops(sq) -> dict[str, np.ndarray]:
         # (device, stream) as one key computed by SQLite: one column less to move (~10% faster)
         stream_key = f'(("{c["deviceid"].name}" << 40) | "{c["streamid"].name}") AS stream_key'
         plain = ("start", "end", "correlationId", "globalPid")
-        t = sq.arrow(f'SELECT {", ".join(_col(c, n) for n in plain)}, {stream_key}{graph} FROM "{real}"')
+        t = read_arrow(sq, lambda: f'SELECT {", ".join(_col(c, n) for n in plain)}, {stream_key}{graph} FROM "{real}"')
         if graph and t.column("graph_node").null_count < t.num_rows:
             raise Unsupported("CUDA graph nodes")
         columns = plain + ("stream_key",)
@@ -228,15 +228,15 @@ def _read_ops(sq) -> dict[str, np.ndarray]:
 
 
 def _read_calls(sq) -> dict[str, np.ndarray]:
-    from analyze.nsys import _col
+    from analyze.nsys import _col, read_arrow
 
     runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
     names = ("correlationId", "globalTid", "start", "end")
     if runtime is None:
         return {k: np.zeros(0, np.int64) for k in ("correlation", "gtid", "start", "end", "order")}
     c = sq.columns(runtime)
-    correlation, gtid, start, end = _int_columns([sq.arrow(f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"')],
-                                                 names)
+    query = lambda: f'SELECT {", ".join(_col(c, n) for n in names)} FROM "{runtime}"'  # noqa: E731
+    correlation, gtid, start, end = _int_columns([read_arrow(sq, query)], names)  # the holder: see _int_columns
     # sorted and indexed here, in the reader thread, while the GPU ops are still being read (that
     # core is idle otherwise): attribute() needs the ops in (thread, call start) order
     order = np.lexsort((start, gtid))

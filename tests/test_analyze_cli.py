@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,25 @@ def test_random_bytes(capsys, tmp_path):
 def test_truncated_sqlite(capsys, tmp_path):
     (tmp_path / "cut.sqlite").write_bytes(TINY.read_bytes()[:200_000])
     assert "truncated or corrupt" in _one_error_line(capsys, tmp_path / "cut.sqlite", "--no-cache")
+
+
+def test_sqlite_damaged_inside_a_table(capsys, tmp_path):
+    # The catalogue and NVTX read fine; the kernel table's leaf pages do not (the sweep's readers hit them).
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gen_synthetic
+
+    path = tmp_path / "damaged.sqlite"
+    gen_synthetic.generate(2000, path, seed=0)
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'CUPTI_ACTIVITY_KIND_KERNEL' "
+                                          "AND pagetype = 'leaf'")]
+    data = bytearray(path.read_bytes())
+    for page in pages:
+        data[(page - 1) * page_size: page * page_size] = b"\xff" * page_size
+    path.write_bytes(bytes(data))
+    for args in ((path, "--no-cache"), (path,), ("sql", path, "select count(*) from kernels")):
+        assert "truncated or corrupt" in _one_error_line(capsys, *args)
 
 
 def test_sqlite_that_is_not_an_nsys_export(capsys, tmp_path):
