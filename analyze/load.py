@@ -304,7 +304,7 @@ def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
         _load_kineto(db, path, warnings)
     attribution.name_tables(db, categories=not lean)
     warnings += attribution.derive(db)
-    warnings += _content_warnings(db, path)
+    warnings += _content_warnings(db)
     manifest = _manifest(db)
     if manifest is not None:
         db.execute("INSERT INTO meta VALUES ('manifest', ?)", [json.dumps(manifest)])
@@ -394,7 +394,7 @@ def load_base_tables(db, base: dict, source: str) -> None:
         db.unregister(f"_arrow_{name}")
 
 
-def _content_warnings(db, path: Path) -> list[str]:
+def _content_warnings(db) -> list[str]:
     ops = db.execute("SELECT count(*) FROM _ops").fetchone()[0]
     ranges = db.execute("SELECT count(*) FROM base_ranges").fetchone()[0]
     kineto = db.execute("SELECT count(*) FROM meta WHERE key = 'source' AND value = 'kineto'").fetchone()[0] > 0

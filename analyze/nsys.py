@@ -399,12 +399,10 @@ def _load_nvtx(db, sq: _Sqlite) -> None:
 def store_nvtx(db, nvtx, copy: bool = True) -> None:
     """base_ranges and base_marks as DuckDB tables, or (copy=False) as views of the Arrow tables."""
     for name, table in (("base_ranges", nvtx.ranges), ("base_marks", nvtx.marks)):
-        if not copy:
+        if copy:
+            db.from_arrow(table).create(name)
+        else:
             db.register(name, table)
-            continue
-        db.register("_arrow_nvtx", table)
-        db.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _arrow_nvtx")
-        db.unregister("_arrow_nvtx")
 
 
 GPU_COLUMNS = (("device", "id", "INTEGER"), ("name", "name", "TEXT"), ("sm_count", "smCount", "INTEGER"),
@@ -433,9 +431,11 @@ def read_gpus(sq: _Sqlite) -> "pa.Table":
 
 
 def _load_gpus(db, sq: _Sqlite) -> None:
-    db.register("_arrow_gpus", read_gpus(sq))
-    db.execute("CREATE OR REPLACE TABLE gpus AS SELECT * FROM _arrow_gpus")
-    db.unregister("_arrow_gpus")
+    store_gpus(db, read_gpus(sq))
+
+
+def store_gpus(db, gpus) -> None:
+    db.from_arrow(gpus).create("gpus")
 
 
 def read_meta(sq: _Sqlite, warnings: list[str]) -> list[tuple[str, str]]:

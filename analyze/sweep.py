@@ -159,9 +159,7 @@ def store(db, swept: Swept) -> None:
 
     small = swept.small
     nsys.store_nvtx(db, small.nvtx, copy=False)
-    db.register("_arrow_gpus", small.gpus)
-    db.execute("CREATE TABLE gpus AS SELECT * FROM _arrow_gpus")
-    db.unregister("_arrow_gpus")
+    nsys.store_gpus(db, small.gpus)
     nsys.store_meta(db, small.meta)
     ops, per_op = swept.ops, swept.per_op
     op_id = np.arange(len(ops["start"]), dtype=np.int64)
@@ -171,10 +169,8 @@ def store(db, swept: Swept) -> None:
         "pp_range": pa.array(per_op["pp_range"], mask=~per_op["has_pp"])}))
     db.register("_se_direct", pa.table({"op_id": op_id[per_op["in_se"]]}))
     rows = stage_rows(swept.stats)
-    db.register("_sweep_stages", pa.table({k: (pa.array(list(v), pa.string()) if k == "name" else v)
-                                           for k, v in rows.items()}))
-    db.execute("CREATE TABLE stages AS SELECT * FROM _sweep_stages")
-    db.unregister("_sweep_stages")
+    db.from_arrow(pa.table({k: (pa.array(list(v), pa.string()) if k == "name" else v)
+                            for k, v in rows.items()})).create("stages")
     db.execute("CREATE VIEW _ranges AS SELECT * FROM base_ranges")
 
 

@@ -212,8 +212,8 @@ def fmt_mb(x) -> str:
 
 # Functions of the cold path timed by --profile: module -> names (a wrapper logs each call's start and end).
 PROFILED = {
-    "analyze.load": ("_open_swept", "_content_warnings", "_manifest"),
-    "analyze.sweep": ("_read_ops", "_read_calls", "read_small_tables", "sweep", "attribute", "store", "stage_rows"),
+    "analyze.load": ("_open_swept",),
+    "analyze.sweep": ("_read_ops", "_read_calls", "read_small_tables", "sweep", "attribute", "stage_facts"),
     "analyze.nvtx": ("read_nvtx",),
     "analyze.nsys": ("read_gpus", "read_meta"),
     "analyze.efficiency": ("stage_efficiency",),
