@@ -70,22 +70,22 @@ class _Sqlite:
         except Exception as e:  # adbc raises its own DatabaseError / OperationalError types
             raise TraceError(f"{path} cannot be read as SQLite ({_reason(e)}): the file is truncated or corrupt; "
                              "copy it again or re-export it with `nsys export --type sqlite`") from None
-        self.tables = {_table_key(n[0]): n[0] for n in names}
+        self.tables = {n[0] for n in names}
         self._columns: dict[str, dict[str, str]] = {}
 
     def table(self, name: str) -> str | None:
         """The real name of a table (also accepts a `_Vn` suffixed variant), or None."""
         if name in self.tables:
-            return self.tables[name]
+            return name
         versions = sorted((k for k in self.tables if re.fullmatch(re.escape(name) + r"_V\d+", k)),
                           key=lambda k: int(k.rsplit("_V", 1)[1]))
-        return self.tables[versions[-1]] if versions else None
+        return versions[-1] if versions else None
 
     def columns(self, table: str) -> dict[str, "Column"]:
-        """lower-case column name -> Column(real name, declared type, NOT NULL)."""
+        """lower-case column name -> Column(real name, declared type)."""
         if table not in self._columns:
             rows = self.rows(f"PRAGMA table_info('{table}')")
-            self._columns[table] = {r[1].lower(): Column(r[1], (r[2] or "").upper(), bool(r[3])) for r in rows}
+            self._columns[table] = {r[1].lower(): Column(r[1], (r[2] or "").upper()) for r in rows}
         return self._columns[table]
 
     def into(self, db, sql: str, target: str | None = None, insert: str | None = None):
@@ -171,14 +171,9 @@ def _chunks(handle):
         yield pa.Table.from_batches(batches, schema=reader.schema)
 
 
-def _table_key(name: str) -> str:
-    return name
-
-
 class Column(NamedTuple):
     name: str
     declared: str
-    not_null: bool
 
 
 def _reason(e: BaseException) -> str:
