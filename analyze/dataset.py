@@ -29,6 +29,7 @@ from pathlib import Path
 import click
 import polars as pl
 
+from analyze.cli import no_cache_option
 from analyze.errors import TraceError
 from dsocr import stages
 
@@ -247,7 +248,7 @@ def format_stats(stats: DatasetStats) -> str:
 @click.command("dataset", short_help="Per-page stage statistics over request ranges.")
 @click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+@no_cache_option
 def dataset_command(trace_path: Path, as_json: bool, no_cache: bool) -> None:
     """Per-page and overall stage statistics over the `request` ranges of TRACE (pages x repeats)."""
     from analyze.load import open_trace

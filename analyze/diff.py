@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 import polars as pl
 
+from analyze.cli import no_cache_option
 from analyze.errors import TraceError
 from dsocr import stages
 
@@ -260,7 +261,7 @@ def format_diff(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--top", default=TOP_KERNELS, show_default=True, help="How many changed kernels to list.")
 @click.option("--force", is_flag=True, help="Diff even when the traces ran different models.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the traces.")
+@no_cache_option
 def diff_command(trace_a: Path, trace_b: Path, as_json: bool, top: int, force: bool, no_cache: bool) -> None:
     """What changed from trace A to trace B: per-stage time, kernels, FLOPs, MFU; kernels that moved most."""
     a = side_of(trace_a, f"A ({trace_a.name})", cache=not no_cache)

@@ -31,9 +31,12 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from analyze.errors import TraceError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MEMSET_NAME_ID = -1000                 # synthetic `strings` ids for memcpy/memset names
 MEMCPY_NAME_BASE = -100                # -100 - copyKind

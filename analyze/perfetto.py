@@ -28,7 +28,8 @@ from typing import Iterator
 
 import click
 
-from analyze.errors import TraceError
+from analyze.cli import no_cache_option
+from analyze.errors import check_output_file
 
 GPU_PID_BASE = 1 << 30  # above any OS pid (Linux caps pids at 2**22)
 BATCH = 10_000
@@ -180,16 +181,13 @@ def default_output(trace_path: Path) -> Path:
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Output file (default: TRACE's name + .perfetto.json beside it; .gz compresses).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+@no_cache_option
 def export_perfetto_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
     """Write TRACE as Chrome-trace JSON for ui.perfetto.dev: ranges on CPU threads, kernels per GPU stream."""
     from analyze.load import open_trace
 
     trace = open_trace(trace_path, cache=not no_cache)
     out = out or default_output(trace_path)
-    if out.exists() and not force:
-        raise TraceError(f"{out} exists: pass --force to overwrite it, or -o another file")
-    if not out.parent.is_dir():
-        raise TraceError(f"folder {out.parent} does not exist: create it or pass -o elsewhere")
+    check_output_file(out, force, "-o")
     count = write_chrome_trace(trace, out, progress=sys.stderr.isatty())
     click.echo(f"wrote {out} ({count:,} events); open it at https://ui.perfetto.dev")

@@ -57,6 +57,7 @@ from pathlib import Path
 import click
 import polars as pl
 
+from analyze.cli import no_cache_option
 from analyze.errors import TraceError
 from dsocr import stages
 
@@ -776,7 +777,7 @@ def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None,
 @click.option("--force", is_flag=True, help="Overwrite report files already in the folder.")
 @click.option("--peak-tflops", type=float, default=None, help="Override the GPU's dense peak TFLOP/s.")
 @click.option("--peak-gbs", type=float, default=None, help="Override the GPU's peak memory bandwidth in GB/s.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+@no_cache_option
 def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs, no_cache: bool) -> None:
     """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
     from analyze.load import open_trace

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from analyze.errors import TraceError
 
 I32, I64, STR = pa.int32(), pa.int64(), pa.string()
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import click
 
-from analyze.errors import TraceError
+from analyze.cli import no_cache_option
+from analyze.errors import TraceError, check_output_file
 
 RANGE_INSTANCES_SQL = """
 -- one row per range instance with the kernel time launched inside it (inclusive)
@@ -133,17 +134,14 @@ def write_analysis_db(trace, out: Path) -> dict[str, int]:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output database (default: NAME.analysis.sqlite beside TRACE).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output database.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the analysis cache beside the trace.")
+@no_cache_option
 def writeback_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
     """Save the stage and kernel tables of TRACE as NAME.analysis.sqlite (for sqlite3 / Datasette)."""
     from analyze.load import open_trace
 
     trace = open_trace(trace_path, cache=not no_cache)
     out = out or default_output(trace_path)
-    if out.exists() and not force:
-        raise TraceError(f"{out} exists: pass --force to overwrite it, or --out another file")
-    if not out.parent.is_dir():
-        raise TraceError(f"folder {out.parent} does not exist: create it or pass --out elsewhere")
+    check_output_file(out, force, "--out")
     if sys.stderr.isatty():
         click.echo("writeback: building tables...", err=True)
     counts = write_analysis_db(trace, out)
