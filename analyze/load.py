@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analyze.errors import TraceError
+from dsocr.stages import DOMAIN as MANIFEST_DOMAIN
+from dsocr.stages import MANIFEST_SCHEMA
 
 CACHE_FORMAT = 3  # bump whenever the tables or their meaning change
 CACHE_SUFFIX = ".dsocr-cache.duckdb"
 SQLITE_HEADER = b"SQLite format 3\x00"
 GZIP_MAGIC = b"\x1f\x8b"
-MANIFEST_DOMAIN = "dsocr"
-MANIFEST_SCHEMA = "dsocr-manifest/1"
 MEMORY_LIMIT = "3GB"
 
 HINT = "give an nsys SQLite export (`nsys export --type sqlite`) or a PyTorch profiler trace (.json / .json.gz)"

@@ -49,8 +49,6 @@ MEMCPY_KINDS = {
     13: "Unified Device-to-Device",
 }
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
 
 class _Sqlite:
     """A read-only ADBC connection to one export, with the table/column catalogue."""
