@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helper import run_analyze as run
 
-from analyze import cli
 from analyze.load import CACHE_SUFFIX, open_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,16 +24,6 @@ TINY = SHARED / "fixtures/nsys/tiny-2025.3.sqlite"
 NO_KERNELS = SHARED / "traces/nsys-sqlite/nsys-2021.3.2_dynamicvit_empty_nsys_profile.sqlite"
 NO_NVTX = SHARED / "traces/nsys-sqlite/nsys-2023.2.3_cutlass_benchmark_report1.sqlite"
 GRAPH_MODE = SHARED / "traces/nsys-sqlite/nsys-2025.5.2_flameox_graph_trace_fixture.sqlite"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        cli.main(list(map(str, args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
