@@ -415,7 +415,7 @@ def _views(db) -> None:
 
 def name_tables(db, categories: bool = True) -> None:
     """api_names (API names without the `_vNNNN` suffix) and name_categories (category per kernel name
-    id and kind, from analyze.categories over the distinct names)."""
+    id and kind, from dsocr_perf.analyze.categories over the distinct names)."""
     _script(db, r"""
         CREATE OR REPLACE TABLE api_names AS
         SELECT s.id, regexp_replace(s.value, '_v\d+$', '') AS api_name
@@ -434,7 +434,7 @@ def name_tables(db, categories: bool = True) -> None:
 
 def _categorizer():
     try:
-        from analyze.categories import categorize
+        from dsocr_perf.analyze.categories import categorize
     except ImportError:  # analyze.categories missing: every kernel is 'other'
         return lambda name, kind="kernel": "other"
     return categorize

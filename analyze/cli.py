@@ -19,18 +19,18 @@ from pathlib import Path
 
 import click
 
-from analyze.errors import TraceError
-from analyze.load import STAGE_COLUMNS
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.load import STAGE_COLUMNS
 
 DEFAULT_COMMAND = "stages"
 
 # name -> "module:attribute" of a click command, loaded on first use (modules owned by others).
 PLUGIN_COMMANDS = {
-    "dataset": "analyze.dataset:dataset_command",
-    "diff": "analyze.diff:diff_command",
-    "export-perfetto": "analyze.perfetto:export_perfetto_command",
-    "writeback": "analyze.writeback:writeback_command",
-    "report": "analyze.report:report_command",
+    "dataset": "dsocr_perf.analyze.dataset:dataset_command",
+    "diff": "dsocr_perf.analyze.diff:diff_command",
+    "export-perfetto": "dsocr_perf.analyze.perfetto:export_perfetto_command",
+    "writeback": "dsocr_perf.analyze.writeback:writeback_command",
+    "report": "dsocr_perf.analyze.report:report_command",
 }
 
 
@@ -82,7 +82,7 @@ no_cache_option = click.option("--no-cache", is_flag=True,
 
 
 def _open(path: Path, no_cache: bool):
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     trace = open_trace(path, cache=not no_cache)
     for warning in trace.warnings:
@@ -98,7 +98,7 @@ def _open(path: Path, no_cache: bool):
 def stage_rows(trace, which: str = "stages") -> list[dict]:
     """Per range name rows of the `stages` view: the reported stages when present (matched by bare
     name in any domain), else the top-level ranges; `which='all'` gives every range name."""
-    from dsocr.stages import REPORTED_STAGES
+    from dsocr_perf.dsocr.stages import REPORTED_STAGES
 
     rows = [dict(row) for row in trace.stage_facts().stages]
     if which == "all":
@@ -114,7 +114,7 @@ def stage_rows(trace, which: str = "stages") -> list[dict]:
 
 
 def extra_stage_columns(trace, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Hook for more per-stage columns (FLOP/s, MFU, MBU from analyze.metrics): headers and one list
+    """Hook for more per-stage columns (FLOP/s, MFU, MBU from dsocr_perf.analyze.metrics): headers and one list
     of cell strings per row. The lead joins analyze.metrics here; empty until then."""
     return [], [[] for _ in rows]
 
@@ -126,7 +126,7 @@ def _trace_summary(trace) -> str:
     gpus = sorted({name for _, name, _, _ in facts.gpus if name is not None})
     source = trace.source + (f" {version}" if version else "")
     gpu = f", {', '.join(gpus)}" if gpus else ""
-    from analyze.table import ms, pct
+    from dsocr_perf.analyze.table import ms, pct
 
     return (f"{trace.path} ({source}{gpu})\n"
             f"GPU kernel time {ms(total)} ms in {kernels:,} kernels; {pct(attributed, total) or '0%'} inside ranges")
@@ -151,7 +151,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
                    force: bool, no_cache: bool):
     """Per-stage GPU time of TRACE (the default command), with FLOPs, MFU and MBU when the trace
     carries a dsocr manifest."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     # Without a cache, load only what the stage table needs (no kernel names; no cache is written);
     # the kernel table shown when there are no NVTX ranges needs the names: then the trace is read
@@ -167,7 +167,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
         for warning in trace.warnings:
             click.echo(f"Warning: {warning}", err=True)
     rows = stage_rows(trace, which)
-    from analyze.efficiency import efficiency_table, stage_efficiency
+    from dsocr_perf.analyze.efficiency import efficiency_table, stage_efficiency
 
     try:
         metric_rows, extras = stage_efficiency(trace, rows, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
@@ -175,7 +175,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
     except ValueError as e:
         raise TraceError(str(e)) from None
     if roofline_stem is not None:
-        from analyze.roofline import plot_roofline
+        from dsocr_perf.analyze.roofline import plot_roofline
 
         written = plot_roofline(metric_rows, extras["gpu"], roofline_stem, title=str(trace_path), force=force)
         click.echo(f"wrote {', '.join(map(str, written))}", err=True)
@@ -204,7 +204,7 @@ def stages_command(trace_path: Path, which: str, as_json: bool, peak_tflops: flo
 
 
 def _stage_table(trace, rows: list[dict]) -> str:
-    from analyze.table import ms, pct, render
+    from dsocr_perf.analyze.table import ms, pct, render
 
     total = trace.stage_facts().kernel_ns
     headers = ["range", "n", "GPU ms", "GPU %", "excl ms", "excl %", "busy ms", "span ms", "CPU ms", "kernels",
@@ -225,7 +225,7 @@ def _stage_table(trace, rows: list[dict]) -> str:
 # kernels
 
 def _kernel_table(trace, range_name: str | None, top: int, as_rows: bool = False):
-    from analyze.table import ms, pct, render
+    from dsocr_perf.analyze.table import ms, pct, render
 
     con = trace.con
     if range_name is None:
@@ -311,7 +311,7 @@ def _register_decode_model(trace) -> None:
     Built on demand: it needs polars and the FLOP model, which other queries do not."""
     if trace.manifest is None:
         raise TraceError(f"{trace.path} carries no dsocr manifest, so there is no decode_model view")
-    from analyze.metrics import decode_model_frame
+    from dsocr_perf.analyze.metrics import decode_model_frame
 
     trace.con.register("decode_model", decode_model_frame(trace.manifest).to_arrow())
 
@@ -328,7 +328,7 @@ def _print_rows(columns, rows, as_csv: bool, as_json: bool) -> None:
         writer.writerow(columns)
         writer.writerows(rows)
     else:
-        from analyze.table import render
+        from dsocr_perf.analyze.table import render
 
         click.echo(render(columns, [list(r) for r in rows], max_width=80))
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import click
 import polars as pl
 
-from analyze.cli import no_cache_option
-from analyze.errors import TraceError
-from dsocr import stages
+from dsocr_perf.analyze.cli import no_cache_option
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.dsocr import stages
 
 STAGE_ORDER = [stages.PREPROCESS, stages.PREFILL, stages.SAM, stages.CLIP, stages.PROJECTOR,
                stages.LLM_PREFILL, stages.DECODE, stages.DECODE_STEP]
@@ -94,7 +94,7 @@ class DatasetStats:
 
 def find_manifest(trace) -> dict | None:
     """The trace's manifest, else a dsocr manifest saved as NAME.json beside the trace file."""
-    from analyze.sidecar import sidecar_manifest
+    from dsocr_perf.analyze.sidecar import sidecar_manifest
 
     return getattr(trace, "manifest", None) or sidecar_manifest(Path(trace.path))
 
@@ -214,7 +214,7 @@ def _pct(x) -> str:
 
 def format_stats(stats: DatasetStats) -> str:
     """The overall and per-page tables as plain text (ms, or µs when every mean is below a millisecond)."""
-    from analyze.report import _plural
+    from dsocr_perf.analyze.report import _plural
 
     t = stats.throughput
     pages = stats.requests["page"].n_unique()
@@ -251,7 +251,7 @@ def format_stats(stats: DatasetStats) -> str:
 @no_cache_option
 def dataset_command(trace_path: Path, as_json: bool, no_cache: bool) -> None:
     """Per-page and overall stage statistics over the `request` ranges of TRACE (pages x repeats)."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     trace = open_trace(trace_path, cache=not no_cache)
     stats = dataset_stats(trace)

@@ -26,9 +26,9 @@ from pathlib import Path
 import click
 import polars as pl
 
-from analyze.cli import no_cache_option
-from analyze.errors import TraceError
-from dsocr import stages
+from dsocr_perf.analyze.cli import no_cache_option
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.dsocr import stages
 
 SIGMAS = 2.0
 TOP_KERNELS = 10
@@ -76,10 +76,10 @@ def check_same_model(a: Side, b: Side) -> str | None:
 
 
 def _stage_metrics(trace, table: pl.DataFrame, manifest: dict | None) -> dict[str, dict]:
-    """name -> {flops, mfu (percent)} from analyze.metrics; empty without a manifest."""
+    """name -> {flops, mfu (percent)} from dsocr_perf.analyze.metrics; empty without a manifest."""
     if manifest is None:
         return {}
-    from analyze.metrics import stage_metrics
+    from dsocr_perf.analyze.metrics import stage_metrics
 
     rows, _ = stage_metrics(table, manifest, _gpu_name(trace))
     return {r["name"]: {"flops": r.get("flops"), "mfu": r.get("mfu")} for r in rows}
@@ -94,9 +94,9 @@ def _gpu_name(trace) -> str | None:
 
 
 def side_of(path: Path, label: str, cache: bool = True) -> Side:
-    from analyze.attribution import range_table
-    from analyze.dataset import dataset_stats, find_manifest
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.attribution import range_table
+    from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
+    from dsocr_perf.analyze.load import open_trace
 
     trace = open_trace(path, cache=cache)
     manifest = find_manifest(trace)
@@ -139,7 +139,7 @@ def _delta(a, b):
 
 def _shown_stages(sa: dict, sb: dict, limit: int = 20) -> list[str]:
     """The DeepSeek-OCR stages in pipeline order when present, else the `limit` busiest range names."""
-    from analyze.dataset import STAGE_ORDER
+    from dsocr_perf.analyze.dataset import STAGE_ORDER
     keys = set(sa) | set(sb)
     known = [k for k in STAGE_ORDER if k in keys]
     if known:
@@ -226,7 +226,7 @@ def _unit(values) -> tuple[str, float]:
 
 
 def format_diff(result: dict) -> str:
-    from analyze.report import _plural
+    from dsocr_perf.analyze.report import _plural
 
     lines = [f"A: {result['a']['trace']} ({_plural(result['a']['requests'], 'request range')})",
              f"B: {result['b']['trace']} ({_plural(result['b']['requests'], 'request range')})",

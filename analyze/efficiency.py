@@ -15,7 +15,7 @@ def gpu_facts(trace) -> tuple[str | None, float | None, int | None]:
 
 def stage_efficiency(trace, rows: list[dict], *, peak_tflops=None, peak_gbs=None, policy=None):
     """(metric rows in the order of `rows`, extras) from `analyze.metrics.stage_metrics`."""
-    from analyze.metrics import stage_metrics
+    from dsocr_perf.analyze.metrics import stage_metrics
 
     name, bandwidth, memory = gpu_facts(trace)
     return stage_metrics(rows, trace.manifest, name, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
@@ -23,7 +23,7 @@ def stage_efficiency(trace, rows: list[dict], *, peak_tflops=None, peak_gbs=None
 
 
 def efficiency_table(metric_rows: list[dict], extras: dict) -> str:
-    from analyze.table import render
+    from dsocr_perf.analyze.table import render
 
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from analyze.errors import TraceError
+from dsocr_perf.analyze.errors import TraceError
 
 GPU_OP_KINDS = {"kernel": "kernel", "gpu_memcpy": "memcpy", "memcpy": "memcpy",
                 "gpu_memset": "memset", "memset": "memset"}
@@ -286,7 +286,7 @@ def _gpus(properties, ops):
 
 
 def _manifest_json(path: Path) -> str | None:
-    from analyze.sidecar import sidecar_manifest
+    from dsocr_perf.analyze.sidecar import sidecar_manifest
 
     manifest = sidecar_manifest(path)
     return None if manifest is None else json.dumps(manifest)

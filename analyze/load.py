@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyze.errors import TraceError
-from dsocr.stages import DOMAIN as MANIFEST_DOMAIN
-from dsocr.stages import MANIFEST_SCHEMA
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.dsocr.stages import DOMAIN as MANIFEST_DOMAIN
+from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
 
 CACHE_FORMAT = 3  # bump whenever the tables or their meaning change
 CACHE_SUFFIX = ".dsocr-cache.duckdb"
@@ -150,7 +150,7 @@ def open_trace(path, *, cache: bool = True, lean: bool = False, engine: str = "a
 def _open_swept(path: Path, kind: str) -> Trace | None:
     """The stage table by analyze.sweep, or None when the trace needs the DuckDB engine. DuckDB is
     not even imported unless something asks for `trace.con`."""
-    from analyze import sweep
+    from dsocr_perf.analyze import sweep
 
     sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
     try:
@@ -288,11 +288,11 @@ def _trace(db, path: Path, cache_file: Path | None) -> Trace:
 
 def _build(db, path: Path, kind: str, cache: bool, lean: bool = False) -> None:
     """Load the trace's base tables into `db`, derive the canonical views, record warnings in meta."""
-    from analyze import attribution
+    from dsocr_perf.analyze import attribution
 
     warnings: list[str] = []
     if kind in ("sqlite", "sqlite.gz"):
-        from analyze.nsys import load_nsys
+        from dsocr_perf.analyze.nsys import load_nsys
 
         sqlite_path = _gunzipped(path) if kind == "sqlite.gz" else path
         try:
@@ -337,11 +337,11 @@ def _gunzipped(path: Path) -> Path:
 
 def _load_kineto(db, path: Path, warnings: list[str]) -> None:
     try:
-        from analyze.kineto import load_kineto
+        from dsocr_perf.analyze.kineto import load_kineto
     except ImportError:
         raise TraceError(f"{path} is a JSON trace, and reading PyTorch profiler traces is not available yet; "
                          "give an nsys SQLite export") from None
-    from analyze import schema
+    from dsocr_perf.analyze import schema
 
     try:
         tables = load_kineto(path)

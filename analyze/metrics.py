@@ -23,12 +23,12 @@ intensity is at or above the GPU's ridge point (peak FLOP/s / peak B/s), else 'm
 """
 from __future__ import annotations
 
-from dsocr import flops as model
-from dsocr import stages
-from dsocr.config import ModelConfig
-from dsocr.workload import Workload
+from dsocr_perf.dsocr import flops as model
+from dsocr_perf.dsocr import stages
+from dsocr_perf.dsocr.config import ModelConfig
+from dsocr_perf.dsocr.workload import Workload
 
-from analyze.peaks import Peaks, resolve_peaks
+from dsocr_perf.analyze.peaks import Peaks, resolve_peaks
 
 MODEL_STAGES = (stages.PREFILL, stages.DECODE)     # the model-level sum: disjoint, vision inside prefill
 

@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from analyze.errors import TraceError
+from dsocr_perf.analyze.errors import TraceError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -387,7 +387,7 @@ def _load_launches(db, sq: _Sqlite) -> None:
 
 def _load_nvtx(db, sq: _Sqlite) -> None:
     """base_ranges and base_marks (analyze.nvtx)."""
-    from analyze.nvtx import read_nvtx
+    from dsocr_perf.analyze.nvtx import read_nvtx
 
     store_nvtx(db, read_nvtx(sq))
 
@@ -410,7 +410,7 @@ def read_gpus(sq: _Sqlite) -> "pa.Table":
     """One row per device of TARGET_INFO_GPU (the table repeats a device per context)."""
     import pyarrow as pa
 
-    from analyze.schema import BASE_TABLES
+    from dsocr_perf.analyze.schema import BASE_TABLES
 
     schema = pa.schema(BASE_TABLES["gpus"])
     gpu = sq.table("TARGET_INFO_GPU")

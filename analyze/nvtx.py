@@ -41,7 +41,7 @@ class Nvtx:
 def read_nvtx(sq, payloads: bool = True) -> Nvtx:
     """`sq`: an analyze.nsys._Sqlite. payloads=False leaves `payload` NULL (the stage table does
     not show it; reading it costs ~30% more)."""
-    from analyze.nsys import _col, read_arrow
+    from dsocr_perf.analyze.nsys import _col, read_arrow
 
     table = sq.table("NVTX_EVENTS")
     if table is None:

@@ -28,8 +28,8 @@ from typing import Iterator
 
 import click
 
-from analyze.cli import no_cache_option
-from analyze.errors import check_output_file
+from dsocr_perf.analyze.cli import no_cache_option
+from dsocr_perf.analyze.errors import check_output_file
 
 GPU_PID_BASE = 1 << 30  # above any OS pid (Linux caps pids at 2**22)
 BATCH = 10_000
@@ -184,7 +184,7 @@ def default_output(trace_path: Path) -> Path:
 @no_cache_option
 def export_perfetto_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
     """Write TRACE as Chrome-trace JSON for ui.perfetto.dev: ranges on CPU threads, kernels per GPU stream."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     trace = open_trace(trace_path, cache=not no_cache)
     out = out or default_output(trace_path)

@@ -57,9 +57,9 @@ from pathlib import Path
 import click
 import polars as pl
 
-from analyze.cli import no_cache_option
-from analyze.errors import TraceError
-from dsocr import stages
+from dsocr_perf.analyze.cli import no_cache_option
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.dsocr import stages
 
 REPORT_SCHEMA = "dsocr-report/1"
 FILES = ("report.md", "report.html", "stakeholder_summary.md", "metrics.json", "env.json", "inputs.yaml",
@@ -131,8 +131,8 @@ def _stage_names(table: pl.DataFrame, con) -> tuple[list[str], set[str]]:
 
 
 def _metrics(trace, table: pl.DataFrame, manifest, gpu_name, peak_tflops, peak_gbs, warnings) -> tuple[dict, dict | None, dict]:
-    """(name -> metric dict, model-level dict, peaks dict) from analyze.metrics (mfu/mbu in percent)."""
-    from analyze.metrics import stage_metrics
+    """(name -> metric dict, model-level dict, peaks dict) from dsocr_perf.analyze.metrics (mfu/mbu in percent)."""
+    from dsocr_perf.analyze.metrics import stage_metrics
 
     bandwidth = trace.con.execute("SELECT any_value(memory_bandwidth_Bps) FROM gpus").fetchone()[0]
     try:
@@ -355,8 +355,8 @@ def _opportunity_text(o: dict) -> str:
 
 def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | None = None) -> dict:
     """Every number of the report, as the metrics.json object."""
-    from analyze.attribution import range_table
-    from analyze.dataset import dataset_stats, find_manifest
+    from dsocr_perf.analyze.attribution import range_table
+    from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
 
     con = trace.con
     warnings = list(getattr(trace, "warnings", []) or [])
@@ -422,7 +422,7 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
 
 
 def _request_spans(con) -> pl.DataFrame:
-    from analyze.dataset import REQUEST_RANGES_SQL
+    from dsocr_perf.analyze.dataset import REQUEST_RANGES_SQL
     rows = con.execute(REQUEST_RANGES_SQL).fetchall()
     out = []
     for order, (_, _, start, end, payload) in enumerate(rows):
@@ -739,8 +739,8 @@ def inputs(data: dict, options: dict, manifest: dict | None) -> dict:
 def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None, peak_gbs=None,
                  progress: bool = False) -> dict:
     """Write every report file into out_dir; returns the metrics.json object."""
-    from analyze.dataset import find_manifest
-    from analyze.report_html import render_html
+    from dsocr_perf.analyze.dataset import find_manifest
+    from dsocr_perf.analyze.report_html import render_html
 
     out_dir = Path(out_dir)
     existing = [f for f in FILES if (out_dir / f).exists()]
@@ -780,7 +780,7 @@ def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None,
 @no_cache_option
 def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs, no_cache: bool) -> None:
     """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     if out_dir is None:
         name = trace_path.name

@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
+from dsocr_perf.analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
 
 CSS = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
@@ -154,7 +154,7 @@ def plot_pages(data: dict) -> str | None:
 
 def plot_roofline(data: dict, trace=None) -> str | None:
     """The roofline of analyze.roofline (one point per stage), embedded as SVG, when the stages have FLOPs."""
-    from analyze.roofline import plot_roofline as draw, roofline_points
+    from dsocr_perf.analyze.roofline import plot_roofline as draw, roofline_points
 
     rows = [r for r in data["stages"] if r["stage"] != "request"]
     if not roofline_points(rows):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analyze.errors import TraceError
+from dsocr_perf.analyze.errors import TraceError
 
 FORMATS = ("png", "svg")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dsocr.stages import MANIFEST_SCHEMA
+from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
 
 TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json", ".sqlite.gz", ".sqlite", ".json.gz", ".json")
 

@@ -54,7 +54,7 @@ class Readers:
             thread.start()
 
     def _read(self, key, reader, path):
-        from analyze import nsys
+        from dsocr_perf.analyze import nsys
 
         try:
             own = nsys._Sqlite(path)
@@ -89,8 +89,8 @@ class SmallTables:
 
 def read_small_tables(path: Path) -> SmallTables:
     """Read in the caller's thread while Readers read the big tables (no DuckDB involved)."""
-    from analyze import nsys
-    from analyze.nvtx import read_nvtx
+    from dsocr_perf.analyze import nsys
+    from dsocr_perf.analyze.nvtx import read_nvtx
 
     sq = nsys._Sqlite(path)
     try:
@@ -128,7 +128,7 @@ def sweep(readers: Readers, small: SmallTables) -> Swept:
 
 def stage_facts(swept: Swept):
     """What the stage table prints (analyze.load.StageFacts), straight from the arrays."""
-    from analyze.load import STAGE_COLUMNS, StageFacts
+    from dsocr_perf.analyze.load import STAGE_COLUMNS, StageFacts
 
     rows = stage_rows(swept.stats)
     stages = [dict(zip(STAGE_COLUMNS + ("depth",), values))
@@ -155,7 +155,7 @@ def store(db, swept: Swept) -> None:
     (op_id) and `stages`. The big ones are Arrow tables registered, not copied."""
     import pyarrow as pa
 
-    from analyze import nsys
+    from dsocr_perf.analyze import nsys
 
     small = swept.small
     nsys.store_nvtx(db, small.nvtx, copy=False)
@@ -192,7 +192,7 @@ def _int_columns(holder: list, names) -> list[np.ndarray]:
 def _read_ops(sq) -> dict[str, np.ndarray]:
     """KERNEL + MEMCPY + MEMSET columns; graphNodeId (costly to read: ~40% more) only when the
     export has a graph-launch API name, the only way GPU ops get graph nodes."""
-    from analyze.nsys import _col, read_arrow
+    from dsocr_perf.analyze.nsys import _col, read_arrow
 
     strings = sq.table("StringIds")
     graphs = strings is not None and sq.rows(f"""SELECT count(*) FROM "{strings}"
@@ -224,7 +224,7 @@ def _read_ops(sq) -> dict[str, np.ndarray]:
 
 
 def _read_calls(sq) -> dict[str, np.ndarray]:
-    from analyze.nsys import _col, read_arrow
+    from dsocr_perf.analyze.nsys import _col, read_arrow
 
     runtime = sq.table("CUPTI_ACTIVITY_KIND_RUNTIME")
     names = ("correlationId", "globalTid", "start", "end")

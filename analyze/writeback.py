@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from analyze.cli import no_cache_option
-from analyze.errors import TraceError, check_output_file
+from dsocr_perf.analyze.cli import no_cache_option
+from dsocr_perf.analyze.errors import TraceError, check_output_file
 
 RANGE_INSTANCES_SQL = """
 -- one row per range instance with the kernel time launched inside it (inclusive)
@@ -79,8 +79,8 @@ def _dicts(con, sql: str) -> list[dict]:
 
 def analysis_tables(trace) -> dict[str, list[dict]]:
     """Every table of the analysis database as a list of rows."""
-    from analyze.attribution import range_table
-    from analyze.dataset import dataset_stats
+    from dsocr_perf.analyze.attribution import range_table
+    from dsocr_perf.analyze.dataset import dataset_stats
 
     con = trace.con
     tables = {
@@ -137,7 +137,7 @@ def write_analysis_db(trace, out: Path) -> dict[str, int]:
 @no_cache_option
 def writeback_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
     """Save the stage and kernel tables of TRACE as NAME.analysis.sqlite (for sqlite3 / Datasette)."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     trace = open_trace(trace_path, cache=not no_cache)
     out = out or default_output(trace_path)

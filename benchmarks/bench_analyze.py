@@ -87,7 +87,7 @@ def dsocr_analyze() -> list[str]:
     if exe and CODE_DIR is None:
         return [exe]
     path = f"sys.path.insert(0, {CODE_DIR!r}); " if CODE_DIR else ""
-    return [sys.executable, "-c", f"import sys; {path}from analyze.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", f"import sys; {path}from dsocr_perf.analyze.cli import main; sys.exit(main())"]
 
 
 def drop_cache(trace: Path) -> None:
@@ -212,11 +212,11 @@ def fmt_mb(x) -> str:
 
 # Functions of the cold path timed by --profile: module -> names (a wrapper logs each call's start and end).
 PROFILED = {
-    "analyze.load": ("_open_swept",),
-    "analyze.sweep": ("_read_ops", "_read_calls", "read_small_tables", "sweep", "attribute", "stage_facts"),
-    "analyze.nvtx": ("read_nvtx",),
-    "analyze.nsys": ("read_gpus", "read_meta"),
-    "analyze.efficiency": ("stage_efficiency",),
+    "dsocr_perf.analyze.load": ("_open_swept",),
+    "dsocr_perf.analyze.sweep": ("_read_ops", "_read_calls", "read_small_tables", "sweep", "attribute", "stage_facts"),
+    "dsocr_perf.analyze.nvtx": ("read_nvtx",),
+    "dsocr_perf.analyze.nsys": ("read_gpus", "read_meta"),
+    "dsocr_perf.analyze.efficiency": ("stage_efficiency",),
 }
 
 
@@ -235,7 +235,7 @@ def rss_mb():
         return int(f.read().split()[1]) * 4096 / 2**20
 def log(what):
     sys.stderr.write(f"{{time.perf_counter() - T0:.3f}}\t{{threading.current_thread().name}}\t{{what}}\t{{rss_mb():.0f}}\\n")
-import analyze.cli
+import dsocr_perf.analyze.cli
 log("imports done")
 def wrap(module, name):
     inner = getattr(module, name)

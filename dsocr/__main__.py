@@ -1,3 +1,3 @@
-from dsocr.cli import main
+from dsocr_perf.dsocr.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`python -m dsocr run IMAGE ...` (one page, text + stage timings + output files) and `python -m dsocr shapes`."""
+"""`dsocr run IMAGE ...` (one page, text + stage timings + output files) and `dsocr shapes`."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +7,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from dsocr.errors import DsocrError
-from dsocr.workload import MAX_TILES_HF, MODES
+from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.workload import MAX_TILES_HF, MODES
 
 DEFAULT_WEIGHTS = Path("models/deepseek-ocr")
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "deepseek-ocr"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsocr", description="DeepSeek-OCR v1, segmented into NVTX stages")
+    p = argparse.ArgumentParser(prog="dsocr", description="DeepSeek-OCR v1, segmented into NVTX stages")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="OCR one image: print the text and per-stage host times, write outputs")
@@ -66,8 +66,8 @@ def check_out(out: Path, force: bool) -> None:
 def cmd_run(args) -> int:
     import torch
 
-    from dsocr.output import write_outputs
-    from dsocr.session import DEFAULT_PROMPT, Session
+    from dsocr_perf.dsocr.output import write_outputs
+    from dsocr_perf.dsocr.session import DEFAULT_PROMPT, Session
 
     if args.max_new_tokens < 1:
         raise DsocrError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -101,8 +101,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    from dsocr.config import load_preset
-    from dsocr.weights import meta_model, shape_table
+    from dsocr_perf.dsocr.config import load_preset
+    from dsocr_perf.dsocr.weights import meta_model, shape_table
 
     table = shape_table(meta_model(load_preset(args.preset)))
     lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in table.items()]   # one key per line
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except DsocrError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:   # e.g. `python -m dsocr shapes | head`
+    except BrokenPipeError:   # e.g. `dsocr shapes | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:

@@ -93,7 +93,7 @@ PRESETS = ("official", "tiny")
 
 
 def preset_path(name: str) -> Path:
-    return Path(str(resources.files("models") / "presets" / f"{name}.json"))
+    return Path(str(resources.files("dsocr_perf.models") / "presets" / f"{name}.json"))
 
 
 def load_preset(name: str) -> ModelConfig:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dsocr.config import DecoderConfig
+from dsocr_perf.dsocr.config import DecoderConfig
 
 
 class RMSNorm(nn.Module):

@@ -51,9 +51,9 @@ import math
 from dataclasses import dataclass, fields
 from enum import Enum
 
-from dsocr import stages
-from dsocr.config import ClipConfig, DecoderConfig, ModelConfig, ProjectorConfig, SamConfig
-from dsocr.workload import DOWNSAMPLE, View, Workload
+from dsocr_perf.dsocr import stages
+from dsocr_perf.dsocr.config import ClipConfig, DecoderConfig, ModelConfig, ProjectorConfig, SamConfig
+from dsocr_perf.dsocr.workload import DOWNSAMPLE, View, Workload
 
 
 class AttentionPolicy(str, Enum):

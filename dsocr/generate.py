@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from dsocr.stages import DECODE, DECODE_STEP, stage
+from dsocr_perf.dsocr.stages import DECODE, DECODE_STEP, stage
 
 NO_REPEAT_NGRAM_SIZE = 20   # HF `infer` default of the vendor code
 

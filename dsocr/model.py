@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dsocr.config import ModelConfig
-from dsocr.decoder import Decoder, KVCache
-from dsocr.errors import DsocrError
-from dsocr.stages import CLIP, LLM_PREFILL, PROJECTOR, SAM, stage
-from dsocr.vision import ClipEncoder, Projector, SamEncoder, fuse
+from dsocr_perf.dsocr.config import ModelConfig
+from dsocr_perf.dsocr.decoder import Decoder, KVCache
+from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.stages import CLIP, LLM_PREFILL, PROJECTOR, SAM, stage
+from dsocr_perf.dsocr.vision import ClipEncoder, Projector, SamEncoder, fuse
 
 
 class OCRModel(Decoder):

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from dsocr.config import ModelConfig, load_preset
-from dsocr.errors import DsocrError
-from dsocr.generate import NO_REPEAT_NGRAM_SIZE, greedy_decode
-from dsocr.model import DeepseekOCR
-from dsocr.output import clean_text
-from dsocr.preprocess import ImageError, load_image, prepare
-from dsocr.stages import DECODE, PREFILL, PREPROCESS, stage
-from dsocr.tokenizer import Tokenizer, load_tokenizer
-from dsocr.weights import load_model, random_model
-from dsocr.workload import MAX_TILES_HF, Workload
+from dsocr_perf.dsocr.config import ModelConfig, load_preset
+from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.generate import NO_REPEAT_NGRAM_SIZE, greedy_decode
+from dsocr_perf.dsocr.model import DeepseekOCR
+from dsocr_perf.dsocr.output import clean_text
+from dsocr_perf.dsocr.preprocess import ImageError, load_image, prepare
+from dsocr_perf.dsocr.stages import DECODE, PREFILL, PREPROCESS, stage
+from dsocr_perf.dsocr.tokenizer import Tokenizer, load_tokenizer
+from dsocr_perf.dsocr.weights import load_model, random_model
+from dsocr_perf.dsocr.workload import MAX_TILES_HF, Workload
 
 DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 

@@ -14,7 +14,7 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from dsocr.errors import DsocrError
+from dsocr_perf.dsocr.errors import DsocrError
 
 BOS_ID = 0
 EOS_ID = 1

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsocr.config import ClipConfig, ProjectorConfig, SamConfig
+from dsocr_perf.dsocr.config import ClipConfig, ProjectorConfig, SamConfig
 
 SAM_LN_EPS = 1e-6
 CLIP_LN_EPS = 1e-5

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsocr.config import ModelConfig
-from dsocr.errors import DsocrError
-from dsocr.model import DeepseekOCR
+from dsocr_perf.dsocr.config import ModelConfig
+from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.model import DeepseekOCR
 
 DEFAULT_WEIGHTS_DIR = Path("models/deepseek-ocr")
 INIT_STD = 0.02          # initializer_range of the decoder config; used for every matrix here

@@ -1,6 +1,6 @@
 """The session process that runs under a profiler (started by launch.cli, never by hand).
 
-    python -m launch.child --phase nsys|torch --spec SPEC.json
+    python -m dsocr_perf.launch.child --phase nsys|torch --spec SPEC.json
 
 Both phases: load the model, run warm-up pages (one per tile grid, outside any capture), then the measured
 requests, each inside a `request` range (payload = request index), pages in order and each page's
@@ -33,7 +33,7 @@ def measured_requests(spec: dict, repeats: int) -> list[dict]:
 
 
 def run_requests(session, spec: dict, requests: list[dict]) -> list[dict]:
-    from dsocr.stages import REQUEST, stage
+    from dsocr_perf.dsocr.stages import REQUEST, stage
 
     done = []
     for req in requests:
@@ -47,7 +47,7 @@ def run_requests(session, spec: dict, requests: list[dict]) -> list[dict]:
 def warmup_requests(spec: dict) -> list[dict]:
     """One page per distinct view layout (tile grid): new shapes inside the capture would time cuBLAS
     heuristics and allocator growth, not the model."""
-    from dsocr.workload import workload_shapes
+    from dsocr_perf.dsocr.workload import workload_shapes
 
     seen, warm = set(), []
     for req in measured_requests(spec, 1):
@@ -72,18 +72,18 @@ def capture_info(spec: dict, phase: str, requests: list[dict], repeats: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.child")
+    ap = argparse.ArgumentParser(prog="python -m dsocr_perf.launch.child")
     ap.add_argument("--phase", choices=["nsys", "torch"], required=True)
     ap.add_argument("--spec", required=True)
     args = ap.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text())
 
     import torch
-    from dsocr.errors import DsocrError
-    from dsocr.session import Session
-    from dsocr.stages import mark
-    from launch import torch_pass
-    from launch.manifest import build_manifest, environment
+    from dsocr_perf.dsocr.errors import DsocrError
+    from dsocr_perf.dsocr.session import Session
+    from dsocr_perf.dsocr.stages import mark
+    from dsocr_perf.launch import torch_pass
+    from dsocr_perf.launch.manifest import build_manifest, environment
 
     phase = args.phase
     if phase == "torch":

@@ -25,21 +25,20 @@ import threading
 import time
 from pathlib import Path
 
-from launch import command
-from launch.errors import LaunchError
-from launch.images import resolve_pages
-from launch.manifest import host_summary
-from launch.nsys import find_nsys, import_qdstrm, last_lines
+from dsocr_perf.launch import command
+from dsocr_perf.launch.errors import LaunchError
+from dsocr_perf.launch.images import resolve_pages
+from dsocr_perf.launch.manifest import host_summary
+from dsocr_perf.launch.nsys import find_nsys, import_qdstrm, last_lines
 
 DEFAULT_IMAGE = str(Path(__file__).resolve().parent / "assets" / "sample_page.png")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Output kinds: suffix after NAME.
 SUFFIXES = {"report": ".nsys-rep", "sqlite": ".sqlite", "manifest": ".json", "torch_trace": ".pt.trace.json.gz",
             "ops": ".ops.md"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from dsocr.workload import MODES
+    from dsocr_perf.dsocr.workload import MODES
 
     ap = argparse.ArgumentParser(
         prog="dsocr-trace",
@@ -177,7 +176,6 @@ def glob_escape(text: str) -> str:
 def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -284,12 +282,12 @@ def torch_profiler_pass(outputs: Outputs, progress: Progress) -> None:
 
 
 def analysis(sqlite: Path, progress: Progress) -> int:
-    if importlib.util.find_spec("duckdb") is None or importlib.util.find_spec("analyze.cli") is None:
+    if importlib.util.find_spec("duckdb") is None or importlib.util.find_spec("dsocr_perf.analyze.cli") is None:
         progress.line("analysis skipped: the analysis side (duckdb, analyze.cli) is not installed here; "
                       f"copy {sqlite} to a machine with `pip install dsocr-perf` and run dsocr-analyze on it")
         return 0
     with progress.phase("analysis (dsocr-analyze)"):
-        code, tail, _ = stream([sys.executable, "-m", "analyze.cli", str(sqlite)], prefix="")
+        code, tail, _ = stream([sys.executable, "-m", "dsocr_perf.analyze.cli", str(sqlite)], prefix="")
     if code != 0:
         progress.line(f"analysis failed (exit {code}); the capture itself is complete")
     return code

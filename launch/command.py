@@ -21,8 +21,8 @@ NSYS_PROFILE_OPTIONS = (
 
 
 def child_command(phase: str, spec_path: Path, python: str | None = None) -> list[str]:
-    """The session process: `python -m launch.child --phase nsys|torch --spec SPEC.json`."""
-    return [python or sys.executable, "-m", "launch.child", "--phase", phase, "--spec", str(spec_path)]
+    """The session process: `python -m dsocr_perf.launch.child --phase nsys|torch --spec SPEC.json`."""
+    return [python or sys.executable, "-m", "dsocr_perf.launch.child", "--phase", phase, "--spec", str(spec_path)]
 
 
 def nsys_profile_command(nsys: Path, report: Path, app: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.errors import LaunchError
+from dsocr_perf.launch.errors import LaunchError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
 
@@ -62,7 +62,7 @@ def sha256(path: Path) -> str:
 
 def check_image(path: Path) -> PageImage:
     """Open the image the way the session will (dsocr.preprocess.load_image); LaunchError if unusable."""
-    from dsocr.preprocess import ImageError, load_image
+    from dsocr_perf.dsocr.preprocess import ImageError, load_image
 
     if not path.is_file():
         raise LaunchError(f"{path}: no such image file")

@@ -1,6 +1,6 @@
 """Render the bundled sample page: an A4-like document (headings, paragraphs, a table).
 
-    python -m launch.make_sample_page [OUT.png]      (default launch/assets/sample_page.png)
+    python -m dsocr_perf.launch.make_sample_page [OUT.png]      (default launch/assets/sample_page.png)
 
 1654 x 2339 pixels (A4 at 200 dpi) is portrait 0.707: Gundam mode picks a 2x3 tile grid for it
 (903 image tokens, docs/deepseek-ocr-v1.md section 4). Text uses Pillow's built-in font so the

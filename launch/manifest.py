@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 
-from dsocr.stages import MANIFEST_SCHEMA
+from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
 
 TOP_LEVEL_KEYS = ("schema", "workload", "pages", "model", "environment", "capture")
 ENVIRONMENT_KEYS = ("gpu_name", "sm_count", "sm_clock_mhz", "mem_clock_mhz", "driver", "cuda", "torch",
@@ -30,7 +30,7 @@ def page_workload(result) -> dict:
 def attention_implementation(device_type: str) -> str:
     """The attention kernels the session asks for (dsocr/decoder.py, dsocr/vision.py)."""
     try:
-        from dsocr.decoder import DECODER_SDPA_BACKENDS
+        from dsocr_perf.dsocr.decoder import DECODER_SDPA_BACKENDS
         backends = "/".join(b.name.lower() for b in DECODER_SDPA_BACKENDS)
     except ImportError:
         backends = "default"

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.errors import LaunchError
+from dsocr_perf.launch.errors import LaunchError
 
 SEARCHED = ("--nsys", "$NSYS", "PATH", "/usr/local/cuda*/bin", "/opt/nvidia/nsight-systems/*/bin",
             "/opt/nvidia/nsight-compute/*/host/target-linux-x64")

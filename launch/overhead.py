@@ -1,6 +1,6 @@
 """Overhead of the stage ranges: the same page with ranges on and off, outside any profiler.
 
-    python -m launch.overhead [IMAGE] [--runs 5] [--max-new-tokens 64] [--preset official|tiny] ...
+    python -m dsocr_perf.launch.overhead [IMAGE] [--runs 5] [--max-new-tokens 64] [--preset official|tiny] ...
 
 One model, one warm-up page, then pairs of runs in alternating order (on/off, off/on, ...) so that
 drift (clocks, temperature) hits both sides alike; the garbage collector is run between pages and
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from launch.cli import DEFAULT_IMAGE
-from launch.errors import LaunchError
+from dsocr_perf.launch.cli import DEFAULT_IMAGE
+from dsocr_perf.launch.errors import LaunchError
 
 
 def time_page(session, image: str, args) -> float:
@@ -63,7 +63,7 @@ def ranges_per_page(session, image: str, args) -> int:
 
 def range_cost_s(repeat: int = 20000) -> float:
     """Seconds one `stage()` enter + exit costs with ranges on, minus the same with ranges off."""
-    from dsocr import stages
+    from dsocr_perf.dsocr import stages
 
     cost = {}
     for side in (True, False):
@@ -78,7 +78,7 @@ def range_cost_s(repeat: int = 20000) -> float:
 
 
 def measure(session, image: str, args) -> dict:
-    from dsocr import stages
+    from dsocr_perf.dsocr import stages
 
     times = {"on": [], "off": []}
     time_page(session, image, args)   # warm-up (ranges on)
@@ -98,7 +98,7 @@ def measure(session, image: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.overhead", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m dsocr_perf.launch.overhead", description=__doc__.splitlines()[0])
     ap.add_argument("image", nargs="?", default=DEFAULT_IMAGE)
     ap.add_argument("--runs", type=int, default=5, help="runs per side (default 5)")
     ap.add_argument("--mode", default="gundam")
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--runs must be at least 1")
     try:
         import torch
-        from dsocr.errors import DsocrError
-        from dsocr.session import Session
-        from launch.images import check_image
+        from dsocr_perf.dsocr.errors import DsocrError
+        from dsocr_perf.dsocr.session import Session
+        from dsocr_perf.launch.images import check_image
 
         page = check_image(Path(args.image))
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsocr import stages
+from dsocr_perf.dsocr import stages
 
 STAGE_NAMES = {stages.REQUEST, stages.PREPROCESS, stages.PREFILL, stages.SAM, stages.CLIP, stages.PROJECTOR,
                stages.LLM_PREFILL, stages.DECODE, stages.DECODE_STEP}

@@ -1,5 +1,5 @@
 """Run `dsocr-analyze` in-process as a user would, for the CLI tests."""
-from analyze.cli import main
+from dsocr_perf.analyze.cli import main
 
 
 def run_analyze(capsys, *args) -> tuple[int, str, str]:

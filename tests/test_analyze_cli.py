@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cli_helper import run_analyze as run
 
-from analyze.load import CACHE_SUFFIX, open_trace
+from dsocr_perf.analyze.load import CACHE_SUFFIX, open_trace
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "traces/examples/nvtx-features-2025.3.sqlite"

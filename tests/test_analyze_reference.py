@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from analyze.load import open_trace
+from dsocr_perf.analyze.load import open_trace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces/examples"

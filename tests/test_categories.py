@@ -6,7 +6,7 @@ import sqlite3
 import duckdb
 import pytest
 
-from analyze.categories import (CATEGORIES, CATEGORY_PATTERNS, categorize, category_case_sql, category_table_sql,
+from dsocr_perf.analyze.categories import (CATEGORIES, CATEGORY_PATTERNS, categorize, category_case_sql, category_table_sql,
                                  create_category_table)
 
 NSYS_FILES = [

@@ -7,8 +7,8 @@ fused: gate_up_proj (E, 2I, H) = [gate; up] per expert, down_proj (E, H, I).
 import pytest
 import torch
 
-from dsocr.config import load_preset
-from dsocr.weights import random_model
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.weights import random_model
 
 transformers = pytest.importorskip("transformers")
 uocr = pytest.importorskip("transformers.models.unlimited_ocr.modeling_unlimited_ocr")
@@ -83,7 +83,7 @@ def test_no_repeat_ngram_matches_transformers_processor():
     """Our incremental ban list equals transformers' NoRepeatNGramLogitsProcessor at every step."""
     from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-    from dsocr.generate import NoRepeatNGram
+    from dsocr_perf.dsocr.generate import NoRepeatNGram
 
     gen = torch.Generator().manual_seed(0)
     vocab = 6

@@ -20,8 +20,8 @@ import torch
 transformers = pytest.importorskip("transformers", minversion="5.23")
 from safetensors.torch import save_file  # noqa: E402
 
-from dsocr.config import load_preset  # noqa: E402
-from dsocr.vision import ClipEncoder, Projector, SamEncoder, fuse  # noqa: E402
+from dsocr_perf.dsocr.config import load_preset  # noqa: E402
+from dsocr_perf.dsocr.vision import ClipEncoder, Projector, SamEncoder, fuse  # noqa: E402
 
 PREFIXES = ("model.sam_model.", "model.vision_model.", "model.projector.")
 TOL = dict(atol=1e-5, rtol=1e-5)

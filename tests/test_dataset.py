@@ -10,9 +10,9 @@ import statistics
 
 import pytest
 
-from analyze.attribution import range_table
-from analyze.dataset import dataset_stats, find_manifest
-from analyze.load import open_trace
+from dsocr_perf.analyze.attribution import range_table
+from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
+from dsocr_perf.analyze.load import open_trace
 from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"

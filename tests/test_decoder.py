@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsocr.config import load_preset
-from dsocr.decoder import MoE, RMSNorm, apply_rope, rope_tables, tokens_per_expert
-from dsocr.weights import meta_model, random_model
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.decoder import MoE, RMSNorm, apply_rope, rope_tables, tokens_per_expert
+from dsocr_perf.dsocr.weights import meta_model, random_model
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def _scripted(tokens, vocab=8):
 
 
 def test_greedy_decode_stops_at_eos_unless_ignored():
-    from dsocr.generate import greedy_decode
+    from dsocr_perf.dsocr.generate import greedy_decode
 
     first, step = _scripted([5, 6, 1, 7])
     g = greedy_decode(step, first, prompt_ids=[0, 3, 3], max_new_tokens=10, eos_id=1, no_repeat_ngram_size=0)
@@ -120,7 +120,7 @@ def test_greedy_decode_stops_at_eos_unless_ignored():
 
 
 def test_greedy_decode_bans_repeated_ngrams():
-    from dsocr.generate import greedy_decode
+    from dsocr_perf.dsocr.generate import greedy_decode
 
     # the model wants "4 4 4 ..." forever; with n = 2 the bigram (4, 4) may appear once, then 4 after 4 is
     # banned and the runner-up (all logits 0 -> the lowest id, 0) is taken; after that 0, the prompt's

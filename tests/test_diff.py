@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from analyze.diff import compare, side_of
+from dsocr_perf.analyze.diff import compare, side_of
 from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
@@ -108,8 +108,8 @@ def test_missing_trace(tmp_path, capsys):
 
 def _with_official_manifest(source, folder, name, steps):
     """Copy a repeats capture with a DeepSeek-OCR manifest beside it (one gundam page workload, `steps` tokens)."""
-    from dsocr.config import load_preset
-    from dsocr.workload import workload_shapes
+    from dsocr_perf.dsocr.config import load_preset
+    from dsocr_perf.dsocr.workload import workload_shapes
 
     trace = folder / f"{name}.pt.trace.json.gz"
     shutil.copy(source, trace)
@@ -125,11 +125,11 @@ def _with_official_manifest(source, folder, name, steps):
 
 
 def test_flops_and_mfu_deltas(tmp_path):
-    """With manifests, FLOPs per request come from analyze.metrics: the same page workload gives the same
+    """With manifests, FLOPs per request come from dsocr_perf.analyze.metrics: the same page workload gives the same
     sam FLOPs; 12 instead of 8 decode steps add exactly the 4 extra steps' FLOPs."""
-    from analyze.attribution import range_table
-    from analyze.load import open_trace
-    from analyze.metrics import stage_metrics
+    from dsocr_perf.analyze.attribution import range_table
+    from dsocr_perf.analyze.load import open_trace
+    from dsocr_perf.analyze.metrics import stage_metrics
 
     a_path, a_manifest = _with_official_manifest(A, tmp_path, "a", 8)
     b_path, b_manifest = _with_official_manifest(B, tmp_path, "b", 12)

@@ -1,10 +1,10 @@
 """The analytic FLOP/byte model reproduces the worked numbers of docs/deepseek-ocr-v1.md §1-2, §9."""
 import pytest
 
-from dsocr import flops, stages
-from dsocr.config import load_preset
-from dsocr.flops import AttentionPolicy
-from dsocr.workload import View, workload_shapes
+from dsocr_perf.dsocr import flops, stages
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.flops import AttentionPolicy
+from dsocr_perf.dsocr.workload import View, workload_shapes
 
 OFFICIAL = load_preset("official")
 DEC = OFFICIAL.decoder

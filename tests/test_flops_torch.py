@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dsocr import flops, stages  # noqa: E402
-from dsocr.config import load_preset  # noqa: E402
-from dsocr.flops import AttentionPolicy  # noqa: E402
-from dsocr.workload import workload_shapes  # noqa: E402
+from dsocr_perf.dsocr import flops, stages  # noqa: E402
+from dsocr_perf.dsocr.config import load_preset  # noqa: E402
+from dsocr_perf.dsocr.flops import AttentionPolicy  # noqa: E402
+from dsocr_perf.dsocr.workload import workload_shapes  # noqa: E402
 
 TEXT_IDS = [201, 128820, 21842, 270, 4940, 304, 2121, 7919, 16]   # "\n<|grounding|>Convert the document to markdown."
 TOLERANCE = 0.005
@@ -35,7 +35,7 @@ DECODE_KV_LENGTHS = (284, 914, 4096)
 
 @pytest.fixture(scope="module")
 def official():
-    from dsocr.model import DeepseekOCR
+    from dsocr_perf.dsocr.model import DeepseekOCR
     with torch.device("meta"):
         model = DeepseekOCR(load_preset("official")).eval()
     return model
@@ -112,7 +112,7 @@ def test_meta_sdpa_counts_causal_attention_as_the_full_square():
 
 def test_tiny_preset_gundam_matches_too():
     """Other widths and depths (the CPU test preset): the formulas are not tuned to the official numbers."""
-    from dsocr.model import DeepseekOCR
+    from dsocr_perf.dsocr.model import DeepseekOCR
     cfg = load_preset("tiny")
     with torch.device("meta"):
         model = DeepseekOCR(cfg).eval()
@@ -134,7 +134,7 @@ def test_fvcore_second_opinion_on_clip():
     """fvcore (jit trace; 1 multiply-add = 1 flop) counts CLIP's linears like we do; it skips SDPA and adds
     5 flops per element for each LayerNorm, so compare its `linear` count with ours minus the attention core."""
     fvcore = pytest.importorskip("fvcore.nn")
-    from dsocr.vision import ClipEncoder
+    from dsocr_perf.dsocr.vision import ClipEncoder
     cfg = load_preset("official").clip
     with torch.device("meta"):
         clip = ClipEncoder(cfg).eval()

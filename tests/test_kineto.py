@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from analyze import schema
-from analyze.errors import TraceError
-from analyze.kineto import _ns, load_kineto
+from dsocr_perf.analyze import schema
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.kineto import _ns, load_kineto
 
 REPO = Path(__file__).resolve().parents[1]
 KINETO = "traces/kineto/"
@@ -156,7 +156,7 @@ def test_projection_matches_gpu_user_annotation(shared, where, rel, spans):
     (4 kernels). analyze.kineto takes such a last, zero-length range as open until the trace's last
     CPU event (and says so in a warning); with end = start it would contain no launch and that
     span would be missing here."""
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     path = (shared if where == "shared" else REPO) / rel
     trace = open_trace(path, cache=False)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dsocr.stages import MANIFEST_SCHEMA
-from launch import cli
-from launch.command import NSYS_PROFILE_OPTIONS
-from launch.manifest import check_manifest
-from launch.make_sample_page import HEIGHT, WIDTH
+from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
+from dsocr_perf.launch import cli
+from dsocr_perf.launch.command import NSYS_PROFILE_OPTIONS
+from dsocr_perf.launch.manifest import check_manifest
+from dsocr_perf.launch.make_sample_page import HEIGHT, WIDTH
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "launch/assets/sample_page.png"
@@ -72,7 +72,7 @@ def nsys_bin(tmp_path_factory):
 def trace(args, nsys_bin, mode="ok", sqlite=None, cwd=REPO):
     env = {"PATH": "/usr/bin:/bin", "FAKE_NSYS_MODE": mode, "HOME": str(Path.home()),
            "FAKE_NSYS_SQLITE": str(sqlite or "/nonexistent")}
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args, "--nsys", str(nsys_bin)],
+    return subprocess.run([sys.executable, "-m", "dsocr_perf.launch.cli", *args, "--nsys", str(nsys_bin)],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -227,7 +227,7 @@ def test_bad_images(tmp_path, nsys_bin, capsys):
 
 
 def test_folder_and_list_inputs(tmp_path):
-    from launch.images import list_images
+    from dsocr_perf.launch.images import list_images
     folder = tmp_path / "pages"
     folder.mkdir()
     for name in ("b.png", "a.jpg", "notes.txt"):
@@ -259,7 +259,7 @@ def test_sigterm_keeps_the_partial_capture(tmp_path, nsys_bin):
     import signal
     import time
     env = {"PATH": "/usr/bin:/bin", "FAKE_NSYS_MODE": "hang"}
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", str(SAMPLE), "--name", "h", "--out-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "dsocr_perf.launch.cli", str(SAMPLE), "--name", "h", "--out-dir",
                              str(tmp_path), "--device", "cpu", "--nsys", str(nsys_bin)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.time() + 60
@@ -273,7 +273,7 @@ def test_sigterm_keeps_the_partial_capture(tmp_path, nsys_bin):
 
 
 def test_warmup_takes_one_page_per_tile_grid():
-    from launch.child import warmup_requests
+    from dsocr_perf.launch.child import warmup_requests
     pages = [{"path": "a", "width": 1654, "height": 2339}, {"path": "b", "width": 1700, "height": 2400},
              {"path": "c", "width": 1920, "height": 1080}, {"path": "d", "width": 600, "height": 600}]
     spec = {"pages": pages, "mode": "gundam", "max_tiles": 9}
@@ -283,7 +283,7 @@ def test_warmup_takes_one_page_per_tile_grid():
 
 
 def test_host_summary_by_hand():
-    from launch.manifest import host_summary
+    from dsocr_perf.launch.manifest import host_summary
     pages = [{"request": i, "page": 0, "repeat": i, "workload": {"generated_tokens": 100},
               "host_times_s": {"prefill": 0.5, "decode": total - 0.5, "total": total}}
              for i, total in enumerate([2.0, 3.0])]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.errors import LaunchError
-from launch.nsys import find_nsys
+from dsocr_perf.launch.errors import LaunchError
+from dsocr_perf.launch.nsys import find_nsys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def test_tiny_capture_on_the_gpu(tmp_path):
         find_nsys()
     except LaunchError:
         pytest.skip("nsys not found")
-    run = subprocess.run([sys.executable, "-m", "launch.cli", "--preset", "tiny", "--mode", "base",
+    run = subprocess.run([sys.executable, "-m", "dsocr_perf.launch.cli", "--preset", "tiny", "--mode", "base",
                           "--max-new-tokens", "4", "--repeats", "2", "--torch-max-new-tokens", "2",
                           "--name", "g", "--out-dir", str(tmp_path), "--no-analyze"],
                          capture_output=True, text=True, cwd=REPO, timeout=900)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from launch import command
-from launch.errors import LaunchError
-from launch.nsys import (find_importer, find_nsys, how_to_provide, import_qdstrm, missing_libraries)
+from dsocr_perf.launch import command
+from dsocr_perf.launch.errors import LaunchError
+from dsocr_perf.launch.nsys import (find_importer, find_nsys, how_to_provide, import_qdstrm, missing_libraries)
 
 # `ldd QdstrmImporter` on the GPU machine (Nsight Compute 2025.3.1 bundle, docs/gpu-machine.md), abridged.
 LDD_SAMPLE = """\
@@ -87,7 +87,7 @@ def test_profile_command_line():
     assert cmd == ["/opt/nsys", "profile", "--trace=cuda,nvtx", "--cuda-graph-trace=node",
                    "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "--sample=none",
                    "--cpuctxsw=none", "--force-overwrite=true", "--output=traces/.run.tmp.nsys-rep",
-                   "/usr/bin/python3", "-m", "launch.child", "--phase", "nsys", "--spec",
+                   "/usr/bin/python3", "-m", "dsocr_perf.launch.child", "--phase", "nsys", "--spec",
                    "traces/.run.tmp.spec.json"]
     # The application starts at the first argument without a leading dash.
     first_app = next(i for i, a in enumerate(cmd[2:], 2) if not a.startswith("-"))

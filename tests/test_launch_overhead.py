@@ -2,8 +2,8 @@
 import json
 import statistics
 
-from dsocr import stages
-from launch import overhead
+from dsocr_perf.dsocr import stages
+from dsocr_perf.launch import overhead
 
 
 def test_overhead_runs_alternate_and_the_ratio_is_the_median_quotient(tmp_path, capsys, monkeypatch):

@@ -2,8 +2,8 @@
 
 from PIL import Image, ImageChops, ImageStat
 
-from dsocr.workload import workload_shapes
-from launch.make_sample_page import DEFAULT_OUT, render
+from dsocr_perf.dsocr.workload import workload_shapes
+from dsocr_perf.launch.make_sample_page import DEFAULT_OUT, render
 
 
 def test_sample_page_shape_and_size():

@@ -1,9 +1,9 @@
 """The operator table of the PyTorch profiler pass: ops charged to their innermost stage, summed by hand."""
 import torch
 
-from dsocr import stages
-from launch import torch_pass
-from launch.torch_pass import OpEvent, StageRow, aggregate, collect, markdown
+from dsocr_perf.dsocr import stages
+from dsocr_perf.launch import torch_pass
+from dsocr_perf.launch.torch_pass import OpEvent, StageRow, aggregate, collect, markdown
 
 
 def test_aggregate_sums_per_stage_and_overall():

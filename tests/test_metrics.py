@@ -5,11 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analyze import metrics
-from analyze.peaks import resolve_peaks
-from dsocr import flops
-from dsocr.config import load_preset
-from dsocr.workload import workload_shapes
+from dsocr_perf.analyze import metrics
+from dsocr_perf.analyze.peaks import resolve_peaks
+from dsocr_perf.dsocr import flops
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.workload import workload_shapes
 
 H100 = "NVIDIA H100 80GB HBM3"
 OFFICIAL = load_preset("official")
@@ -158,8 +158,8 @@ def test_decode_model_rows_of_the_manifest():
 
 
 def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
-    from analyze.errors import TraceError
-    from analyze.roofline import plot_roofline
+    from dsocr_perf.analyze.errors import TraceError
+    from dsocr_perf.analyze.roofline import plot_roofline
     rows, extras = metrics.stage_metrics(ranges(), manifest(), H100)
     paths = plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
     assert [p.name for p in paths] == ["roofline.png", "roofline.svg"]

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from dsocr.config import load_preset
-from dsocr.weights import meta_model, random_model, shape_table
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.weights import meta_model, random_model, shape_table
 
 
 def test_official_state_dict_equals_the_checkpoint_table(shared):
@@ -59,7 +59,7 @@ def test_untiled_page_has_no_local_block(tiny):
 
 @torch.no_grad()
 def test_prefill_writes_image_embeddings_into_the_placeholder_positions(tiny):
-    from dsocr.errors import DsocrError
+    from dsocr_perf.dsocr.errors import DsocrError
 
     ids = [0, 128815, 128815, 201, 16]
     image = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 
-from analyze import nsys
-from analyze.nvtx import read_nvtx
+from dsocr_perf.analyze import nsys
+from dsocr_perf.analyze.nvtx import read_nvtx
 
 REPO = Path(__file__).resolve().parents[1]
 P1, P2 = 100 << 24, 200 << 24          # globalPid of two processes (pid 100 and pid 200)

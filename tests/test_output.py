@@ -1,7 +1,7 @@
 """Grounding markup -> pixel boxes, result.mmd, overlay and crops (docs §6)."""
 from PIL import Image
 
-from dsocr.output import Region, clean_text, parse_regions, to_markdown, write_outputs
+from dsocr_perf.dsocr.output import Region, clean_text, parse_regions, to_markdown, write_outputs
 
 SAMPLE = (
     "<|ref|>title<|/ref|><|det|>[[330, 198, 558, 230]]<|/det|>\n# R&D QUALITY\n\n"

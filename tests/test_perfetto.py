@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from analyze.load import open_trace
-from analyze.perfetto import GPU_PID_BASE, write_chrome_trace
+from dsocr_perf.analyze.load import open_trace
+from dsocr_perf.analyze.perfetto import GPU_PID_BASE, write_chrome_trace
 from cli_helper import run_analyze as run
 
 

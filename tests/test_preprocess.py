@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsocr.preprocess import MAX_PIXELS, ImageError, load_image, prepare
+from dsocr_perf.dsocr.preprocess import MAX_PIXELS, ImageError, load_image, prepare
 
 GREY = (127 / 255 - 0.5) / 0.5   # the padding colour after normalisation: -0.0039216
 

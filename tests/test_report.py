@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from analyze.attribution import range_table
-from analyze.errors import TraceError
-from analyze.load import open_trace
-from analyze.report import FILES, build_report, to_yaml, write_report
+from dsocr_perf.analyze.attribution import range_table
+from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.load import open_trace
+from dsocr_perf.analyze.report import FILES, build_report, to_yaml, write_report
 from cli_helper import run_analyze as run
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
@@ -100,9 +100,9 @@ def test_repeats_and_metrics_from_a_manifest(tmp_path):
     """The repeats capture with a DeepSeek-OCR manifest beside it: dataset section, FLOPs/MFU columns
     equal analyze.metrics', and a roofline in the HTML. (The capture's matmuls are not the real model,
     so the MFU values are meaningless here and the report says so in a warning.)"""
-    from dsocr.config import load_preset
-    from dsocr.workload import workload_shapes
-    from analyze.metrics import stage_metrics
+    from dsocr_perf.dsocr.config import load_preset
+    from dsocr_perf.dsocr.workload import workload_shapes
+    from dsocr_perf.analyze.metrics import stage_metrics
 
     trace_path = tmp_path / "run.pt.trace.json.gz"
     shutil.copy(DATA / "repeats-a.pt.trace.json.gz", trace_path)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dsocr.cli import PACKAGE_WEIGHTS, check_out, main
-from dsocr.errors import DsocrError
-from dsocr.session import DEFAULT_PROMPT, PageResult, Session
+from dsocr_perf.dsocr.cli import PACKAGE_WEIGHTS, check_out, main
+from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.session import DEFAULT_PROMPT, PageResult, Session
 
 
 @pytest.fixture(scope="module")

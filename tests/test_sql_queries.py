@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dsocr.stages import REPORTED_STAGES
+from dsocr_perf.dsocr.stages import REPORTED_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO / "sql"
@@ -20,7 +20,7 @@ STAGES_IN_FIXTURE = ["prefill", "decode", "sam", "clip", "projector"]  # in file
 
 @pytest.fixture(scope="module")
 def con():
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.load import open_trace
 
     path = EXAMPLE if EXAMPLE.exists() else REPO.parent / "shared/fixtures/nsys/nvtx-features-2025.3.sqlite"
     return open_trace(path, cache=False).con
@@ -172,7 +172,7 @@ def test_top_kernels(con, shared):
 
 def test_cli_runs_a_file(capsys):
     """The way the header says to run them: dsocr-analyze sql TRACE -f sql/FILE.sql --csv."""
-    from analyze.cli import main
+    from dsocr_perf.analyze.cli import main
 
     path = EXAMPLE if EXAMPLE.exists() else REPO.parent / "shared/fixtures/nsys/nvtx-features-2025.3.sqlite"
     main(["sql", str(path), "-f", str(SQL_DIR / "kernels_per_stage.sql"), "--csv", "--no-cache"])

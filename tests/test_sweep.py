@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analyze.load import _open_swept, open_trace, sniff
+from dsocr_perf.analyze.load import _open_swept, open_trace, sniff
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

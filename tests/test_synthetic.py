@@ -151,13 +151,13 @@ def test_deterministic_and_no_overwrite(synthetic, tmp_path):
         gen_synthetic.generate(KERNELS, tmp_path / "again.sqlite", seed=0)
 
 
-ANALYSIS_READY = all(importlib.util.find_spec(m) for m in ("analyze.attribution", "analyze.load"))
+ANALYSIS_READY = all(importlib.util.find_spec(m) for m in ("dsocr_perf.analyze.attribution", "dsocr_perf.analyze.load"))
 
 
 @pytest.mark.skipif(not ANALYSIS_READY, reason="analyze.attribution not written yet")
 def test_analysis_matches_truth(synthetic):
-    from analyze.attribution import range_table
-    from analyze.load import open_trace
+    from dsocr_perf.analyze.attribution import range_table
+    from dsocr_perf.analyze.load import open_trace
 
     path, truth = synthetic
     table = range_table(open_trace(path, cache=False))
@@ -168,7 +168,7 @@ def test_analysis_matches_truth(synthetic):
             assert got[name][key] == t[key], (name, key)
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("analyze.cli"), reason="analyze.cli not written yet")
+@pytest.mark.skipif(not importlib.util.find_spec("dsocr_perf.analyze.cli"), reason="analyze.cli not written yet")
 def test_cli_json_matches_truth(synthetic):
     """The command the benchmark times, parsed the way the benchmark parses it."""
     import subprocess
@@ -176,7 +176,7 @@ def test_cli_json_matches_truth(synthetic):
     import bench_analyze
 
     path, truth = synthetic
-    proc = subprocess.run([sys.executable, "-c", "import sys; from analyze.cli import main; sys.exit(main())",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from dsocr_perf.analyze.cli import main; sys.exit(main())",
                            str(path), "--json", "--ranges", "all", "--no-cache"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

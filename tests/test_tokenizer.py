@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from dsocr.tokenizer import BOS_ID, IMAGE_TOKEN_ID, load_tokenizer
-from dsocr.workload import workload_shapes
+from dsocr_perf.dsocr.tokenizer import BOS_ID, IMAGE_TOKEN_ID, load_tokenizer
+from dsocr_perf.dsocr.workload import workload_shapes
 
 MARKDOWN = "<image>\n<|grounding|>Convert the document to markdown."
 # docs §4.5: the ids after the image placeholders for the markdown prompt
@@ -38,7 +38,7 @@ def test_plain_template_strips_the_prompt(fallback):
 
 
 def test_prompt_without_exactly_one_image_is_refused(fallback):
-    from dsocr.errors import DsocrError
+    from dsocr_perf.dsocr.errors import DsocrError
 
     with pytest.raises(DsocrError, match="exactly one <image>"):
         fallback.prompt_ids("Free OCR.", 273)
@@ -56,7 +56,7 @@ def test_checkpoint_folder_tokenizer_wins_and_matches_the_shared_copy(shared, tm
 
 
 def test_environment_override(shared, tmp_path, monkeypatch):
-    from dsocr.errors import DsocrError
+    from dsocr_perf.dsocr.errors import DsocrError
 
     monkeypatch.setenv("DSOCR_TOKENIZER", str(shared / "data/deepseek-ocr/tokenizer"))
     assert load_tokenizer(None).source == str(shared / "data/deepseek-ocr/tokenizer/tokenizer.json")

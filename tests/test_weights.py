@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dsocr.config import load_preset
-from dsocr.weights import WeightsError, load_model, random_model, save_model
+from dsocr_perf.dsocr.config import load_preset
+from dsocr_perf.dsocr.weights import WeightsError, load_model, random_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Crop grids and image-token counts against docs/deepseek-ocr-v1.md §4 and §9."""
 import pytest
 
-from dsocr.workload import MAX_TILES_VLLM, select_tile_grid, workload_shapes
+from dsocr_perf.dsocr.workload import MAX_TILES_VLLM, select_tile_grid, workload_shapes
 
 
 @pytest.mark.parametrize("size, max_tiles, grid, image_tokens", [

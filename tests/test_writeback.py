@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import pytest
 
-from analyze.attribution import range_table
-from analyze.load import open_trace
-from analyze.writeback import default_output, write_analysis_db
+from dsocr_perf.analyze.attribution import range_table
+from dsocr_perf.analyze.load import open_trace
+from dsocr_perf.analyze.writeback import default_output, write_analysis_db
 from cli_helper import run_analyze as run
 
 
