@@ -348,14 +348,14 @@ def main(argv=None) -> int:
     print("| kernels | dsocr-analyze cold, median s (CPU s) | peak RSS, MB | nsys stats nvtx_kern_sum, s (CPU s) "
           "| nsys / ours (wall) | cached `sql count(*)`, s | per-range totals |")
     print("|---:|---:|---:|---:|---:|---:|---|")
-    for size, truth, ours, base, cached, same in results:
+    for _, truth, ours, base, cached, same in results:
         ratio = f"{base['wall'] / ours['wall']:.1f}x" if ours and base else "–"
         ours_s = f"{ours['wall']:.2f} ({ours['cpu']:.2f})" if ours else "–"
         base_s = f"{base['wall']:.2f} ({base['cpu']:.2f})" if base else "–"
         print(f"| {truth['kernels']:,} | {ours_s} | {fmt_mb(ours and ours['rss'])} | {base_s} | {ratio} "
               f"| {fmt_s(cached and cached['wall'])} | {'identical' if same else 'DIFFER'} |")
     print()
-    for size, truth, ours, base, cached, _ in results:
+    for size, _, ours, base, cached, _ in results:
         if size in TARGETS and ours:
             limit_s, factor, rss_limit = TARGETS[size]
             checks = [f"cold {ours['wall']:.2f} s <= {limit_s} s: {'PASS' if ours['wall'] <= limit_s else 'FAIL'}"]

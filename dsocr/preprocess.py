@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dsocr_perf.dsocr.workload import MODES, MAX_TILES_HF, PAD_COLOR, Workload, workload_shapes
+from dsocr_perf.dsocr.workload import MAX_TILES_HF, MODES, PAD_COLOR, Workload, workload_shapes
 
 # PIL refuses images above twice its MAX_IMAGE_PIXELS (decompression-bomb guard); we keep that same
 # limit even if a caller disabled PIL's check: ~179 MP, i.e. about 13,400 x 13,400.

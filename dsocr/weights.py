@@ -47,7 +47,7 @@ def init_random(model: DeepseekOCR, seed: int) -> None:
     device = model.lm_head.weight.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    for module_name, module in model.named_modules():
+    for _module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if _is_norm(module):
                 p.fill_(1.0 if name == "weight" else 0.0)

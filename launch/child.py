@@ -66,8 +66,8 @@ def synchronize(session) -> None:
 
 
 def capture_info(spec: dict, phase: str, requests: list[dict], repeats: int) -> dict:
-    return {"profiler": phase, "warmup_pages": len(warmup_requests(spec)), "measured_pages": len(spec["pages"]), "repeats": repeats,
-            "requests": len(requests), "mode": spec["mode"], "max_new_tokens": spec["max_new_tokens"],
+    return {"profiler": phase, "warmup_pages": len(warmup_requests(spec)), "measured_pages": len(spec["pages"]),
+            "repeats": repeats, "requests": len(requests), "mode": spec["mode"], "max_new_tokens": spec["max_new_tokens"],
             "ignore_eos": spec["ignore_eos"], "max_tiles": spec["max_tiles"], "name": spec.get("name")}
 
 
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args.spec).read_text())
 
     import torch
+
     from dsocr_perf.dsocr.errors import DsocrError
     from dsocr_perf.dsocr.session import Session
     from dsocr_perf.dsocr.stages import mark

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--runs must be at least 1")
     try:
         import torch
+
         from dsocr_perf.dsocr.errors import DsocrError
         from dsocr_perf.dsocr.session import Session
         from dsocr_perf.launch.images import check_image

@@ -1,3 +1,4 @@
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def private_folders(tmp_path_factory, monkeypatch):
+    """Every test writes only in its own temporary folders: the analysis cache and temporary files
+    (a decompressed export) go there, never to ~/.cache, /tmp or ../shared."""
+    base = tmp_path_factory.mktemp("private")
+    (base / "tmp").mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "xdg"))
+    monkeypatch.setenv("TMPDIR", str(base / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(base / "tmp"))
 
 
 @pytest.fixture(scope="session")

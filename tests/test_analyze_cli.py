@@ -1,7 +1,7 @@
 """dsocr-analyze end to end: the stage table, JSON, kernels, sql, the cache, gzip, bad input.
 
-Bad input must give ONE line `Error: ...` (what is wrong, what to do) and exit status 2, never a
-traceback. The CLI runs in-process through analyze.cli.main (the entry point itself)."""
+Bad input must give ONE line `Error: ...` (what is wrong, what to do) and the documented exit status
+(3 bad input, 2 usage), never a traceback. The CLI runs in-process through analyze.cli.main."""
 from __future__ import annotations
 
 import gzip
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from cli_helper import run_analyze as run
 
-from dsocr_perf.analyze.load import CACHE_SUFFIX, open_trace
+from dsocr_perf.analyze import cache
+from dsocr_perf.analyze.trace import open_trace
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "traces/examples/nvtx-features-2025.3.sqlite"
@@ -28,15 +29,15 @@ GRAPH_MODE = SHARED / "traces/nsys-sqlite/nsys-2025.5.2_flameox_graph_trace_fixt
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
-    """A private XDG cache folder, so that tests never touch ~/.cache."""
-    home = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    return home
+    """The test's private XDG cache folder (conftest sets one for every test)."""
+    import os
+
+    return Path(os.environ["XDG_CACHE_HOME"])
 
 
 @pytest.fixture
 def example(tmp_path) -> Path:
-    """A writable copy of the bundled example (the cache goes beside it)."""
+    """A writable copy of the bundled example."""
     path = tmp_path / EXAMPLE.name
     shutil.copy(EXAMPLE, path)
     path.chmod(0o644)
@@ -46,13 +47,14 @@ def example(tmp_path) -> Path:
 def test_stage_table_on_the_bundled_trace(capsys, example):
     code, out, err = run(capsys, example)
     assert code == 0, err
-    lines = out.splitlines()
-    # The reported stages in REPORTED_STAGES order, found in the dsocr domain.
-    names = [line.split()[0] for line in lines if line.startswith("dsocr:")]
-    assert names == ["dsocr:prefill", "dsocr:decode", "dsocr:sam", "dsocr:clip", "dsocr:projector"]
+    lines = out.split("\n\n")[1].splitlines()   # the attribution table
+    # The stages in pipeline order, children indented under prefill, found in the dsocr domain.
+    names = [line.split()[0] for line in lines if line.lstrip().startswith("dsocr:")]
+    assert names == ["dsocr:prefill", "dsocr:sam", "dsocr:clip", "dsocr:projector", "dsocr:decode"]
+    assert [line.startswith("  ") for line in lines if "dsocr:" in line] == [False, True, True, True, False]
     prefill = next(line for line in lines if line.startswith("dsocr:prefill")).split()
-    # n, GPU ms (107 459 ns), GPU % of 368 652 ns kernel time, excl, ..., span 105.336 ms, CPU 249.638 ms
-    assert prefill[1:4] == ["1", "0.107", "29.1%"] or prefill[1:4] == ["1", "0.107", "29.2%"]
+    # n, GPU ms (107 459 ns), GPU % of 368 652 ns kernel time, excl, ..., span 105.336 ms, wall 249.638 ms
+    assert prefill[1:4] == ["1", "0.107", "29.2%"]
     assert prefill[7:9] == ["105.336", "249.638"]
     assert "GPU kernel time 0.369 ms in 92 kernels" in out
 
@@ -74,41 +76,60 @@ def test_json_has_every_range_with_the_contract_keys(capsys, example):
         sum(r["exclusive_ns"] for r in data["ranges"]) <= 368_652
 
 
-def test_cache_is_written_beside_and_reused(capsys, example):
+def test_cache_is_written_after_the_answer_and_reused(capsys, example, cache_home):
     code, first, _ = run(capsys, "sql", example, "select count(*) from kernels")
-    cache = example.with_name(example.name + CACHE_SUFFIX)
-    assert code == 0 and cache.exists()
-    stamp = cache.stat().st_mtime_ns
+    written = cache.cache_file(example)
+    assert code == 0 and written.exists() and written.parent == cache_home / "dsocr-perf"
+    assert sorted(p.name for p in example.parent.iterdir()) == [example.name]     # nothing beside the trace
+    stamp = written.stat().st_mtime_ns
     code, second, _ = run(capsys, "sql", example, "select count(*) from kernels")
-    assert second == first and cache.stat().st_mtime_ns == stamp      # read, not rebuilt
-    os.utime(example, ns=(example.stat().st_atime_ns, example.stat().st_mtime_ns + 10**9))
-    code, third, _ = run(capsys, "sql", example, "select count(*) from kernels")
-    assert third == first and cache.stat().st_mtime_ns != stamp       # trace changed: rebuilt
+    assert second == first and written.stat().st_mtime_ns == stamp               # read, not rebuilt
+    assert isinstance(open_trace(example).tables, cache.CachedTables)
 
 
-def test_stage_table_sweeps_without_writing_a_cache_and_reads_one_when_there(capsys, tmp_path):
+def test_cache_notices_an_edit_that_keeps_size_and_timestamp(capsys, example, cache_home):
+    run(capsys, "sql", example, "select count(*) from kernels")
+    st = example.stat()
+    with sqlite3.connect(example) as db:            # one kernel 1 ns longer: same size on disk
+        db.execute('UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET "end" = "end" + 1 WHERE rowid = 1')
+    os.utime(example, ns=(st.st_atime_ns, st.st_mtime_ns))     # as `cp -p` / `rsync -t` leave it
+    assert example.stat().st_size == st.st_size and example.stat().st_mtime_ns == st.st_mtime_ns
+    assert not isinstance(open_trace(example).tables, cache.CachedTables)
+
+
+def test_a_damaged_or_foreign_cache_is_never_used(capsys, example, cache_home):
+    code, first, _ = run(capsys, "sql", example, "select count(*), sum(dur_ns) from kernels")
+    written = cache.cache_file(example)
+    written.write_bytes(written.read_bytes()[:5000])                              # truncated
+    assert not isinstance(open_trace(example).tables, cache.CachedTables)
+    code, again, _ = run(capsys, "sql", example, "select count(*), sum(dur_ns) from kernels")
+    assert code == 0 and again == first
+    written.chmod(0o666)                                                          # others may write it
+    assert not isinstance(open_trace(example).tables, cache.CachedTables)
+
+
+def test_stage_table_writes_no_cache_but_reads_one(capsys, tmp_path, cache_home):
     trace = tmp_path / TINY.name
     shutil.copy(TINY, trace)
     trace.chmod(0o644)
-    cache = trace.with_name(trace.name + CACHE_SUFFIX)
-    code, swept, _ = run(capsys, trace)
-    assert code == 0 and not cache.exists()                          # the NumPy sweep, nothing written
-    assert run(capsys, "sql", trace, "select count(*) from kernels")[1].split()[-1] == "7" and cache.exists()
-    assert open_trace(trace, lean=True).cache_path == cache
+    code, computed, _ = run(capsys, trace)
+    assert code == 0 and not cache.cache_file(trace).exists()
+    assert run(capsys, "sql", trace, "select count(*) from kernels")[1].split()[-1] == "7"
+    assert cache.cache_file(trace).exists()
     code, cached, _ = run(capsys, trace)
-    assert code == 0 and cached == swept
+    assert code == 0 and cached == computed
 
 
-def test_cache_goes_to_xdg_when_the_folder_is_read_only(cache_home):
-    # ../shared is read-only: the cache lands in $XDG_CACHE_HOME/dsocr-perf/.
+def test_read_only_trace_folder(cache_home):
+    # ../shared is read-only: the analysis only reads it, the cache is the user's.
     trace = open_trace(TINY)
-    assert trace.cache_path.parent == cache_home / "dsocr-perf"
-    assert trace.con.execute("SELECT count(*) FROM kernels").fetchone()[0] == 7
+    assert trace.sandbox("SELECT count(*) FROM kernels").execute("SELECT count(*) FROM kernels").fetchall() == [(7,)]
 
 
-def test_no_cache_writes_nothing(capsys, example):
-    code, _, _ = run(capsys, example, "--no-cache")
+def test_no_cache_writes_nothing(capsys, example, cache_home):
+    code, _, _ = run(capsys, "sql", example, "select 1", "--no-cache")
     assert code == 0 and sorted(p.name for p in example.parent.iterdir()) == [example.name]
+    assert not (cache_home / "dsocr-perf").exists()
 
 
 def test_gzipped_export(capsys, tmp_path, cache_home):
@@ -128,6 +149,14 @@ def test_kernels_command(capsys, example):
     # sam: 6 nvjet GEMMs and 6 GELU kernels (nvtx_kern_sum rows of dsocr:sam).
     assert len(rows) == 2 and rows[0].startswith("nvjet_sm90") and " gemm " in rows[0]
     assert rows[0].split()[-4] == "6"
+    # two ATen elementwise kernels that differ only in their functor get two labels
+    code, out, _ = run(capsys, "kernels", example, "--json", "--top", "50")
+    rows = json.loads(out)
+    labels = {r["label"] for r in rows if r["label"].startswith("vectorized_elementwise_kernel")}
+    assert labels == {"vectorized_elementwise_kernel [GeluCUDAKernelImpl]",
+                      "vectorized_elementwise_kernel [bfloat16_copy_kernel_cuda]",
+                      "vectorized_elementwise_kernel [FillFunctor<long>]",
+                      "vectorized_elementwise_kernel [FillFunctor<BFloat16>]"}
     code, out, _ = run(capsys, "kernels", example, "--json", "--top", "1")
     top = json.loads(out)[0]
     # cuda_gpu_kern_sum.csv: nvjet 44 instances, 242 346 ns in total.
@@ -160,16 +189,15 @@ def test_manifest_mark_is_exposed(tmp_path):
         db.execute("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
                    "VALUES (1000, NULL, 34, ?, 281482492903872, 1)", [json.dumps(manifest)])
     trace = open_trace(path, cache=False)
-    assert trace.manifest == manifest
-    assert json.loads(trace.meta["manifest"]) == manifest
+    assert trace.manifest == manifest and trace.manifest_source == "embedded"
 
 
-# --- bad input: one line, exit 2 -------------------------------------------------------------------
+# --- bad input: one line, exit 3 (2 for usage) -----------------------------------------------------
 
-def _one_error_line(capsys, *args) -> str:
+def _one_error_line(capsys, *args, status=3) -> str:
     code, out, err = run(capsys, *args)
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (code, err)
+    assert code == status and len(lines) == 1 and lines[0].startswith("Error: "), (code, err)
     assert "Traceback" not in err
     return lines[0]
 
@@ -179,7 +207,7 @@ def test_missing_path(capsys, tmp_path):
 
 
 def test_directory(capsys, tmp_path):
-    assert "is a directory" in _one_error_line(capsys, tmp_path)
+    assert "folder without nsys tables" in _one_error_line(capsys, tmp_path)
 
 
 def test_empty_file(capsys, tmp_path):
@@ -244,7 +272,7 @@ def test_sql_error_is_one_line(capsys, example):
 
 
 def test_unknown_range_for_kernels(capsys, example):
-    assert "no range named" in _one_error_line(capsys, "kernels", example, "--range", "nope")
+    assert "no range named" in _one_error_line(capsys, "kernels", example, "--range", "nope", status=2)
 
 
 def test_a_column_changing_type_mid_table_is_read_again_with_casts(tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from dsocr_perf.analyze.load import open_trace
+from dsocr_perf.analyze.trace import open_trace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces/examples"
@@ -53,7 +53,7 @@ def traces():
 
     def get(path: Path):
         if path not in opened:
-            opened[path] = open_trace(path, cache=False)
+            opened[path] = open_trace(path, cache=False).sandbox()
         return opened[path]
     return get
 
@@ -68,11 +68,11 @@ def test_every_reference_folder_is_covered():
 
 @pytest.mark.parametrize("path", REPORTED + CAPTURES, ids=[p.name.split(".sqlite")[0] for p in REPORTED + CAPTURES])
 def test_matches_nsys_stats(path: Path, traces):
-    trace = traces(path)
+    con = traces(path)
     reports = path.with_name(path.name.split(".sqlite")[0] + ".reports")
-    con = trace.con
+    query = "SELECT name, instances, inclusive_ns, kernels, span_ns, cpu_ns, launches FROM stages"
     stages = {r[0]: dict(zip(("instances", "inclusive_ns", "kernels", "span_ns", "cpu_ns", "launches"), r[1:]))
-              for r in con.execute("SELECT name, instances, inclusive_ns, kernels, span_ns, cpu_ns, launches FROM stages").fetchall()}
+              for r in con.execute(query).fetchall()}
 
     # Per kernel name: total time and instances (every file has this report).
     ref = defaultdict(lambda: [0, 0])
@@ -119,8 +119,7 @@ def test_matches_nsys_stats(path: Path, traces):
 
 def test_nvtx_features_worked_numbers(traces):
     """Hand-checkable numbers of the fixture (../shared/fixtures/nsys/nvtx-features-2025.3.reports)."""
-    trace = traces(SHARED / "fixtures/nsys/nvtx-features-2025.3.sqlite")
-    con = trace.con
+    con = traces(SHARED / "fixtures/nsys/nvtx-features-2025.3.sqlite")
     rows = {r[0]: r[1:] for r in con.execute(
         "SELECT name, inclusive_ns, exclusive_ns, busy_ns, span_ns, kernels, gpu_ops, launches FROM stages").fetchall()}
     # prefill contains sam, clip (with clip_attention) and projector: it launches nothing itself.
@@ -146,5 +145,5 @@ def test_nvtx_features_worked_numbers(traces):
     assert con.execute("""SELECT count(*), min(k.tid) FROM kernel_ranges kr JOIN kernels k USING (op_id)
                           JOIN ranges r USING (range_id) WHERE r.name = 'dsocr:worker_thread'""").fetchone() == (4, 500)
     # Decode-step payloads are the step index 0..7.
-    assert [p for (p,) in con.execute("SELECT payload FROM ranges WHERE name = 'dsocr:decode_step' ORDER BY start_ns").fetchall()] == \
-        [str(i) for i in range(8)]
+    payloads = con.execute("SELECT payload FROM ranges WHERE name = 'dsocr:decode_step' ORDER BY start_ns").fetchall()
+    assert [p for (p,) in payloads] == [str(i) for i in range(8)]

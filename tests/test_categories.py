@@ -6,8 +6,14 @@ import sqlite3
 import duckdb
 import pytest
 
-from dsocr_perf.analyze.categories import (CATEGORIES, CATEGORY_PATTERNS, categorize, category_case_sql, category_table_sql,
-                                 create_category_table)
+from dsocr_perf.analyze.metrics.categories import (
+    CATEGORIES,
+    CATEGORY_PATTERNS,
+    categorize,
+    category_case_sql,
+    category_table_sql,
+    create_category_table,
+)
 
 NSYS_FILES = [
     "fixtures/nsys/nvtx-features-2025.3.sqlite",

@@ -9,11 +9,10 @@ import math
 import statistics
 
 import pytest
-
-from dsocr_perf.analyze.attribution import range_table
-from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
-from dsocr_perf.analyze.load import open_trace
 from cli_helper import run_analyze as run
+
+from dsocr_perf.analyze.out.dataset import dataset_stats
+from dsocr_perf.analyze.trace import open_trace
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
@@ -47,7 +46,7 @@ def test_kernel_counts_per_request_are_the_workload(stats):
 
 def test_request_sums_add_up_to_the_stage_totals(repeats, stats):
     """Every stage instance lies in exactly one request: the per-request sums add up to range_table's."""
-    totals = {r["name"]: r["inclusive_ns"] for r in range_table(repeats).iter_rows(named=True)}
+    totals = {r["name"]: r["inclusive_ns"] for r in (repeats).polars("stages").iter_rows(named=True)}
     for stage in ("prefill", "sam", "clip", "projector", "llm_prefill", "decode", "decode_step"):
         assert stats.per_request.filter(stats.per_request["stage"] == stage)["gpu_ns"].sum() == totals[stage]
         row = stats.overall.filter(stats.overall["stage"] == stage).row(0, named=True)
@@ -90,7 +89,7 @@ def test_throughput(stats):
 
 
 def test_manifest_beside_the_trace(repeats):
-    manifest = find_manifest(repeats)
+    manifest = repeats.manifest
     assert manifest["schema"] == "dsocr-manifest/1" and len(manifest["pages"]) == 6
 
 
@@ -113,6 +112,6 @@ def test_cli_json_and_no_requests(shared, capsys):
     assert (doc["requests"], doc["pages"], doc["max_repeats"]) == (6, 2, 3)
     tiny = shared / "fixtures/nsys/tiny-2025.3.sqlite"
     code, out, err = run(capsys, "dataset", str(tiny), "--no-cache")
-    assert code == 2 and out == ""
+    assert code == 3 and out == ""
     assert err.splitlines() == [f"Error: {tiny} has no 'request' ranges: capture pages with dsocr-trace "
                                 "(each page and repeat is one request range) to get dataset statistics"]

@@ -20,7 +20,7 @@ def tiny():
 def test_kv_cache_decode_equals_full_recompute(tiny):
     # Scale the weights up so the logits are O(1) and differences would show.
     model = copy.deepcopy(tiny)
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if p.ndim == 2:
             p.mul_(10)
     prompt = [0, 5, 900, 77, 12, 4096, 31, 8]

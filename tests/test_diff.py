@@ -4,9 +4,10 @@ import json
 import shutil
 
 import pytest
-
-from dsocr_perf.analyze.diff import compare, side_of
 from cli_helper import run_analyze as run
+
+from dsocr_perf.analyze.out.diff import compare, side_of
+from dsocr_perf.analyze.trace import open_trace
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 A = DATA / "repeats-a.pt.trace.json.gz"
@@ -15,12 +16,12 @@ B = DATA / "repeats-b.pt.trace.json.gz"
 
 @pytest.fixture(scope="module")
 def side_a():
-    return side_of(A, "A", cache=False)
+    return side_of(open_trace(A, cache=False), "A")
 
 
 @pytest.fixture(scope="module")
 def side_b():
-    return side_of(B, "B", cache=False)
+    return side_of(open_trace(B, cache=False), "B")
 
 
 def test_diff_against_itself_is_all_zero(side_a):
@@ -61,7 +62,7 @@ def test_diff_a_to_b(side_a, side_b):
 
 def test_no_repeats_means_unknown_significance(shared):
     trace = shared / "fixtures/nsys/nvtx-features-2025.3.sqlite"
-    side = side_of(trace, "A", cache=False)
+    side = side_of(open_trace(trace, cache=False), "A")
     result = compare(side, side)
     assert result["significance"] == "fewer than 2 repeats of a page: significance unknown"
     assert all(r["significant"] is None and r["delta_ns"] == 0 for r in result["stages"])
@@ -103,7 +104,7 @@ def test_manifest_against_no_manifest_refused(shared, capsys):
 
 def test_missing_trace(tmp_path, capsys):
     code, out, err = run(capsys, "diff", str(tmp_path / "nope.sqlite"), str(A), "--no-cache")
-    assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
+    assert code == 3 and len(err.splitlines()) == 1 and "no such file" in err
 
 
 def _with_official_manifest(source, folder, name, steps):
@@ -127,18 +128,16 @@ def _with_official_manifest(source, folder, name, steps):
 def test_flops_and_mfu_deltas(tmp_path):
     """With manifests, FLOPs per request come from dsocr_perf.analyze.metrics: the same page workload gives the same
     sam FLOPs; 12 instead of 8 decode steps add exactly the 4 extra steps' FLOPs."""
-    from dsocr_perf.analyze.attribution import range_table
-    from dsocr_perf.analyze.load import open_trace
-    from dsocr_perf.analyze.metrics import stage_metrics
+    from dsocr_perf.analyze.metrics.flops import stage_metrics
 
     a_path, a_manifest = _with_official_manifest(A, tmp_path, "a", 8)
     b_path, b_manifest = _with_official_manifest(B, tmp_path, "b", 12)
-    result = compare(side_of(a_path, "A", cache=False), side_of(b_path, "B", cache=False))
+    result = compare(side_of(open_trace(a_path, cache=False), "A"), side_of(open_trace(b_path, cache=False), "B"))
     rows = {r["stage"]: r for r in result["stages"]}
     assert rows["sam"]["delta_flops"] == 0 and rows["sam"]["a_flops"] > 0
     per_request = {}
     for label, path, manifest in (("a", a_path, a_manifest), ("b", b_path, b_manifest)):
-        metrics, _ = stage_metrics(range_table(open_trace(path, cache=False)), manifest)
+        metrics, _ = stage_metrics((open_trace(path, cache=False)).polars("stages"), manifest)
         per_request[label] = {r["name"]: r for r in metrics}
     assert rows["decode"]["a_flops"] == pytest.approx(per_request["a"]["decode"]["flops"] / 6)
     assert rows["decode"]["b_flops"] == pytest.approx(per_request["b"]["decode"]["flops"] / 6)

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from cli_helper import run_analyze as analyze
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "examples" / "h100-gundam.sqlite.gz"
@@ -42,4 +41,4 @@ def test_decode_model_view_grows_with_context(capsys):
 def test_decode_model_needs_a_manifest(capsys, shared):
     trace = shared / "fixtures" / "nsys" / "tiny-2025.3.sqlite"
     code, out, err = analyze(capsys, "sql", str(trace), "SELECT * FROM decode_model")
-    assert code == 2 and err.startswith("Error: ") and "no dsocr manifest" in err
+    assert code == 3 and err.startswith("Error: ") and "no dsocr manifest" in err

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dsocr_perf.analyze import schema
 from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.kineto import _ns, load_kineto
+from dsocr_perf.analyze.read import schema
+from dsocr_perf.analyze.read.kineto import _ns, load_kineto
 
 REPO = Path(__file__).resolve().parents[1]
 KINETO = "traces/kineto/"
@@ -156,7 +156,7 @@ def test_projection_matches_gpu_user_annotation(shared, where, rel, spans):
     (4 kernels). analyze.kineto takes such a last, zero-length range as open until the trace's last
     CPU event (and says so in a warning); with end = start it would contain no launch and that
     span would be missing here."""
-    from dsocr_perf.analyze.load import open_trace
+    from dsocr_perf.analyze.trace import open_trace
 
     path = (shared if where == "shared" else REPO) / rel
     trace = open_trace(path, cache=False)
@@ -222,16 +222,19 @@ def test_missing_keys_and_odd_values(tmp_path):
 
 
 def test_sidecar_manifest(tmp_path):
-    """The capture writes the dsocr manifest beside a profiler trace as NAME.json; it rides in meta."""
+    """The capture writes the dsocr manifest beside a profiler trace as NAME.json: the trace finds it there
+    (analyze.read.manifest); no sidecar, or one that is not a dsocr manifest: no manifest."""
+    from dsocr_perf.analyze.trace import open_trace
+
     trace = REPO / "tests/data/repeats-a.pt.trace.json.gz"
-    meta = dict(zip(*_load(trace)["meta"].to_pydict().values()))
-    assert json.loads(meta["manifest"]) == json.loads((REPO / "tests/data/repeats-a.json").read_text())
-    # no sidecar, or one that is not a dsocr manifest: no manifest row
+    opened = open_trace(trace, cache=False)
+    assert opened.manifest == json.loads((REPO / "tests/data/repeats-a.json").read_text())
+    assert opened.manifest_source == "sidecar"
     copy = tmp_path / "run.pt.trace.json.gz"
     copy.write_bytes(trace.read_bytes())
-    assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
+    assert open_trace(copy, cache=False).manifest is None
     (tmp_path / "run.json").write_text('{"schema": "something-else"}')
-    assert "manifest" not in load_kineto(copy)["meta"].column("key").to_pylist()
+    assert open_trace(copy, cache=False).manifest is None
 
 
 def test_zero_length_annotations(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
 from dsocr_perf.launch import cli
 from dsocr_perf.launch.command import NSYS_PROFILE_OPTIONS
-from dsocr_perf.launch.manifest import check_manifest
 from dsocr_perf.launch.make_sample_page import HEIGHT, WIDTH
+from dsocr_perf.launch.manifest import check_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "launch/assets/sample_page.png"

@@ -6,7 +6,7 @@ import pytest
 
 from dsocr_perf.launch import command
 from dsocr_perf.launch.errors import LaunchError
-from dsocr_perf.launch.nsys import (find_importer, find_nsys, how_to_provide, import_qdstrm, missing_libraries)
+from dsocr_perf.launch.nsys import find_importer, find_nsys, how_to_provide, import_qdstrm, missing_libraries
 
 # `ldd QdstrmImporter` on the GPU machine (Nsight Compute 2025.3.1 bundle, docs/gpu-machine.md), abridged.
 LDD_SAMPLE = """\

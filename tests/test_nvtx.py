@@ -1,5 +1,5 @@
-"""analyze.nvtx: NVTX events -> ranges and marks, on a hand-written export whose every row is known,
-and on the bundled nvtx-features capture."""
+"""analyze.read.nvtx: NVTX events -> ranges and marks, on a hand-written export whose every row is
+known, and on the bundled nvtx-features capture."""
 from __future__ import annotations
 
 import sqlite3
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import duckdb
 
-from dsocr_perf.analyze import nsys
-from dsocr_perf.analyze.nvtx import read_nvtx
+from dsocr_perf.analyze.read.nsys import Strings
+from dsocr_perf.analyze.read.nvtx import read_nvtx
+from dsocr_perf.analyze.read.sqlite import SqliteFile
 
 REPO = Path(__file__).resolve().parents[1]
 P1, P2 = 100 << 24, 200 << 24          # globalPid of two processes (pid 100 and pid 200)
@@ -32,6 +33,22 @@ def _export(path: Path, events: list[tuple]) -> Path:
     return path
 
 
+class Read:
+    """read_nvtx on an export, with the payloads read the way the tables read them (a second pass)."""
+
+    def __init__(self, path: Path, payloads: bool = True):
+        src = SqliteFile(path)
+        self.nvtx = read_nvtx(src, Strings(src, "StringIds").lookup)
+        self.ranges, self.marks = self.nvtx.ranges, self.nvtx.marks
+        if payloads and self.nvtx.payloads is not None:
+            ranges, marks = self.nvtx.payloads(lambda: SqliteFile(path))
+            self.ranges = self.ranges.append_column("payload", ranges)
+            self.marks = self.marks.append_column("payload", marks)
+
+    def __getattr__(self, name):
+        return getattr(self.nvtx, name)
+
+
 def _rows(table, order: str):
     db = duckdb.connect()
     db.register("t", table)
@@ -50,7 +67,7 @@ def test_names_domains_order_and_open_ranges(tmp_path):
         (40, 45, 59, None, T1, None, 99, 0, None, None),                # textId unknown and no text: ''
         (60, None, 34, "done", T1, None, None, 7, 3, None),             # a mark in dsocr
     ]
-    nvtx = read_nvtx(nsys._Sqlite(_export(tmp_path / "t.sqlite", events)))
+    nvtx = Read(_export(tmp_path / "t.sqlite", events))
 
     assert _rows(nvtx.ranges, "range_id") == [
         # range_id, name, domain, start, end, gpid, pid, tid, style, end_tid, payload
@@ -62,27 +79,28 @@ def test_names_domains_order_and_open_ranges(tmp_path):
         (5, "", "", 40, 45, P1, 100, 101, "pushpop", None, None),
     ]
     assert _rows(nvtx.marks, "ts_ns") == [(60, "dsocr:done", "dsocr", P1, 100, 101, "3")]
-    # the sweep's arrays say the same
+    # the engine's arrays say the same
     assert [nvtx.names[i] for i in nvtx.name_id] == [r[1] for r in _rows(nvtx.ranges, "range_id")]
     assert nvtx.thread.tolist() == [T1, T1, T1, T2, T1, T1]
     assert nvtx.pushpop.tolist() == [True, True, True, True, False, True]
     assert nvtx.same_thread.tolist() == [True, True, True, True, False, True]
 
 
-def test_payloads_can_be_left_out_and_no_nvtx_table_is_empty(tmp_path):
+def test_payloads_are_read_when_asked_and_no_nvtx_table_is_empty(tmp_path):
     path = _export(tmp_path / "t.sqlite", [(1, 2, 59, "a", T1, None, None, 0, 42, None)])
-    assert _rows(read_nvtx(nsys._Sqlite(path), payloads=False).ranges, "range_id")[0][-1] is None
+    assert "payload" not in Read(path, payloads=False).ranges.column_names
+    assert _rows(Read(path).ranges, "range_id")[0][-1] == "42"
     con = sqlite3.connect(path)
     con.execute("DROP TABLE NVTX_EVENTS")
     con.commit()
     con.close()
-    empty = read_nvtx(nsys._Sqlite(path))
+    empty = Read(path)
     assert empty.ranges.num_rows == 0 and empty.marks.num_rows == 0 and empty.names == []
 
 
 def test_bundled_capture():
     """nvtx-features-2025.3 (nsys 2025.3): 20 ranges, the start/end `request` ended on the worker thread."""
-    nvtx = read_nvtx(nsys._Sqlite(REPO / "traces/examples/nvtx-features-2025.3.sqlite"))
+    nvtx = Read(REPO / "traces/examples/nvtx-features-2025.3.sqlite")
     rows = _rows(nvtx.ranges, "range_id")
     assert len(rows) == 20
     assert rows[0][1:5] == ("dsocr:request", "dsocr", 12761117, 321890830) and rows[0][8:10] == ("startend", 500)

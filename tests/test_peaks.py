@@ -1,7 +1,7 @@
 """The peaks table: device names as the driver spells them map to the right datasheet row."""
 import pytest
 
-from dsocr_perf.analyze import peaks
+from dsocr_perf.analyze.metrics import peaks
 
 
 @pytest.mark.parametrize("name, row", [

@@ -4,10 +4,10 @@ import gzip
 import json
 
 import pytest
-
-from dsocr_perf.analyze.load import open_trace
-from dsocr_perf.analyze.perfetto import GPU_PID_BASE, write_chrome_trace
 from cli_helper import run_analyze as run
+
+from dsocr_perf.analyze.out.perfetto import GPU_PID_BASE, write_chrome_trace
+from dsocr_perf.analyze.trace import open_trace
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def test_cli_gzip_and_no_overwrite(shared, tmp_path, capsys):
     doc = json.loads(gzip.open(out).read())
     assert any(e.get("name") == "prefill" for e in doc["traceEvents"])
     code, _, err = run(capsys, "export-perfetto", str(trace), "-o", str(out), "--no-cache")
-    assert code == 2
+    assert code == 4
     assert err.splitlines() == [f"Error: {out} exists: pass --force to overwrite it, or -o another file"]
     assert run(capsys, "export-perfetto", str(trace), "-o", str(out), "--force", "--no-cache")[0] == 0
 
 
 def test_cli_missing_trace(tmp_path, capsys):
     code, stdout, err = run(capsys, "export-perfetto", str(tmp_path / "missing.sqlite"))
-    assert code == 2 and stdout == ""
+    assert code == 3 and stdout == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "no such file" in lines[0]

@@ -4,12 +4,11 @@ import json
 import shutil
 
 import pytest
-
-from dsocr_perf.analyze.attribution import range_table
-from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.load import open_trace
-from dsocr_perf.analyze.report import FILES, build_report, to_yaml, write_report
 from cli_helper import run_analyze as run
+
+from dsocr_perf.analyze.errors import OutputError
+from dsocr_perf.analyze.out.report import FILES, build_report, to_yaml, write_report
+from dsocr_perf.analyze.trace import open_trace
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
@@ -30,10 +29,10 @@ def test_all_files_written(report_dir):
     assert sorted(p.name for p in report_dir.iterdir()) == sorted(FILES)
 
 
-def test_stage_totals_equal_range_table(features, report_dir):
+def test_stage_totals_equal_the_stages_table(features, report_dir):
     data = json.loads((report_dir / "metrics.json").read_text())
-    assert data["schema"] == "dsocr-report/1"
-    table = {r["name"]: r for r in range_table(features).iter_rows(named=True)}
+    assert (data["schema"], data["report_schema"]) == ("dsocr-analysis/1", "dsocr-report/2")
+    table = {r["name"]: r for r in (features).polars("stages").iter_rows(named=True)}
     for row in data["stages"]:
         for key in ("instances", "inclusive_ns", "exclusive_ns", "busy_ns", "cpu_ns", "kernels", "launches"):
             assert row[key] == table[row["name"]][key]
@@ -84,25 +83,25 @@ def test_yaml_emitter_round_trips():
 
 
 def test_refuses_to_overwrite(features, report_dir, capsys):
-    with pytest.raises(TraceError, match="pass --force"):
+    with pytest.raises(OutputError, match="pass --force"):
         write_report(features, report_dir)
     code, out, err = run(capsys, "report", str(features.path), "--out", str(report_dir), "--no-cache")
-    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert code == 4 and out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"Error: {report_dir} already holds report.md")
 
 
 def test_missing_trace(tmp_path, capsys):
     code, _, err = run(capsys, "report", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "r"))
-    assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
+    assert code == 3 and len(err.splitlines()) == 1 and "no such file" in err
 
 
 def test_repeats_and_metrics_from_a_manifest(tmp_path):
     """The repeats capture with a DeepSeek-OCR manifest beside it: dataset section, FLOPs/MFU columns
     equal analyze.metrics', and a roofline in the HTML. (The capture's matmuls are not the real model,
     so the MFU values are meaningless here and the report says so in a warning.)"""
+    from dsocr_perf.analyze.metrics.flops import stage_metrics
     from dsocr_perf.dsocr.config import load_preset
     from dsocr_perf.dsocr.workload import workload_shapes
-    from dsocr_perf.analyze.metrics import stage_metrics
 
     trace_path = tmp_path / "run.pt.trace.json.gz"
     shutil.copy(DATA / "repeats-a.pt.trace.json.gz", trace_path)
@@ -117,7 +116,7 @@ def test_repeats_and_metrics_from_a_manifest(tmp_path):
 
     trace = open_trace(trace_path, cache=False)
     data = build_report(trace)
-    rows, _ = stage_metrics(range_table(trace), manifest, "NVIDIA H100 80GB HBM3")
+    rows, _ = stage_metrics((trace).polars("stages"), manifest, "NVIDIA H100 80GB HBM3")
     expected = {r["name"]: r for r in rows}
     for row in data["stages"]:
         assert row["flops"] == expected[row["name"]]["flops"]

@@ -20,7 +20,7 @@ STAGES_IN_FIXTURE = ["prefill", "decode", "sam", "clip", "projector"]  # in file
 
 @pytest.fixture(scope="module")
 def con():
-    from dsocr_perf.analyze.load import open_trace
+    from dsocr_perf.analyze.trace import open_trace
 
     path = EXAMPLE if EXAMPLE.exists() else REPO.parent / "shared/fixtures/nsys/nvtx-features-2025.3.sqlite"
     return open_trace(path, cache=False).con

@@ -2,7 +2,6 @@
 NVIDIA's attribution rule written as plain SQLite SQL, and the analysis against the ground truth."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 import sys
@@ -151,16 +150,11 @@ def test_deterministic_and_no_overwrite(synthetic, tmp_path):
         gen_synthetic.generate(KERNELS, tmp_path / "again.sqlite", seed=0)
 
 
-ANALYSIS_READY = all(importlib.util.find_spec(m) for m in ("dsocr_perf.analyze.attribution", "dsocr_perf.analyze.load"))
-
-
-@pytest.mark.skipif(not ANALYSIS_READY, reason="analyze.attribution not written yet")
 def test_analysis_matches_truth(synthetic):
-    from dsocr_perf.analyze.attribution import range_table
-    from dsocr_perf.analyze.load import open_trace
+    from dsocr_perf.analyze.trace import open_trace
 
     path, truth = synthetic
-    table = range_table(open_trace(path, cache=False))
+    table = (open_trace(path, cache=False)).polars("stages")
     got = {row["name"]: row for row in table.iter_rows(named=True)}
     for name, t in truth["ranges"].items():
         for key in ("instances", "kernels", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "gpu_ops",
@@ -168,7 +162,6 @@ def test_analysis_matches_truth(synthetic):
             assert got[name][key] == t[key], (name, key)
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("dsocr_perf.analyze.cli"), reason="analyze.cli not written yet")
 def test_cli_json_matches_truth(synthetic):
     """The command the benchmark times, parsed the way the benchmark parses it."""
     import subprocess

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from dsocr_perf.dsocr.config import load_preset
-from dsocr_perf.dsocr.vision import (ClipEncoder, Projector, SamEncoder, fuse, relative_positions, window_partition,
-                          window_unpartition)
+from dsocr_perf.dsocr.vision import (
+    ClipEncoder,
+    Projector,
+    SamEncoder,
+    fuse,
+    relative_positions,
+    window_partition,
+    window_unpartition,
+)
 
 PREFIXES = {"model.sam_model.": SamEncoder, "model.vision_model.": ClipEncoder, "model.projector.": Projector}
 

@@ -7,11 +7,10 @@ import sqlite3
 from collections import defaultdict
 
 import pytest
-
-from dsocr_perf.analyze.attribution import range_table
-from dsocr_perf.analyze.load import open_trace
-from dsocr_perf.analyze.writeback import default_output, write_analysis_db
 from cli_helper import run_analyze as run
+
+from dsocr_perf.analyze.out.writeback import default_output, write_analysis_db
+from dsocr_perf.analyze.trace import open_trace
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +35,12 @@ def test_beside_the_trace_and_trace_untouched(written):
     assert counts["range_instances"] == 20 and counts["stages"] == 13
 
 
-def test_stage_table_equals_range_table(written):
+def test_stage_table_equals_the_stages_table(written):
     trace, _, out, _, _ = written
     db = sqlite3.connect(out)
     db.row_factory = sqlite3.Row
     stored = {r["name"]: dict(r) for r in db.execute("SELECT * FROM stages")}
-    for row in range_table(trace).iter_rows(named=True):
+    for row in (trace).polars("stages").iter_rows(named=True):
         assert stored[row["name"]] == row
 
 
@@ -70,7 +69,7 @@ def test_kernel_tables_equal_nsys_reports(written, shared):
 def test_cli_refuses_overwrite(written, capsys):
     _, trace_path, out, _, _ = written
     code, stdout, err = run(capsys, "writeback", str(trace_path), "--no-cache")
-    assert code == 2 and stdout == ""
+    assert code == 4 and stdout == ""
     assert err.splitlines() == [f"Error: {out} exists: pass --force to overwrite it, or --out another file"]
     code, stdout, _ = run(capsys, "writeback", str(trace_path), "--force", "--no-cache")
     assert code == 0 and stdout.startswith(f"wrote {out} (stages 13, range_instances 20")
@@ -78,4 +77,4 @@ def test_cli_refuses_overwrite(written, capsys):
 
 def test_cli_missing_trace(tmp_path, capsys):
     code, _, err = run(capsys, "writeback", str(tmp_path / "gone.sqlite"))
-    assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
+    assert code == 3 and len(err.splitlines()) == 1 and "no such file" in err

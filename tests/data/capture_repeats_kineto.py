@@ -45,7 +45,7 @@ def page(rows, sam_layers, decode_steps):
                 h = matmuls(x, 4)
         kv = h[:256]
         with record_function("decode"):
-            for step in range(decode_steps):
+            for _step in range(decode_steps):
                 with record_function("decode_step"):
                     q = kv[-1:] @ W
                     scores = torch.softmax((q @ kv.T).float(), -1).to(dt)

@@ -18,7 +18,7 @@ metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trac
   generated_utc
   dsocr_stages true when the trace has DeepSeek-OCR stage ranges (else the stages are generic ranges)
   gpu          {name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory, peak_tflops, peak_gbs,
-                peak_source, dtype}
+                source, dtype}
   model        the manifest's model object (preset, weights, seed, dtype, attention), config left out
   workload     the manifest's workload object (mode, tile_grid, views, image_tokens, prompt_tokens,
                generated_tokens, decode_kv_lengths) or null
@@ -48,20 +48,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import sys
 import time
 from pathlib import Path
 
 import click
-import polars as pl
 
-from dsocr_perf.analyze.cli import no_cache_option
-from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.errors import OutputError
+from dsocr_perf.analyze.out.table import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
+from dsocr_perf.analyze.paths import atomic_output, derived
 from dsocr_perf.dsocr import stages
 
-REPORT_SCHEMA = "dsocr-report/1"
+REPORT_SCHEMA = "dsocr-report/2"
 FILES = ("report.md", "report.html", "stakeholder_summary.md", "metrics.json", "env.json", "inputs.yaml",
          "assumptions.md")
 STAGE_ORDER = [stages.REQUEST, stages.PREPROCESS, stages.PREFILL, stages.SAM, stages.CLIP, stages.PROJECTOR,
@@ -92,25 +91,7 @@ def _file_facts(path: Path) -> dict:
     return {"size_bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _totals(con) -> dict:
-    row = _rows(con, """
-        SELECT coalesce(sum(dur_ns) FILTER (WHERE kind = 'kernel'), 0)::BIGINT AS kernel_ns,
-               coalesce(sum(dur_ns), 0)::BIGINT AS gpu_op_ns,
-               count(*) FILTER (WHERE kind = 'kernel') AS kernels, count(*) AS gpu_ops,
-               min(start_ns) AS first_ns, max(end_ns) AS last_ns
-        FROM kernels""")[0]
-    # busy = union of kernel intervals on each device, summed over devices
-    busy = con.execute("""
-        SELECT coalesce(sum(greatest(0, end_ns - greatest(start_ns, coalesce(reach, start_ns)))), 0)::BIGINT
-        FROM (SELECT start_ns, end_ns, max(end_ns) OVER (PARTITION BY device ORDER BY start_ns, end_ns
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-              FROM kernels WHERE kind = 'kernel')""").fetchone()[0]
-    wall = (row["last_ns"] - row["first_ns"]) if row["first_ns"] is not None else 0
-    row.update(wall_ns=wall, busy_ns=busy, busy_share=(busy / wall if wall else None))
-    return row
-
-
-def _stage_names(table: pl.DataFrame, con) -> tuple[list[str], set[str]]:
+def _stage_names(table, con) -> tuple[list[str], set[str]]:
     """(names shown, all names of their nesting level): the DeepSeek-OCR stages present (in pipeline
     order), else the busiest ranges of the shallowest level that has at least two names."""
     by_bare = {}
@@ -126,26 +107,10 @@ def _stage_names(table: pl.DataFrame, con) -> tuple[list[str], set[str]]:
         names_at.setdefault(row["depth"], set()).add(row["name"])
     level = next((d for d in sorted(k for k in names_at if k is not None) if len(names_at[d]) >= 2), None)
     top = names_at.get(level if level is not None else 0, set())
+    import polars as pl
+
     busiest = table.filter(pl.col("name").is_in(list(top))).sort("inclusive_ns", descending=True).head(12)
     return busiest["name"].to_list(), top
-
-
-def _metrics(trace, table: pl.DataFrame, manifest, gpu_name, peak_tflops, peak_gbs, warnings) -> tuple[dict, dict | None, dict]:
-    """(name -> metric dict, model-level dict, peaks dict) from dsocr_perf.analyze.metrics (mfu/mbu in percent)."""
-    from dsocr_perf.analyze.metrics import stage_metrics
-
-    bandwidth = trace.con.execute("SELECT any_value(memory_bandwidth_Bps) FROM gpus").fetchone()[0]
-    try:
-        rows, extras = stage_metrics(table, manifest, gpu_name, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
-                                     trace_bandwidth_Bps=bandwidth)
-    except ValueError as error:  # bad overrides: one line for the user
-        raise TraceError(str(error)) from None
-    warnings += extras.get("messages") or []
-    gpu = extras.get("gpu") or {}
-    peaks = {"peak_tflops": gpu.get("peak_tflops"), "peak_gbs": gpu.get("peak_gbs"), "peak_source": gpu.get("source"),
-             "dtype": gpu.get("dtype"), "attention_policy": extras.get("attention_policy")}
-    keep = ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound")
-    return {r["name"]: {k: r.get(k) for k in keep} for r in rows}, extras.get("model"), peaks
 
 
 def _breakdown(stage_rows: dict[str, dict], total_ns: int, is_dsocr: bool, level_ns: int = 0) -> list[dict]:
@@ -243,8 +208,10 @@ def _category_mix(con, names: list[str]) -> dict[str, dict[str, int]]:
     return mix
 
 
-def _decode(con, manifest: dict | None, requests: pl.DataFrame | None) -> dict | None:
+def _decode(con, manifest: dict | None, requests) -> dict | None:
     """Per decode step: GPU and wall time, and the KV length it saw (from the manifest)."""
+    import polars as pl
+
     steps = _rows(con, f"""
         -- every decode_step instance with its kernel time; step = payload, else order inside its parent
         WITH s AS (
@@ -354,75 +321,70 @@ def _opportunity_text(o: dict) -> str:
 
 
 def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | None = None) -> dict:
-    """Every number of the report, as the metrics.json object."""
-    from dsocr_perf.analyze.attribution import range_table
-    from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
+    """Every number of the report, as the metrics.json object: the analysis document (the JSON contract
+    of `--json`, analyze.out.document) plus what only the report shows."""
+    import polars as pl
 
+    from dsocr_perf.analyze.out.dataset import dataset_stats
+    from dsocr_perf.analyze.out.document import clean, document
+
+    doc = document(trace, "stages", peak_tflops=peak_tflops, peak_gbs=peak_gbs)
     con = trace.con
-    warnings = list(getattr(trace, "warnings", []) or [])
-    manifest = find_manifest(trace)
-    table = range_table(trace)
-    totals = _totals(con)
-    gpu = (_rows(con, "SELECT * FROM gpus ORDER BY device LIMIT 1") or [{}])[0]
-    gpu_name = gpu.get("name") or ((manifest or {}).get("environment") or {}).get("gpu_name")
-    names, level_names = _stage_names(table, con)
+    manifest = trace.manifest if isinstance(trace.manifest, dict) else None
+    warnings = doc["warnings"]
+    table = trace.polars("stages")
+    names = [r["name"] for r in doc["ranges"]]
+    level_names = set(names)
+    if not trace.is_dsocr:
+        names, level_names = _stage_names(table, con)
     level_ns = int(table.filter(pl.col("name").is_in(list(level_names)))["inclusive_ns"].sum())
-    is_dsocr = any(bare(n) in stages.REPORTED_STAGES for n in names)
-    metric_rows, model_mfu, peaks_info = _metrics(trace, table.filter(pl.col("name").is_in(names)), manifest,
-                                                  gpu_name, peak_tflops, peak_gbs, warnings)
-    stage_rows = []
-    for row in table.filter(pl.col("name").is_in(names)).iter_rows(named=True):
-        extra = metric_rows.get(row["name"], {})
-        row = {**row, "stage": bare(row["name"]),
-               "share": row["inclusive_ns"] / totals["kernel_ns"] if totals["kernel_ns"] else None,
-               # kernels may run after the range pops (async launches): then busy > wall and idle is 0
-               "gpu_idle_share": max(0.0, 1 - row["busy_ns"] / row["cpu_ns"]) if row["cpu_ns"] else None}
-        for key in ("flops", "bytes", "tflops", "mfu", "gbs", "mbu", "intensity", "bound"):
-            row[key] = extra.get(key)
-        stage_rows.append(row)
-    stage_rows.sort(key=lambda r: names.index(r["name"]))
+    is_dsocr = trace.is_dsocr
+    by_name = {r["name"]: r for r in document(trace, "all", peak_tflops=peak_tflops, peak_gbs=peak_gbs)["ranges"]} \
+        if not is_dsocr else {r["name"]: r for r in doc["ranges"]}
+    stage_rows = [dict(by_name[n], share=by_name[n]["inclusive_frac"], gpu_idle_share=by_name[n]["idle_frac"])
+                  for n in names if n in by_name]
     impossible = [r["stage"] for r in stage_rows if (r.get("mfu") or 0) > 100 or (r.get("mbu") or 0) > 100]
     if impossible:
         warnings.append(f"MFU or MBU above 100% for {', '.join(impossible)}: the manifest's workload cannot be "
                         "what ran (or the GPU peaks are wrong); do not trust those rows")
-    breakdown = _breakdown({r["name"]: r for r in stage_rows if r["stage"] != stages.REQUEST},
-                           totals["kernel_ns"], is_dsocr, level_ns)
+    kernel_ns = doc["totals"]["kernel_ns"]
+    breakdown = _breakdown({r["name"]: r for r in stage_rows if r["stage"] != stages.REQUEST}, kernel_ns, is_dsocr,
+                           level_ns)
     outside = next((p for p in breakdown if p["part"] == "outside stages"), None)
     if outside and outside["share"] and outside["share"] > 0.1:
         warnings.append(f"{100 * outside['share']:.0f}% of kernel time is launched outside every stage range")
-    if totals["kernels"] == 0:
+    if doc["totals"]["kernels"] == 0:
         warnings.append("the trace has no kernels: every GPU time is zero")
     stats = dataset_stats(trace, manifest)
-    report = {
-        "schema": REPORT_SCHEMA,
-        "dsocr_stages": is_dsocr,
-        "trace": {"path": str(Path(trace.path).resolve()), "source": trace.source, **_file_facts(Path(trace.path)),
-                  "exporter": (trace.meta or {}).get("EXPORT_PRODUCT_VERSION")},
+    shown = [n for n in names if bare(n) != stages.REQUEST]
+    report = dict(doc)
+    report.update({
+        "report_schema": REPORT_SCHEMA,
+        "trace_info": {**doc["trace_info"], **_file_facts(Path(trace.path))},
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "gpu": {"name": gpu_name, "sm_count": gpu.get("sm_count"), "clock_hz": gpu.get("clock_hz"),
-                "memory_bandwidth_Bps": gpu.get("memory_bandwidth_Bps"), "total_memory": gpu.get("total_memory"),
-                **{k: peaks_info.get(k) for k in ("peak_tflops", "peak_gbs", "peak_source", "dtype")},
-                "attention_policy": peaks_info.get("attention_policy")},
-        "model": {k: v for k, v in ((manifest or {}).get("model") or {}).items() if k != "config"} or None,
-        "workload": (manifest or {}).get("workload"),
+        "dsocr_stages": is_dsocr,
+        "model_info": {k: v for k, v in (manifest or {}).get("model", {}).items() if k != "config"}
+        if isinstance((manifest or {}).get("model"), dict) else None,
+        "workload_full": (manifest or {}).get("workload"),
         "capture": (manifest or {}).get("capture"),
         "environment": (manifest or {}).get("environment"),
-        "totals": totals,
         "stages": stage_rows,
         "breakdown": breakdown,
-        "model_mfu": model_mfu,
-        "top_kernels": _top_kernels(con, [n for n in names if bare(n) != stages.REQUEST]),
-        "category_mix": _category_mix(con, [n for n in names if bare(n) != stages.REQUEST]),
+        "model_mfu": doc["model_level"],
+        "top_kernels": _top_kernels(con, shown),
+        "category_mix": _category_mix(con, shown),
         "decode": _decode(con, manifest, stats.requests.join(_request_spans(con), on="request") if stats else None),
         "dataset": stats.to_dict() if stats else None,
         "warnings": warnings,
-    }
-    report["opportunity"] = _opportunity(stage_rows, breakdown, totals["kernel_ns"])
-    return report
+    })
+    report["opportunity"] = _opportunity(stage_rows, breakdown, kernel_ns)
+    return clean(report)
 
 
-def _request_spans(con) -> pl.DataFrame:
-    from dsocr_perf.analyze.dataset import REQUEST_RANGES_SQL
+def _request_spans(con):
+    import polars as pl
+
+    from dsocr_perf.analyze.out.dataset import REQUEST_RANGES_SQL
     rows = con.execute(REQUEST_RANGES_SQL).fetchall()
     out = []
     for order, (_, _, start, end, payload) in enumerate(rows):
@@ -433,18 +395,6 @@ def _request_spans(con) -> pl.DataFrame:
 
 # ------------------------------------------------------------------------------------------ markdown
 
-def _fmt_ms(ns, digits=3) -> str:
-    return "-" if ns is None else f"{ns / 1e6:,.{digits}f}"
-
-
-def _fmt_pct(x, digits=1) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
-
-
-def _fmt_num(x, fmt="{:,.1f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
 def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
@@ -453,55 +403,20 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
     return lines
 
 
-def _short(name: str, limit: int = 70) -> str:
-    return name if len(name) <= limit else name[: limit - 3] + "..."
-
-
-def fit_sentence(dec: dict) -> str:
-    """The least-squares line of mean GPU time per step, read at the first and last step."""
-    fit, by = dec["fit"], dec["by_step"]
-    x = fit["x"]
-    first, last = by[0][x], by[-1][x]
-    at = lambda v: (fit["intercept_ns"] + fit["slope_ns"] * v) / 1e3
-    unit = "token of context" if x == "kv_length" else "step"
-    where = "KV length" if x == "kv_length" else "step"
-    return (f"Least-squares fit of the mean GPU time per step: {fit['slope_ns']:+,.2f} ns per {unit}, "
-            f"{at(first):,.1f} µs at {where} {first:,} to {at(last):,.1f} µs at {where} {last:,} "
-            f"(r² = {_fmt_num(fit.get('r2'), '{:.3f}')}).")
-
-
-def stage_table(data: dict, name_cell=lambda name: name, text_cell=lambda text: text) -> tuple[list, list]:
-    """Header and cell rows of the stage table, shared by report.md and report.html (which passes
-    its own escaping for the name and text cells)."""
-    has_metrics = any(r.get("flops") is not None for r in data["stages"])
-    header = ["stage", "n", "inclusive ms", "share", "exclusive ms", "busy ms", "CPU ms", "GPU idle", "kernels", "launches"]
-    if has_metrics:
-        header += ["GFLOP", "TFLOP/s", "MFU", "GB/s", "MBU", "bound"]
-    rows = []
-    for r in data["stages"]:
-        row = [name_cell(r["name"]), r["instances"], _fmt_ms(r["inclusive_ns"]), _fmt_pct(r["share"]),
-               _fmt_ms(r["exclusive_ns"]), _fmt_ms(r["busy_ns"]), _fmt_ms(r["cpu_ns"]),
-               _fmt_pct(r["gpu_idle_share"], 0), f"{r['kernels']:,}", f"{r['launches']:,}"]
-        if has_metrics:
-            row += [_fmt_num(None if r["flops"] is None else r["flops"] / 1e9), _fmt_num(r["tflops"]),
-                    _fmt_num(r["mfu"], "{:.1f}%"), _fmt_num(r["gbs"], "{:,.0f}"), _fmt_num(r["mbu"], "{:.1f}%"),
-                    text_cell(r.get("bound") or "-")]
-        rows.append(row)
-    return header, rows
-
-
 def render_markdown(data: dict) -> str:
     title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
-    lines = [f"# {title}: {Path(data['trace']['path']).name}", ""]
+    lines = [f"# {title}: {Path(data['trace_info']['path']).name}", ""]
     lines += ["## Setup", ""]
     g = data["gpu"]
-    setup = [["trace", f"`{data['trace']['path']}` ({data['trace']['source']}, {data['trace']['size_bytes']:,} bytes)"],
-             ["exporter", data["trace"].get("exporter") or "-"],
+    info = data["trace_info"]
+    setup = [["trace", f"`{info['path']}` ({info['source']}, {info['size_bytes']:,} bytes)"],
+             ["exporter", data["trace_info"].get("exporter_version") or "-"],
              ["GPU", f"{g.get('name') or 'unknown'}" + (f", {g['sm_count']} SMs" if g.get("sm_count") else "")],
-             ["peaks", (f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), {_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s"
-                        f" -- {g.get('peak_source')}") if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
-    if data.get("model"):
-        m = data["model"]
+             ["peaks", (f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), "
+                        f"{_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s -- {g.get('source')}")
+              if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
+    if data.get("model_info"):
+        m = data["model_info"]
         setup.append(["model", ", ".join(f"{k} {v}" for k, v in m.items() if v is not None)])
     if data.get("environment"):
         e = data["environment"]
@@ -509,7 +424,7 @@ def render_markdown(data: dict) -> str:
     lines += _table(["", ""], setup, "ll") + [""]
 
     lines += ["## Workload", ""]
-    w = data.get("workload")
+    w = data.get("workload_full")
     if w:
         views = ", ".join(f"{v.get('count')}x {v.get('name')} {v.get('side')}px" for v in w.get("views") or [])
         lines += _table(["", ""], [["mode", w.get("mode")], ["image", f"{w.get('image_width')}x{w.get('image_height')}"],
@@ -522,7 +437,7 @@ def render_markdown(data: dict) -> str:
     t = data["totals"]
     lines += ["## Stages", "",
               f"GPU kernel time in the trace: {_fmt_ms(t['kernel_ns'])} ms in {t['kernels']:,} kernels; "
-              f"the GPU was busy {_fmt_pct(t['busy_share'])} of the {_fmt_ms(t['wall_ns'])} ms from first to last GPU op.",
+              f"the GPU was busy {_fmt_pct(t['gpu_busy_frac'])} of the {_fmt_ms(t['gpu_span_ns'])} ms from first to last GPU op.",
               "Inclusive = kernels launched inside the stage's ranges (nested stages count in their parents too); "
               "busy = union of those kernels' intervals; CPU = wall time of the ranges.", ""]
     header, rows = stage_table(data)
@@ -598,16 +513,12 @@ def render_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def render_summary(data: dict) -> str:
     """One page, plain words, every sentence computed from the numbers."""
-    name = Path(data["trace"]["path"]).name
+    name = Path(data["trace_info"]["path"]).name
     t = data["totals"]
     lines = [f"# Summary: {name}", ""]
-    w = data.get("workload")
+    w = data.get("workload_full")
     what = (f"one {w.get('mode')}-mode page ({w.get('image_tokens')} image tokens, {w.get('generated_tokens')} "
             f"generated tokens)") if w else None
     ds = data.get("dataset")
@@ -615,9 +526,9 @@ def render_summary(data: dict) -> str:
         what = (f"{_plural(ds['requests'], 'page run')} ({_plural(ds['pages'], 'distinct page')}, "
                 f"up to {_plural(ds['max_repeats'], 'repeat')} each)")
     gpu = data["gpu"].get("name") or "an unknown GPU"
-    model = "DeepSeek-OCR" if data.get("workload") else "The traced program"
+    model = "DeepSeek-OCR" if data.get("workload_full") else "The traced program"
     gpu_line = (f" The GPU ran {t['kernels']:,} kernels for {_fmt_ms(t['kernel_ns'], 1)} ms and was busy "
-                f"{_fmt_pct(t['busy_share'], 0)} of the time between its first and last operation."
+                f"{_fmt_pct(t['gpu_busy_frac'], 0)} of the time between its first and last operation."
                 if t["kernels"] else " The trace holds no GPU kernels, so there is no GPU time to explain.")
     lines += [f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + gpu_line, ""]
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
@@ -670,7 +581,7 @@ def render_assumptions(data: dict) -> str:
         "- **FLOPs and bytes** come from the analytic model of `dsocr.flops` applied to the workload recorded in the "
         "trace's manifest (see that module for the counting rules and the attention policy); MFU = achieved "
         "TFLOP/s / peak, MBU = achieved GB/s / peak, both over busy time.",
-        f"- **Peaks**: {data['gpu'].get('peak_source') or 'unknown'} "
+        f"- **Peaks**: {data['gpu'].get('source') or 'unknown'} "
         f"({_fmt_num(data['gpu'].get('peak_tflops'))} TFLOP/s {data['gpu'].get('dtype') or ''}, "
         f"{_fmt_num(data['gpu'].get('peak_gbs'), '{:,.0f}')} GB/s).",
         "- **Biggest opportunity**: the largest of (a) GPU idle time inside preprocess/prefill/decode when idle > 20% "
@@ -712,7 +623,8 @@ def to_yaml(value, indent: int = 0) -> str:
             if isinstance(item, (dict, list)) and item:
                 out += f"{pad}{key}:\n" + to_yaml(item, indent + 1)
             else:
-                out += f"{pad}{key}: {_yaml_scalar(item) if not isinstance(item, (dict, list)) else ('{}' if isinstance(item, dict) else '[]')}\n"
+                empty = "{}" if isinstance(item, dict) else "[]"
+                out += f"{pad}{key}: {empty if isinstance(item, (dict, list)) else _yaml_scalar(item)}\n"
         return out
     if isinstance(value, list):
         if not value:
@@ -731,65 +643,79 @@ def to_yaml(value, indent: int = 0) -> str:
 def inputs(data: dict, options: dict, manifest: dict | None) -> dict:
     pages = [{"request": p.get("request"), "repeat": p.get("repeat"), "image": (p.get("image") or {}).get("path"),
               "sha256": (p.get("image") or {}).get("sha256")} for p in (manifest or {}).get("pages") or []]
-    return {"trace": {k: data["trace"][k] for k in ("path", "source", "size_bytes", "sha256")},
-            "options": options, "model": data.get("model") or {}, "capture": data.get("capture") or {},
+    return {"trace": {k: data["trace_info"][k] for k in ("path", "source", "size_bytes", "sha256")},
+            "options": options, "model": data.get("model_info") or {}, "capture": data.get("capture") or {},
             "pages": pages}
 
 
 def write_report(trace, out_dir: Path, *, force: bool = False, peak_tflops=None, peak_gbs=None,
                  progress: bool = False) -> dict:
     """Write every report file into out_dir; returns the metrics.json object."""
-    from dsocr_perf.analyze.dataset import find_manifest
-    from dsocr_perf.analyze.report_html import render_html
+    from dsocr_perf.analyze.out.html import render_html
 
-    out_dir = Path(out_dir)
-    existing = [f for f in FILES if (out_dir / f).exists()]
-    if existing and not force:
-        raise TraceError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out another folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TraceError(f"{out_dir} is a file, not a folder: pass --out a folder")
+    out_dir = check_report_folder(out_dir, force, trace.path)
     step = (lambda text: click.echo(f"report: {text}", err=True)) if progress else (lambda text: None)
     step("attributing and aggregating")
     data = build_report(trace, peak_tflops=peak_tflops, peak_gbs=peak_gbs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     step("plots and html")
     files = {
-        "metrics.json": json.dumps(data, indent=2, default=str) + "\n",
+        "metrics.json": json.dumps(data, indent=2, default=str, allow_nan=False) + "\n",
         "report.md": render_markdown(data),
         "stakeholder_summary.md": render_summary(data),
         "report.html": render_html(data, trace),
-        "env.json": json.dumps({"analysis": environment(), "capture": data.get("environment")}, indent=2, default=str) + "\n",
-        "inputs.yaml": to_yaml(inputs(data, {"peak_tflops": peak_tflops, "peak_gbs": peak_gbs}, find_manifest(trace))),
+        "env.json": json.dumps({"analysis": environment(), "capture": data.get("environment")}, indent=2,
+                               default=str) + "\n",
+        "inputs.yaml": to_yaml(inputs(data, {"peak_tflops": peak_tflops, "peak_gbs": peak_gbs}, trace.manifest)),
         "assumptions.md": render_assumptions(data),
     }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {out_dir} ({e.strerror or e}); pass --out a writable folder") from None
     for name, text in files.items():
-        tmp = out_dir / (name + ".part")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+        with atomic_output(out_dir / name, "w", encoding="utf-8") as f:
+            f.write(text)
     step(f"wrote {len(files)} files to {out_dir}")
     return data
 
 
-@click.command("report", short_help="Report files: md, html, summary, metrics.json.")
-@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the report files (default: NAME.report/ beside TRACE).")
-@click.option("--force", is_flag=True, help="Overwrite report files already in the folder.")
-@click.option("--peak-tflops", type=float, default=None, help="Override the GPU's dense peak TFLOP/s.")
-@click.option("--peak-gbs", type=float, default=None, help="Override the GPU's peak memory bandwidth in GB/s.")
-@no_cache_option
-def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs, no_cache: bool) -> None:
-    """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
-    from dsocr_perf.analyze.load import open_trace
+def check_report_folder(out_dir: Path, force: bool, trace_path: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise OutputError(f"{out_dir} is a symlink: reports are never written through one; pass --out a plain folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file, not a folder: pass --out a folder")
+    try:
+        if out_dir.exists() and Path(trace_path).resolve().is_relative_to(out_dir.resolve()) and Path(trace_path).is_dir():
+            raise OutputError(f"{out_dir} is the input trace's folder: pass --out another folder")
+    except OSError:
+        pass
+    existing = [f for f in FILES if (out_dir / f).exists()]
+    if existing and not force:
+        raise OutputError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out "
+                          "another folder")
+    links = [f for f in FILES if (out_dir / f).is_symlink()]
+    if links:
+        raise OutputError(f"{out_dir / links[0]} is a symlink: reports are never written through one; remove it")
+    return out_dir
 
-    if out_dir is None:
-        name = trace_path.name
-        for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".sqlite", ".json.gz", ".json"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        out_dir = trace_path.with_name(name + ".report")
-    trace = open_trace(trace_path, cache=not no_cache)
-    write_report(trace, out_dir, force=force, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
-                 progress=sys.stderr.isatty())
-    click.echo(f"wrote {out_dir}/ ({', '.join(FILES)})")
+
+def register(cli, common) -> None:
+    @cli.command("report", short_help="Report files: md, html, summary, metrics.json.")
+    @common.trace_argument
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+                  help="Folder for the report files (default: TRACE's stem + .report/ beside it).")
+    @common.force_option
+    @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Override the GPU's dense peak TFLOP/s.")
+    @click.option("--peak-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Override the GPU's peak memory bandwidth in GB/s.")
+    @common.no_cache_option
+    def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs,
+                       no_cache: bool) -> None:
+        """Write report.md, report.html, stakeholder_summary.md, metrics.json and reproducibility files for TRACE."""
+        out_dir = check_report_folder(out_dir or derived(trace_path, ".report"), force, trace_path)
+        trace = common.open(trace_path, no_cache)
+        write_report(trace, out_dir, force=force, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
+                     progress=sys.stderr.isatty())
+        common.echo(f"wrote {out_dir}/ ({', '.join(FILES)})")

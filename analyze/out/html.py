@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from dsocr_perf.analyze.report import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
+from dsocr_perf.analyze.out.table import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
 
 CSS = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; color: #1f2328;
@@ -154,7 +154,8 @@ def plot_pages(data: dict) -> str | None:
 
 def plot_roofline(data: dict, trace=None) -> str | None:
     """The roofline of analyze.roofline (one point per stage), embedded as SVG, when the stages have FLOPs."""
-    from dsocr_perf.analyze.roofline import plot_roofline as draw, roofline_points
+    from dsocr_perf.analyze.out.roofline import plot_roofline as draw
+    from dsocr_perf.analyze.out.roofline import roofline_points
 
     rows = [r for r in data["stages"] if r["stage"] != "request"]
     if not roofline_points(rows):
@@ -174,18 +175,20 @@ def plot_roofline(data: dict, trace=None) -> str | None:
 # -------------------------------------------------------------------------------------------- page
 
 def render_html(data: dict, trace=None) -> str:
-    name = Path(data["trace"]["path"]).name
+    name = Path(data["trace_info"]["path"]).name
     t = data["totals"]
     g = data["gpu"]
     parts = []
     title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
-    parts.append(f"<h1>{title}</h1><div class='sub'><code>{_esc(data['trace']['path'])}</code>"
-                 f" &middot; {_esc(data['trace']['source'])} &middot; generated {_esc(data['generated_utc'])}</div>")
+    parts.append(f"<h1>{title}</h1><div class='sub'><code>{_esc(data['trace_info']['path'])}</code>"
+                 f" &middot; {_esc(data['trace_info']['source'])} &middot; generated {_esc(data['generated_utc'])}</div>")
     cards = [("GPU kernel time", f"{_fmt_ms(t['kernel_ns'], 2)} ms"), ("kernels", f"{t['kernels']:,}"),
-             ("GPU busy (first→last op)", _fmt_pct(t["busy_share"], 0 if (t["busy_share"] or 0) >= 0.1 else 1)), ("GPU", g.get("name") or "unknown")]
+             ("GPU busy (first→last op)", _fmt_pct(t["gpu_busy_frac"], 0 if (t["gpu_busy_frac"] or 0) >= 0.1 else 1)),
+             ("GPU", g.get("name") or "unknown")]
     if data.get("dataset"):
         tp = data["dataset"]["throughput"]
-        cards[1] = ("pages/s · tokens/s", f"{_fmt_num(tp.get('pages_per_s'), '{:.2f}')} · {_fmt_num(tp.get('tokens_per_s'), '{:.0f}')}")
+        cards[1] = ("pages/s · tokens/s",
+                    f"{_fmt_num(tp.get('pages_per_s'), '{:.2f}')} · {_fmt_num(tp.get('tokens_per_s'), '{:.0f}')}")
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'><div class='k'>{_esc(k)}</div><div class='v'>{_esc(v)}</div></div>" for k, v in cards) + "</div>")
     if data.get("opportunity"):
@@ -193,14 +196,16 @@ def render_html(data: dict, trace=None) -> str:
         parts.append(f"<div class='callout'><b>Biggest opportunity.</b> {text}</div>")
 
     # setup and workload
-    setup = [["trace", f"<code>{_esc(name)}</code> ({data['trace']['size_bytes']:,} bytes, sha256 {_esc(data['trace']['sha256'][:12])}…)"],
-             ["exporter", _esc(data["trace"].get("exporter") or "-")],
+    info = data["trace_info"]
+    setup = [["trace", f"<code>{_esc(name)}</code> ({info['size_bytes']:,} bytes, sha256 {_esc(info['sha256'][:12])}…)"],
+             ["exporter", _esc(data["trace_info"].get("exporter_version") or "-")],
              ["GPU", _esc(g.get("name") or "unknown") + (f", {g['sm_count']} SMs" if g.get("sm_count") else "")],
-             ["peaks", _esc(f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), {_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s"
-                            f" — {g.get('peak_source')}") if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
-    if data.get("model"):
-        setup.append(["model", _esc(", ".join(f"{k} {v}" for k, v in data["model"].items() if v is not None))])
-    w = data.get("workload")
+             ["peaks", _esc(f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), "
+                            f"{_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s — {g.get('source')}")
+              if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
+    if data.get("model_info"):
+        setup.append(["model", _esc(", ".join(f"{k} {v}" for k, v in data["model_info"].items() if v is not None))])
+    w = data.get("workload_full")
     if w:
         views = ", ".join(f"{v.get('count')}× {v.get('name')} {v.get('side')}px" for v in w.get("views") or [])
         setup += [["workload", _esc(f"mode {w.get('mode')}, image {w.get('image_width')}×{w.get('image_height')}, "
@@ -236,7 +241,8 @@ def render_html(data: dict, trace=None) -> str:
     if ds:
         tp = ds["throughput"]
         parts.append(f"<h2>Pages and repeats</h2><p>{_plural(ds['requests'], 'request')} over "
-                     f"{_plural(ds['pages'], 'page')}, up to {_plural(ds['max_repeats'], 'repeat')} each. Throughput {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
+                     f"{_plural(ds['pages'], 'page')}, up to {_plural(ds['max_repeats'], 'repeat')} each. "
+                     f"Throughput {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
                      f"{_fmt_num(tp.get('tokens_per_s'), '{:,.1f}')} tokens/s end to end, "
                      f"{_fmt_num(tp.get('decode_tokens_per_s'), '{:,.1f}')} tokens/s in decode.</p>")
         parts.append(_table(["stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv", "repeat cv"],

@@ -1,13 +1,14 @@
 """Per-stage FLOPs, bytes, TFLOP/s, MFU and MBU: the attributed GPU time joined with the analytic model.
 
-Inputs: the per-range-name table of `analyze.attribution.range_table` (name, instances, busy_ns, ...),
+Inputs: the per-range-name rows of the `stages` table (name, instances, busy_ns, cpu_ns, ...),
 the dsocr manifest recorded in the trace (workload per request, model config, dtype) and the GPU's
 peaks (`analyze.peaks`).
 
-Which time: `busy_ns`, the union of the intervals in which at least one of the stage's kernels runs
-(summed over the stage's instances). It leaves out the GPU idle gaps inside a stage (launch overhead,
-host syncs), which the attribution table reports separately, so MFU/MBU say how well the kernels use
-the hardware while they run; the idle share says how well the host keeps them fed.
+Which time: both. Over `busy_ns`, the union of the intervals in which at least one of the stage's
+kernels runs (summed over instances), MFU/MBU say how well the kernels use the hardware while they
+run (`mfu_busy_pct`, `mbu_busy_pct`); over the stage's wall time (`cpu_ns`, the ranges' own duration)
+they say what the stage achieved end to end (`mfu_wall_pct`, `mbu_wall_pct`). `mfu`/`mbu`/`tflops`/
+`gbs` are the busy-time values under their old names (kept; deprecated).
 
 Which work: per range name, the total over all its instances in the trace. The manifest lists one
 workload per request (`pages`); when the trace has one `prefill` instance per listed request, each
@@ -17,18 +18,17 @@ the listed workloads (a warning says so). Range names match with or without the 
 
 Model level: prefill + decode (vision is nested inside prefill, never added twice).
 
-Units in the rows and in `--json`: flops and bytes are counts; tflops = 1e12 FLOP/s; gbs = 1e9 B/s;
-mfu and mbu are PERCENT of the peak; intensity is FLOP per byte; bound is 'compute' when the
-intensity is at or above the GPU's ridge point (peak FLOP/s / peak B/s), else 'memory'.
+Units: flops and bytes are counts; *_pct are percent; tflop_per_s = 1e12 FLOP/s; gb_per_s = 1e9 B/s;
+intensity is FLOP per byte; roof_busy_pct = achieved FLOP/s / min(peak FLOP/s, bandwidth x intensity),
+the share of the roofline reached while busy. The limiter (`bound`) is analyze.metrics.efficiency's.
 """
 from __future__ import annotations
 
+from dsocr_perf.analyze.metrics.peaks import PEAK_COLUMN, Peaks, resolve_peaks
 from dsocr_perf.dsocr import flops as model
 from dsocr_perf.dsocr import stages
 from dsocr_perf.dsocr.config import ModelConfig
 from dsocr_perf.dsocr.workload import Workload
-
-from dsocr_perf.analyze.peaks import Peaks, resolve_peaks
 
 MODEL_STAGES = (stages.PREFILL, stages.DECODE)     # the model-level sum: disjoint, vision inside prefill
 
@@ -44,23 +44,35 @@ _MODELLED = (stages.SAM, stages.CLIP, stages.PROJECTOR, stages.LLM_PREFILL, stag
              stages.DECODE_STEP, stages.REQUEST)
 
 
-def rates(flops: float | None, nbytes: float | None, busy_ns: float | None, peaks: Peaks) -> dict:
-    """tflops, mfu %, gbs, mbu %, intensity and bound of `flops` and `nbytes` done in `busy_ns`."""
-    out = {"tflops": None, "mfu": None, "gbs": None, "mbu": None, "intensity": None, "bound": None}
-    seconds = busy_ns / 1e9 if busy_ns else None
-    if flops is not None and seconds:
-        out["tflops"] = flops / seconds / 1e12
+RATE_KEYS = ("tflops", "mfu", "gbs", "mbu", "intensity", "tflop_per_s_busy", "gb_per_s_busy", "mfu_busy_pct",
+             "mbu_busy_pct", "mfu_wall_pct", "mbu_wall_pct", "intensity_flop_per_byte", "roof_busy_pct")
+
+
+def rates(flops: float | None, nbytes: float | None, busy_ns: float | None, wall_ns: float | None,
+          peaks: Peaks) -> dict:
+    """Achieved rates of `flops` and `nbytes` over busy and over wall time, as percent of the peaks."""
+    out = dict.fromkeys(RATE_KEYS)
+    busy = busy_ns / 1e9 if busy_ns else None
+    wall = wall_ns / 1e9 if wall_ns else None
+    if flops is not None and busy:
+        out["tflop_per_s_busy"] = flops / busy / 1e12
         if peaks.peak_tflops:
-            out["mfu"] = 100.0 * out["tflops"] / peaks.peak_tflops
-    if nbytes is not None and seconds:
-        out["gbs"] = nbytes / seconds / 1e9
+            out["mfu_busy_pct"] = 100.0 * out["tflop_per_s_busy"] / peaks.peak_tflops
+    if flops is not None and wall and peaks.peak_tflops:
+        out["mfu_wall_pct"] = 100.0 * flops / wall / 1e12 / peaks.peak_tflops
+    if nbytes is not None and busy:
+        out["gb_per_s_busy"] = nbytes / busy / 1e9
         if peaks.peak_gbs:
-            out["mbu"] = 100.0 * out["gbs"] / peaks.peak_gbs
+            out["mbu_busy_pct"] = 100.0 * out["gb_per_s_busy"] / peaks.peak_gbs
+    if nbytes is not None and wall and peaks.peak_gbs:
+        out["mbu_wall_pct"] = 100.0 * nbytes / wall / 1e9 / peaks.peak_gbs
     if flops is not None and nbytes:
-        out["intensity"] = flops / nbytes
-        ridge = peaks.ridge_flops_per_byte
-        if ridge is not None:
-            out["bound"] = "compute" if out["intensity"] >= ridge else "memory"
+        out["intensity_flop_per_byte"] = flops / nbytes
+        if out["tflop_per_s_busy"] is not None and peaks.peak_tflops and peaks.peak_gbs:
+            roof = min(peaks.peak_tflops, peaks.peak_gbs * out["intensity_flop_per_byte"] / 1e3)
+            out["roof_busy_pct"] = 100.0 * out["tflop_per_s_busy"] / roof
+    out.update(tflops=out["tflop_per_s_busy"], mfu=out["mfu_busy_pct"], gbs=out["gb_per_s_busy"],
+               mbu=out["mbu_busy_pct"], intensity=out["intensity_flop_per_byte"])
     return out
 
 
@@ -116,6 +128,10 @@ def _workload(d: dict) -> tuple[Workload, list[int] | None]:
     return w, [int(k) for k in kv] if kv is not None else None
 
 
+# A manifest of the right schema can still hold values of the wrong type or size.
+MANIFEST_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError)
+
+
 def _why(error: Exception) -> str:
     return f"no {error.args[0]!r} key" if isinstance(error, KeyError) else str(error)
 
@@ -128,10 +144,11 @@ def _scaled_mean(costs: list[model.Cost], k: int) -> model.Cost:
 
 def workload_summary(manifest: dict | None) -> dict | None:
     """The `workload` object of `--json`: the first measured request, as the manifest records it."""
-    if not manifest or not manifest.get("workload"):
+    w = (manifest or {}).get("workload")
+    if not isinstance(w, dict) or not w:
         return None
-    w = manifest["workload"]
-    return {"mode": w.get("mode"), "tile_grid": list(w["tile_grid"]) if w.get("tile_grid") else None,
+    grid = w.get("tile_grid")
+    return {"mode": w.get("mode"), "tile_grid": list(grid) if isinstance(grid, (list, tuple)) else None,
             "views": w.get("views"), "image_tokens": w.get("image_tokens"),
             "prompt_tokens": w.get("prompt_tokens"), "generated_tokens": w.get("generated_tokens")}
 
@@ -151,19 +168,20 @@ def stage_metrics(ranges_df, manifest: dict | None, gpu_name: str | None = None,
     Raises ValueError with one line when the overrides are not positive numbers.
     """
     table = ranges_df.to_dicts() if hasattr(ranges_df, "to_dicts") else list(ranges_df)
-    env = (manifest or {}).get("environment") or {}
-    gpu_name = gpu_name or env.get("gpu_name")
-    dtype = ((manifest or {}).get("model") or {}).get("dtype") or "bfloat16"
+    env = _dict((manifest or {}).get("environment"))
+    gpu_name = gpu_name or (env.get("gpu_name") if isinstance(env.get("gpu_name"), str) else None)
+    dtype = _dict((manifest or {}).get("model")).get("dtype")
+    dtype = dtype if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in PEAK_COLUMN else "bfloat16"
     peaks = resolve_peaks(gpu_name, dtype, peak_tflops=peak_tflops, peak_gbs=peak_gbs,
                           trace_bandwidth_Bps=trace_bandwidth_Bps, total_memory_bytes=total_memory_bytes)
     messages = [peaks.message] if peaks.message else []
 
-    busy = {}
-    instances = {}
+    busy, wall, instances = {}, {}, {}
     for r in table:
         s = stage_name(r["name"])
         if s is not None:
             busy[s] = busy.get(s, 0) + (r.get("busy_ns") or 0)
+            wall[s] = wall.get(s, 0) + (r.get("cpu_ns") or 0)
             instances[s] = instances.get(s, 0) + (r.get("instances") or 0)
 
     costs: dict[str, model.Cost] = {}
@@ -178,8 +196,9 @@ def stage_metrics(ranges_df, manifest: dict | None, gpu_name: str | None = None,
             if any(kv is None for _, kv in work.workloads):
                 messages.append("the manifest records no decode_kv_lengths: decode FLOPs and bytes are left empty")
             _check_instances(work, instances, messages)
-        except ValueError as e:
-            messages.append(f"no model metrics: {e}")
+        except MANIFEST_ERRORS as e:
+            work, costs = None, {}
+            messages.append(f"no model metrics: the manifest's workload or model is not usable ({_why(e)})")
 
     rows = []
     for r in table:
@@ -187,19 +206,25 @@ def stage_metrics(ranges_df, manifest: dict | None, gpu_name: str | None = None,
         cost = costs.get(s) if s else None
         f, b = (cost.flops, cost.bytes) if cost else (None, None)
         rows.append({"name": r["name"], "stage": s, "instances": r.get("instances"), "busy_ns": r.get("busy_ns"),
-                     "flops": f, "bytes": b} | rates(f, b, r.get("busy_ns"), peaks))
+                     "flops": f, "bytes": b} | rates(f, b, r.get("busy_ns"), r.get("cpu_ns"), peaks))
 
     model_level = None
     if all(s in costs and busy.get(s) for s in MODEL_STAGES):
         f = sum(costs[s].flops for s in MODEL_STAGES)
         b = sum(costs[s].bytes for s in MODEL_STAGES)
         t = sum(busy[s] for s in MODEL_STAGES)
-        model_level = {"stages": list(MODEL_STAGES), "flops": f, "bytes": b, "busy_ns": t} | rates(f, b, t, peaks)
+        w = sum(wall.get(s, 0) for s in MODEL_STAGES)
+        model_level = {"stages": list(MODEL_STAGES), "flops": f, "bytes": b, "busy_ns": t, "wall_ns": w} | \
+            rates(f, b, t, w, peaks)
     extras = {"workload": workload_summary(manifest), "gpu": peaks.to_dict(), "model": model_level,
               "attention_policy": (work.policy if work else model.AttentionPolicy(policy or
                                    model.DEFAULT_ATTENTION_POLICY)).value,
               "logits_positions": logits_positions, "messages": messages}
     return rows, extras
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _check_instances(work: ManifestWork, instances: dict, messages: list[str]) -> None:
@@ -222,16 +247,4 @@ def decode_model_rows(manifest: dict, *, policy=None) -> list[dict]:
     return model.decode_layer_rows(work.config, kv or [], policy=work.policy, nbytes=work.nbytes)
 
 
-def decode_model_frame(manifest: dict | None, *, policy=None):
-    """`decode_model_rows` as a polars DataFrame with fixed column types (empty when nothing applies),
-    ready for `con.register('decode_model', frame)`."""
-    import polars as pl
-
-    schema = {"step": pl.Int64, "kv_length": pl.Int64, "layer": pl.Int64, "block": pl.Utf8, "flops": pl.Int64,
-              "attention_flops": pl.Int64, "weight_bytes": pl.Int64, "activation_bytes": pl.Int64,
-              "kv_read_bytes": pl.Int64, "kv_write_bytes": pl.Int64, "bytes": pl.Int64}
-    try:
-        rows = decode_model_rows(manifest, policy=policy) if manifest else []
-    except ValueError:
-        rows = []
-    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+DECODE_MODEL_SCHEMA = [(n, "string" if n == "block" else "int64") for n in model.DECODE_MODEL_COLUMNS]

@@ -25,13 +25,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import polars as pl
 
-from dsocr_perf.analyze.cli import no_cache_option
 from dsocr_perf.analyze.errors import TraceError
 from dsocr_perf.dsocr import stages
+
+if TYPE_CHECKING:
+    import polars as pl
 
 STAGE_ORDER = [stages.PREPROCESS, stages.PREFILL, stages.SAM, stages.CLIP, stages.PROJECTOR,
                stages.LLM_PREFILL, stages.DECODE, stages.DECODE_STEP]
@@ -92,15 +94,10 @@ class DatasetStats:
         }
 
 
-def find_manifest(trace) -> dict | None:
-    """The trace's manifest, else a dsocr manifest saved as NAME.json beside the trace file."""
-    from dsocr_perf.analyze.sidecar import sidecar_manifest
-
-    return getattr(trace, "manifest", None) or sidecar_manifest(Path(trace.path))
-
-
 def _request_table(trace, manifest: dict | None) -> pl.DataFrame:
-    rows = trace.con.execute(REQUEST_RANGES_SQL.replace("r.payload", _payload_column(trace))).fetchall()
+    import polars as pl
+
+    rows = trace.con.execute(REQUEST_RANGES_SQL).fetchall()
     pages = {}
     for entry in (manifest or {}).get("pages") or []:
         if isinstance(entry, dict) and entry.get("request") is not None:
@@ -124,12 +121,9 @@ def _request_table(trace, manifest: dict | None) -> pl.DataFrame:
     return pl.DataFrame(out, schema=schema)
 
 
-def _payload_column(trace) -> str:
-    columns = {row[0] for row in trace.con.execute("DESCRIBE ranges").fetchall()}
-    return "r.payload" if "payload" in columns else "NULL"
+def _stats(frame, by: list[str]):
+    import polars as pl
 
-
-def _stats(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     return (frame.group_by(by, maintain_order=True)
             .agg(pl.len().alias("n"), pl.col("gpu_ns").mean().alias("mean_ns"), pl.col("gpu_ns").std().alias("std_ns"),
                  pl.col("gpu_ns").min().alias("min_ns"), pl.col("gpu_ns").max().alias("max_ns"))
@@ -143,7 +137,9 @@ def _stage_rank(name: str) -> tuple[int, str]:
 
 def dataset_stats(trace, manifest: dict | None = None) -> DatasetStats | None:
     """Statistics over the trace's `request` ranges; None when the trace has none."""
-    manifest = manifest if manifest is not None else find_manifest(trace)
+    import polars as pl
+
+    manifest = manifest if manifest is not None else trace.manifest
     requests = _request_table(trace, manifest)
     if requests.height == 0:
         return None
@@ -214,7 +210,7 @@ def _pct(x) -> str:
 
 def format_stats(stats: DatasetStats) -> str:
     """The overall and per-page tables as plain text (ms, or µs when every mean is below a millisecond)."""
-    from dsocr_perf.analyze.report import _plural
+    from dsocr_perf.analyze.out.table import _plural
 
     t = stats.throughput
     pages = stats.requests["page"].n_unique()
@@ -245,20 +241,25 @@ def format_stats(stats: DatasetStats) -> str:
     return "\n".join(lines)
 
 
-@click.command("dataset", short_help="Per-page stage statistics over request ranges.")
-@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@no_cache_option
-def dataset_command(trace_path: Path, as_json: bool, no_cache: bool) -> None:
-    """Per-page and overall stage statistics over the `request` ranges of TRACE (pages x repeats)."""
-    from dsocr_perf.analyze.load import open_trace
+def register(cli, common) -> None:
+    @cli.command("dataset", short_help="Per-page stage statistics over request ranges.")
+    @common.trace_argument
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @common.no_cache_option
+    def dataset_command(trace_path: Path, as_json: bool, no_cache: bool) -> None:
+        """Per-page and overall stage statistics over the `request` ranges of TRACE (pages x repeats)."""
+        trace = common.open(trace_path, no_cache, quiet=as_json)
+        stats = dataset_stats(trace)
+        if stats is None:
+            raise TraceError(f"{trace_path} has no '{stages.REQUEST}' ranges: capture pages with dsocr-trace "
+                             "(each page and repeat is one request range) to get dataset statistics")
+        if as_json:
+            common.echo(json.dumps(clean(stats.to_dict()), indent=2, allow_nan=False, default=str))
+        else:
+            common.echo(format_stats(stats))
 
-    trace = open_trace(trace_path, cache=not no_cache)
-    stats = dataset_stats(trace)
-    if stats is None:
-        raise TraceError(f"{trace_path} has no '{stages.REQUEST}' ranges: capture pages with dsocr-trace "
-                         "(each page and repeat is one request range) to get dataset statistics")
-    if as_json:
-        click.echo(json.dumps(stats.to_dict(), indent=2, default=str))
-    else:
-        click.echo(format_stats(stats))
+
+def clean(value):
+    from dsocr_perf.analyze.out.document import clean as clean_document
+
+    return clean_document(value)

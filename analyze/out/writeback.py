@@ -2,8 +2,8 @@
 people who query with sqlite3 or browse with Datasette. The trace itself is only read.
 
 Tables (times in integer ns on the trace clock):
-- `stages`: one row per range name, the attribution totals of `analyze.attribution.range_table`
-  (name, instances, inclusive_ns, exclusive_ns, busy_ns, span_ns, cpu_ns, kernels, gpu_ops, launches).
+- `stages`: one row per range name, the canonical `stages` table (name, instances, inclusive_ns,
+  exclusive_ns, busy_ns, span_ns, cpu_ns, kernels, gpu_ops, launches, and the wall-time accounting).
 - `range_instances`: one row per range instance: range_id, name, path, depth, parent_id, pid, tid,
   start_ns, end_ns, kernel_ns (inclusive kernel time), kernels.
 - `kernels_by_name`: one row per kernel name (memcpy/memset too): name, kind, category, instances,
@@ -17,15 +17,13 @@ Tables (times in integer ns on the trace clock):
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from dsocr_perf.analyze.cli import no_cache_option
-from dsocr_perf.analyze.errors import TraceError, check_output_file
+from dsocr_perf.analyze.paths import atomic_path, check_output, derived
 
 RANGE_INSTANCES_SQL = """
 -- one row per range instance with the kernel time launched inside it (inclusive)
@@ -63,12 +61,7 @@ ORDER BY r.name, total_ns DESC, k.name
 
 
 def default_output(trace_path: Path) -> Path:
-    name = trace_path.name
-    for suffix in (".pt.trace.json.gz", ".pt.trace.json", ".sqlite", ".json.gz", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return trace_path.with_name(name + ".analysis.sqlite")
+    return derived(trace_path, ".analysis.sqlite")
 
 
 def _dicts(con, sql: str) -> list[dict]:
@@ -79,12 +72,11 @@ def _dicts(con, sql: str) -> list[dict]:
 
 def analysis_tables(trace) -> dict[str, list[dict]]:
     """Every table of the analysis database as a list of rows."""
-    from dsocr_perf.analyze.attribution import range_table
-    from dsocr_perf.analyze.dataset import dataset_stats
+    from dsocr_perf.analyze.out.dataset import dataset_stats
 
     con = trace.con
     tables = {
-        "stages": range_table(trace).to_dicts(),
+        "stages": trace.table("stages").to_pylist(),
         "range_instances": _dicts(con, RANGE_INSTANCES_SQL),
         "kernels_by_name": _dicts(con, KERNELS_BY_NAME_SQL),
         "stage_kernels": _dicts(con, STAGE_KERNELS_SQL),
@@ -108,42 +100,33 @@ def write_analysis_db(trace, out: Path) -> dict[str, int]:
     """Write the tables to `out` (through a temporary file); returns rows per table."""
     import sqlite_utils
 
-    if Path(out).resolve() == Path(trace.path).resolve():
-        raise TraceError(f"refusing to write the analysis over the trace itself ({out}): choose another --out")
     tables = analysis_tables(trace)
-    tmp = out.with_name(out.name + ".part")
-    if tmp.exists():
-        tmp.unlink()
     counts = {}
-    try:
+    with atomic_path(out) as tmp:
         db = sqlite_utils.Database(tmp)
-        for name, rows in tables.items():
-            if rows:
-                db[name].insert_all(rows)
-            counts[name] = len(rows)
-        db.close()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            for name, rows in tables.items():
+                if rows:
+                    db[name].insert_all(rows)
+                counts[name] = len(rows)
+        finally:
+            db.close()
     return counts
 
 
-@click.command("writeback", short_help="Stage and kernel tables as NAME.analysis.sqlite.")
-@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output database (default: NAME.analysis.sqlite beside TRACE).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output database.")
-@no_cache_option
-def writeback_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
-    """Save the stage and kernel tables of TRACE as NAME.analysis.sqlite (for sqlite3 / Datasette)."""
-    from dsocr_perf.analyze.load import open_trace
-
-    trace = open_trace(trace_path, cache=not no_cache)
-    out = out or default_output(trace_path)
-    check_output_file(out, force, "--out")
-    if sys.stderr.isatty():
-        click.echo("writeback: building tables...", err=True)
-    counts = write_analysis_db(trace, out)
-    summary = ", ".join(f"{name} {n}" for name, n in counts.items())
-    click.echo(f"wrote {out} ({summary} rows)")
+def register(cli, common) -> None:
+    @cli.command("writeback", short_help="Stage and kernel tables as NAME.analysis.sqlite.")
+    @common.trace_argument
+    @click.option("--out", type=click.Path(path_type=Path), default=None,
+                  help="Output database (default: TRACE's stem + .analysis.sqlite beside it).")
+    @common.force_option
+    @common.no_cache_option
+    def writeback_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
+        """Save the stage and kernel tables of TRACE as NAME.analysis.sqlite (for sqlite3 / Datasette)."""
+        out = check_output(out or default_output(trace_path), force, "--out", inputs=(trace_path,))
+        trace = common.open(trace_path, no_cache)
+        if sys.stderr.isatty():
+            click.echo("writeback: building tables...", err=True)
+        counts = write_analysis_db(trace, out)
+        summary = ", ".join(f"{name} {n}" for name, n in counts.items())
+        common.echo(f"wrote {out} ({summary} rows)")

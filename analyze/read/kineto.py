@@ -1,10 +1,10 @@
-"""PyTorch profiler (Kineto) Chrome-trace JSON -> the base tables of analyze.schema.
+"""PyTorch profiler (Kineto) Chrome-trace JSON -> the base tables of analyze.read.schema -> `Raw`.
 
     user_annotation (record_function)            -> ranges (push/pop, default domain)
     kernel | gpu_memcpy | gpu_memset              -> kernels (kind kernel | memcpy | memset)
     cuda_runtime | cuda_driver                    -> launches
     deviceProperties                              -> gpus;   top-level scalar keys -> meta
-    NAME.json beside the trace (dsocr manifest)   -> meta 'manifest'
+    top-level `dsocr_manifest` (the capture's)    -> meta 'manifest'
 
 GPU operations join their launching call on `args.correlation`. Old traces (PyTorch <= 1.9, 2021)
 say Kernel/Memcpy/Memset/Runtime/Operator, "stream 7" tids and "external id"; their record_function
@@ -67,8 +67,10 @@ def _load(path: Path) -> dict[str, pa.Table]:
         start = _ns(e.get("ts"))
         if start is None:
             continue
-        start += base_ns
-        end = start + max(_ns(e.get("dur")) or 0, 0)
+        start = _fits(start + base_ns)
+        end = _fits(start + max(_ns(e.get("dur")) or 0, 0)) if start is not None else None
+        if start is None or end is None:
+            continue
         args = e.get("args") if isinstance(e.get("args"), dict) else {}
         kind = GPU_OP_KINDS.get(category)
         if kind is not None:
@@ -91,7 +93,7 @@ def _load(path: Path) -> dict[str, pa.Table]:
         "launches": launch_table,
         "ranges": _ranges(annotations, cpu_end_ns, warnings),
         "gpus": _gpus(doc.get("deviceProperties"), kernels),
-        "meta": _meta(doc, warnings, _manifest_json(path)),
+        "meta": _meta(doc, warnings, _embedded_manifest(doc)),
     }
     return tables
 
@@ -117,7 +119,19 @@ def _read(path: Path):
         raise TraceError(f"{path}: JSON nested too deeply, not a PyTorch profiler trace") from None
 
 
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _fits(value: int | None) -> int | None:
+    """Only values an int64 column can hold; anything beyond is not a time of this trace."""
+    return value if value is not None and INT64[0] <= value <= INT64[1] else None
+
+
 def _ns(value) -> int | None:
+    return _fits(_ns_any(value))
+
+
+def _ns_any(value) -> int | None:
     """Microseconds (JSON int, or the decimal text of a JSON float) -> integer nanoseconds, exactly."""
     if type(value) is int:
         return value * 1000
@@ -130,11 +144,15 @@ def _ns(value) -> int | None:
         except (InvalidOperation, ValueError):
             return None
     if type(value) is float:
-        return round(value * 1000)
+        return round(value * 1000) if value == value and abs(value) < 1e300 else None
     return None
 
 
 def _int(value) -> int | None:
+    return _fits(_int_any(value))
+
+
+def _int_any(value) -> int | None:
     """pid / tid / stream / device as an int: 7, '7', 'stream 7' -> 7; anything else -> None."""
     if type(value) is int:
         return value
@@ -232,7 +250,7 @@ def _ranges(annotations, cpu_end_ns, warnings):
     are genuinely empty (integer-us traces round short ones to 0) and keep end = start.
     """
     last_start: dict[tuple, int] = {}
-    for start, end, e in annotations:
+    for start, _, e in annotations:
         key = (_int(e.get("pid")), _int(e.get("tid")))
         last_start[key] = max(last_start.get(key, start), start)
     rows = []
@@ -285,16 +303,17 @@ def _gpus(properties, ops):
     })
 
 
-def _manifest_json(path: Path) -> str | None:
-    from dsocr_perf.analyze.sidecar import sidecar_manifest
-
-    manifest = sidecar_manifest(path)
-    return None if manifest is None else json.dumps(manifest)
+def _embedded_manifest(doc: dict) -> str | None:
+    """The dsocr manifest the capture's profiler pass stores in the trace's metadata."""
+    value = doc.get("dsocr_manifest")
+    if isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, dict) else None
 
 
 def _meta(doc: dict, warnings: list[str], manifest: str | None):
     """Top-level scalar keys (schemaVersion, baseTimeNanoseconds, cupti_version, ...), distributedInfo,
-    the sidecar manifest, and warnings."""
+    the embedded manifest, and warnings."""
     keys, values = ["trace_format"], ["kineto"]
     for key, value in doc.items():
         if isinstance(value, (str, int, float)):
@@ -303,10 +322,58 @@ def _meta(doc: dict, warnings: list[str], manifest: str | None):
     if isinstance(doc.get("distributedInfo"), dict):
         keys.append("distributedInfo")
         values.append(json.dumps(doc["distributedInfo"], sort_keys=True))
-    if manifest is not None:  # analyze.load: meta 'manifest' becomes Trace.manifest
+    if manifest is not None:
         keys.append("manifest")
         values.append(manifest)
-    for w in warnings:  # analyze.load turns meta rows with key 'warning' into Trace.warnings
+    for w in warnings:
         keys.append("warning")
         values.append(w)
     return pa.table({"key": pa.array(keys, pa.string()), "value": pa.array(values, pa.string())})
+
+
+# ------------------------------------------------------------------------------------- -> Raw
+
+def read_kineto(path: Path):
+    """A profiler trace as `Raw`: the base tables (checked by analyze.read.schema) as NumPy columns.
+    Threads are (pid, tid) pairs; the ranges are record_function intervals (push/pop)."""
+    import numpy as np
+
+    from dsocr_perf.analyze.read import raw as R
+    from dsocr_perf.analyze.read import schema
+    from dsocr_perf.analyze.read.nvtx import nvtx_from_ranges
+
+    tables = schema.normalize(load_kineto(path), source=f"kineto reader ({path.name})")
+    k, calls_t, ranges = tables["kernels"], tables["launches"], tables["ranges"]
+
+    def ints(table, name, fill=-1):
+        return np.asarray(table.column(name).fill_null(fill).to_numpy(), np.int64)
+
+    thread_pairs = np.stack([np.r_[ints(calls_t, "pid"), ints(ranges, "pid")],
+                             np.r_[ints(calls_t, "tid"), ints(ranges, "tid")]], axis=1) \
+        if calls_t.num_rows + ranges.num_rows else np.zeros((0, 2), np.int64)
+    _, thread_of = np.unique(thread_pairs, axis=0, return_inverse=True)
+    thread_of = thread_of.reshape(-1)
+    call_thread, range_thread = thread_of[:calls_t.num_rows], thread_of[calls_t.num_rows:]
+
+    kind = np.array([R.OP_KINDS.index(v) for v in k.column("kind").to_pylist()], np.int8)
+    device, stream = ints(k, "device"), ints(k, "stream")
+    ops = R.GpuOps(start=ints(k, "start_ns"), end=ints(k, "end_ns"), kind=kind, process=ints(k, "gpid"),
+                   correlation=ints(k, "correlation"),
+                   stream_key=np.where((device >= 0) & (stream >= 0), (device << R.STREAM_BITS) | stream, -1),
+                   graph_node=ints(k, "graph_node"), copy_kind=np.full(k.num_rows, -1, np.int8))
+    names = sorted(set(calls_t.column("api_name").to_pylist()))
+    index = {n: i for i, n in enumerate(names)}
+    calls = R.ApiCalls(start=ints(calls_t, "start_ns"), end=ints(calls_t, "end_ns"), process=ints(calls_t, "gpid"),
+                       thread=call_thread.astype(np.int64), pid=ints(calls_t, "pid"), tid=ints(calls_t, "tid"),
+                       correlation=ints(calls_t, "correlation"),
+                       name_id=np.array([index[n] for n in calls_t.column("api_name").to_pylist()], np.int32),
+                       names=names)
+    meta = list(zip(tables["meta"].column("key").to_pylist(), tables["meta"].column("value").to_pylist()))
+    warnings = [v for key, v in meta if key == "warning"]
+    meta = [(key, v) for key, v in meta if key != "warning"]
+    nvtx = nvtx_from_ranges(ranges, tables["marks"], range_thread.astype(np.int64))
+    details = k.select(["name", "short_name", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
+                        "registers", "shared_mem", "bytes"])
+    return R.Raw(source="kineto", format="kineto-json", ops=ops, calls=calls, nvtx=nvtx,
+                 sync_keys=np.zeros(0, np.int64), gpus=tables["gpus"], meta=meta + [("source", "kineto")],
+                 warnings=warnings, details=lambda: details)

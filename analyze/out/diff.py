@@ -22,13 +22,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import polars as pl
 
-from dsocr_perf.analyze.cli import no_cache_option
-from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.errors import UsageError
 from dsocr_perf.dsocr import stages
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SIGMAS = 2.0
 TOP_KERNELS = 10
@@ -79,28 +81,19 @@ def _stage_metrics(trace, table: pl.DataFrame, manifest: dict | None) -> dict[st
     """name -> {flops, mfu (percent)} from dsocr_perf.analyze.metrics; empty without a manifest."""
     if manifest is None:
         return {}
-    from dsocr_perf.analyze.metrics import stage_metrics
+    from dsocr_perf.analyze.metrics.flops import stage_metrics
 
-    rows, _ = stage_metrics(table, manifest, _gpu_name(trace))
+    rows, _ = stage_metrics(table, manifest, trace.gpu.name)
     return {r["name"]: {"flops": r.get("flops"), "mfu": r.get("mfu")} for r in rows}
 
 
-def _gpu_name(trace) -> str | None:
-    row = trace.con.execute("SELECT any_value(name) FROM gpus").fetchone()
-    if row and row[0]:
-        return row[0]
-    manifest = getattr(trace, "manifest", None) or {}
-    return (manifest.get("environment") or {}).get("gpu_name")
+def side_of(trace, label: str) -> Side:
+    import polars as pl
 
+    from dsocr_perf.analyze.out.dataset import dataset_stats
 
-def side_of(path: Path, label: str, cache: bool = True) -> Side:
-    from dsocr_perf.analyze.attribution import range_table
-    from dsocr_perf.analyze.dataset import dataset_stats, find_manifest
-    from dsocr_perf.analyze.load import open_trace
-
-    trace = open_trace(path, cache=cache)
-    manifest = find_manifest(trace)
-    table = range_table(trace)
+    manifest = trace.manifest
+    table = trace.polars("stages")
     metrics = _stage_metrics(trace, table, manifest)
     stats = dataset_stats(trace, manifest)
     rows = []
@@ -139,7 +132,7 @@ def _delta(a, b):
 
 def _shown_stages(sa: dict, sb: dict, limit: int = 20) -> list[str]:
     """The DeepSeek-OCR stages in pipeline order when present, else the `limit` busiest range names."""
-    from dsocr_perf.analyze.dataset import STAGE_ORDER
+    from dsocr_perf.analyze.out.dataset import STAGE_ORDER
     keys = set(sa) | set(sb)
     known = [k for k in STAGE_ORDER if k in keys]
     if known:
@@ -150,6 +143,8 @@ def _shown_stages(sa: dict, sb: dict, limit: int = 20) -> list[str]:
 
 def compare(a: Side, b: Side, top: int = TOP_KERNELS) -> dict:
     """The diff as a JSON-ready dict (times in ns, per request when both traces have requests)."""
+    import polars as pl
+
     per_request = a.per_request and b.per_request
     if a.per_request != b.per_request:
         # only one is a dataset capture: compare totals on both sides
@@ -203,6 +198,8 @@ def compare(a: Side, b: Side, top: int = TOP_KERNELS) -> dict:
 
 def _totals(side: Side) -> Side:
     """The side with per-request means turned back into trace totals."""
+    import polars as pl
+
     if not side.per_request:
         return side
     n = side.requests
@@ -226,7 +223,7 @@ def _unit(values) -> tuple[str, float]:
 
 
 def format_diff(result: dict) -> str:
-    from dsocr_perf.analyze.report import _plural
+    from dsocr_perf.analyze.out.table import _plural
 
     lines = [f"A: {result['a']['trace']} ({_plural(result['a']['requests'], 'request range')})",
              f"B: {result['b']['trace']} ({_plural(result['b']['requests'], 'request range')})",
@@ -250,31 +247,36 @@ def format_diff(result: dict) -> str:
     lines += [khead, "-" * len(khead)]
     for k in result["kernels"]:
         name = k["name"] if len(k["name"]) <= 90 else k["name"][:87] + "..."
+        count = f"{k['a_instances']}>{k['b_instances']}"
         lines.append(f"{_num(k['a_ns'], scale):>10} {_num(k['b_ns'], scale):>10} {_signed(k['delta_ns'], scale):>10} "
-                     f"{_signed(k['delta_pct'], fmt='{:+.1f}%'):>8} {str(k['a_instances']) + '>' + str(k['b_instances']):>11}  {name}")
+                     f"{_signed(k['delta_pct'], fmt='{:+.1f}%'):>8} {count:>11}  {name}")
     return "\n".join(lines)
 
 
-@click.command("diff", short_help="What changed between two traces, per stage.")
-@click.argument("trace_a", metavar="A", type=click.Path(path_type=Path))
-@click.argument("trace_b", metavar="B", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--top", default=TOP_KERNELS, show_default=True, help="How many changed kernels to list.")
-@click.option("--force", is_flag=True, help="Diff even when the traces ran different models.")
-@no_cache_option
-def diff_command(trace_a: Path, trace_b: Path, as_json: bool, top: int, force: bool, no_cache: bool) -> None:
-    """What changed from trace A to trace B: per-stage time, kernels, FLOPs, MFU; kernels that moved most."""
-    a = side_of(trace_a, f"A ({trace_a.name})", cache=not no_cache)
-    b = side_of(trace_b, f"B ({trace_b.name})", cache=not no_cache)
-    reason = check_same_model(a, b)
-    if reason and not force:
-        raise TraceError(reason)
-    result = compare(a, b, top=top)
-    if reason:
-        result["warning"] = reason
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-    else:
+def register(cli, common) -> None:
+    @cli.command("diff", short_help="What changed between two traces, per stage.")
+    @click.argument("trace_a", metavar="A", type=click.Path(path_type=Path))
+    @click.argument("trace_b", metavar="B", type=click.Path(path_type=Path))
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option("--top", default=TOP_KERNELS, show_default=True, type=click.IntRange(min=1),
+                  help="How many changed kernels to list.")
+    @click.option("--force", is_flag=True, help="Diff even when the traces ran different models.")
+    @common.no_cache_option
+    def diff_command(trace_a: Path, trace_b: Path, as_json: bool, top: int, force: bool, no_cache: bool) -> None:
+        """What changed from trace A to trace B: per-stage time, kernels, FLOPs, MFU; kernels that moved most."""
+        a = side_of(common.open(trace_a, no_cache, quiet=as_json), f"A ({trace_a.name})")
+        b = side_of(common.open(trace_b, no_cache, quiet=as_json), f"B ({trace_b.name})")
+        reason = check_same_model(a, b)
+        if reason and not force:
+            raise UsageError(reason)
+        result = compare(a, b, top=top)
         if reason:
-            click.echo(f"warning: {reason}", err=True)
-        click.echo(format_diff(result))
+            result["warning"] = reason
+        if as_json:
+            from dsocr_perf.analyze.out.document import clean
+
+            common.echo(json.dumps(clean(result), indent=2, default=str, allow_nan=False))
+        else:
+            if reason:
+                click.echo(f"warning: {reason}", err=True)
+            common.echo(format_diff(result))

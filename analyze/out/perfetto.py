@@ -15,21 +15,19 @@ relative to the trace's first event; ``otherData.dsocr_origin_ns`` holds that or
 the numbers small enough for a double to hold every nanosecond).
 
 The file is written event by event from DuckDB cursors (no list of all events in memory), to a
-temporary name that is renamed when complete; ``.gz`` output is gzip-compressed.
+temporary file that replaces the output when complete (analyze.paths); ``.gz`` output is gzip-compressed.
 """
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import click
 
-from dsocr_perf.analyze.cli import no_cache_option
-from dsocr_perf.analyze.errors import check_output_file
+from dsocr_perf.analyze.paths import atomic_path, check_output, derived
 
 GPU_PID_BASE = 1 << 30  # above any OS pid (Linux caps pids at 2**22)
 BATCH = 10_000
@@ -69,7 +67,7 @@ def _event(head: dict, ts_ns: int, dur_ns: int | None = None) -> str:
 def trace_origin_ns(con) -> int:
     row = con.execute(
         "SELECT least((SELECT min(start_ns) FROM kernels), (SELECT min(start_ns) FROM ranges))"
-    ).fetchone()
+    ).fetchall()[0]
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -140,11 +138,10 @@ def events(trace) -> Iterator[str]:
 def write_chrome_trace(trace, out: Path, progress: bool = False) -> int:
     """Write the export to `out` (gzip when it ends in .gz); returns the number of trace events."""
     origin = trace_origin_ns(trace.con)
-    total = trace.con.execute("SELECT (SELECT count(*) FROM kernels) + (SELECT count(*) FROM ranges)").fetchone()[0]
-    tmp = out.with_name(out.name + ".part")
-    opener = gzip.open if out.suffix == ".gz" else open
+    total = trace.con.execute("SELECT (SELECT count(*) FROM kernels) + (SELECT count(*) FROM ranges)").fetchall()[0][0]
     count = 0
-    try:
+    with atomic_path(out) as tmp:
+        opener = gzip.open if out.suffix == ".gz" else open
         with opener(tmp, "wt", encoding="utf-8") as f:
             f.write('{"displayTimeUnit":"ns","otherData":' +
                     json.dumps({"dsocr_origin_ns": origin, "source": str(trace.path)}) +
@@ -158,36 +155,25 @@ def write_chrome_trace(trace, out: Path, progress: bool = False) -> int:
                     sys.stderr.write(f"\rexport-perfetto: {count:,} of ~{total:,} events ({100 * count / max(total, 1):.0f}%)")
                     sys.stderr.flush()
             f.write("\n]}\n")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if progress:
         sys.stderr.write(f"\rexport-perfetto: {count:,} events\n")
     return count
 
 
 def default_output(trace_path: Path) -> Path:
-    name = trace_path.name
-    for suffix in (".sqlite", ".json.gz", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return trace_path.with_name(name + ".perfetto.json")
+    return derived(trace_path, ".perfetto.json")
 
 
-@click.command("export-perfetto", short_help="Chrome-trace JSON for ui.perfetto.dev.")
-@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output file (default: TRACE's name + .perfetto.json beside it; .gz compresses).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@no_cache_option
-def export_perfetto_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
-    """Write TRACE as Chrome-trace JSON for ui.perfetto.dev: ranges on CPU threads, kernels per GPU stream."""
-    from dsocr_perf.analyze.load import open_trace
-
-    trace = open_trace(trace_path, cache=not no_cache)
-    out = out or default_output(trace_path)
-    check_output_file(out, force, "-o")
-    count = write_chrome_trace(trace, out, progress=sys.stderr.isatty())
-    click.echo(f"wrote {out} ({count:,} events); open it at https://ui.perfetto.dev")
+def register(cli, common) -> None:
+    @cli.command("export-perfetto", short_help="Chrome-trace JSON for ui.perfetto.dev.")
+    @common.trace_argument
+    @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+                  help="Output file (default: TRACE's stem + .perfetto.json beside it; .gz compresses).")
+    @common.force_option
+    @common.no_cache_option
+    def export_perfetto_command(trace_path: Path, out: Path | None, force: bool, no_cache: bool) -> None:
+        """Write TRACE as Chrome-trace JSON for ui.perfetto.dev: ranges on CPU threads, kernels per GPU stream."""
+        out = check_output(out or default_output(trace_path), force, "-o", inputs=(trace_path,))
+        trace = common.open(trace_path, no_cache)
+        count = write_chrome_trace(trace, out, progress=sys.stderr.isatty())
+        common.echo(f"wrote {out} ({count:,} events); open it at https://ui.perfetto.dev")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-
 I32, I64, STR = pa.int32(), pa.int64(), pa.string()
 
 # table -> ordered (column, arrow type). Nullable everywhere unless listed in REQUIRED.

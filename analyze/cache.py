@@ -1,0 +1,215 @@
+"""The analysis cache: derived from the trace, checked on every open, never trusted.
+
+A command that reads more than the stage table (sql, kernels, report, ...) leaves, after printing its
+answer, every canonical table in one DuckDB file under $XDG_CACHE_HOME/dsocr-perf/ (default
+~/.cache/dsocr-perf/; never beside the trace), so that the next command on the same trace starts at
+once. The stage table itself writes none (computing it is as fast as writing one) but reads one.
+
+A cache is used only when all of these hold, else the trace is read again (and the cache rewritten):
+- its key matches the trace now: cache format, size, mtime, ctime, inode and device, and a
+  fingerprint of the content (first and last 64 KiB and 16 blocks between; for a Parquet folder,
+  every file's name, size and times), so an edit that restores the timestamp still shows;
+- it belongs to this user and only this user can write it;
+- every table is there with the columns and the row count recorded when it was written.
+It is opened read-only in the SQL sandbox (analyze.sql). It is written to a temporary file created
+exclusively beside it and renamed when complete; temporary files of killed writers are removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+CACHE_FORMAT = 1
+TABLES = ("kernels", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps", "gpus", "meta",
+          "_op_lane_inner", "_op_startend", "_range_ancestors")
+STALE_TEMP_S = 3600
+BLOCK = 64 << 10
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dsocr-perf"
+
+
+def cache_file(path: Path) -> Path:
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
+    return cache_dir() / f"{digest}.duckdb"
+
+
+def key_of(path: Path) -> str:
+    """Everything that changes when the trace's content may have changed."""
+    path = Path(path)
+    if path.is_dir():
+        parts = []
+        for entry in sorted(path.iterdir()):
+            st = entry.stat()
+            parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}")
+        return f"{CACHE_FORMAT}:dir:" + hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+    st = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = st.st_size
+        offsets = {0, max(0, size - BLOCK)} | {size * i // 17 for i in range(1, 17)}
+        for offset in sorted(offsets):
+            f.seek(offset)
+            digest.update(f.read(BLOCK if offset in (0, max(0, size - BLOCK)) else 4096))
+    return f"{CACHE_FORMAT}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:{digest.hexdigest()}"
+
+
+def _owned_by_me(file: Path) -> bool:
+    st = file.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and stat.S_ISREG(st.st_mode)
+
+
+def load(path: Path):
+    """(facts, CachedTables) of a valid cache for the trace at `path`, or None."""
+    file = cache_file(path)
+    try:
+        if not file.is_file() or not _owned_by_me(file):
+            return None
+        key = key_of(path)
+    except OSError:
+        return None
+    import duckdb
+
+    from dsocr_perf.analyze import sql
+
+    try:
+        con = duckdb.connect(str(file), read_only=True, config=sql.SANDBOX_CONFIG)
+    except (duckdb.Error, OSError):
+        return None
+    try:
+        rows = con.execute("SELECT key, facts, tables FROM _cache").fetchall()
+        row = rows[0] if len(rows) == 1 else None
+        if row is None or row[0] != key:
+            con.close()
+            return None
+        facts, recorded = json.loads(row[1]), json.loads(row[2])
+        if set(recorded) != set(TABLES):
+            con.close()
+            return None
+        for name, expected in recorded.items():
+            columns = [r[0] for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [name]).fetchall()]
+            if columns != expected["columns"]:
+                con.close()
+                return None
+            if con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] != expected["rows"]:
+                con.close()
+                return None
+        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'kernel_ranges'").fetchall()[0][0]:
+            con.close()
+            return None
+    except (duckdb.Error, ValueError, TypeError, KeyError):
+        con.close()
+        return None
+    return facts, CachedTables(con, facts)
+
+
+class CachedTables:
+    """The canonical tables of a cache file (read-only DuckDB connection)."""
+    NAMES = TABLES
+
+    def __init__(self, con, facts: dict):
+        self.con, self.facts = con, facts
+        self._arrow: dict = {}
+
+    def get(self, name: str):
+        if name not in self._arrow:
+            self._arrow[name] = self.con.table(name).to_arrow_table()
+        return self._arrow[name]
+
+    def range_name_list(self) -> list[str]:
+        return self.facts["range_names"]
+
+    def gpu_busy_ns(self) -> int:
+        return self.facts["gpu_busy_ns"]
+
+    def connection(self):
+        return self.con
+
+
+def store(trace) -> None:
+    """Write every canonical table of `trace` to its cache file (best effort: a cache that cannot be
+    written is skipped without a word; the answer was already given)."""
+    if isinstance(trace.tables, CachedTables):
+        return
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _remove_stale_temporaries(folder)
+        key = key_of(trace.path)
+        fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
+        os.close(fd)
+        os.unlink(name)                 # DuckDB creates the file itself; the name stays ours
+    except OSError:
+        return
+    tmp = Path(name)
+    try:
+        _write(trace, tmp, key)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, cache_file(trace.path))
+    except Exception:  # noqa: BLE001 - the cache is optional; the answer was already printed
+        pass
+    finally:
+        for leftover in (tmp, Path(str(tmp) + ".wal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _write(trace, tmp: Path, key: str) -> None:
+    import duckdb
+
+    from dsocr_perf.analyze import sql
+
+    con = duckdb.connect(str(tmp))
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET memory_limit = '{sql.MEMORY_LIMIT}'")
+        recorded = {}
+        for name in TABLES:
+            table = trace.table(name)
+            con.register("_source", table)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _source')
+            con.unregister("_source")
+            recorded[name] = {"columns": table.column_names, "rows": table.num_rows}
+        con.execute(sql.KERNEL_RANGES)
+        facts = {"source": trace.source, "version": trace.version, "manifest": trace.manifest,
+                 "manifest_source": trace.manifest_source, "gpu": vars(trace.gpu), "warnings": trace.warnings,
+                 "totals": vars(trace.totals), "meta": trace.meta, "range_names": trace.range_names(),
+                 "gpu_busy_ns": trace.tables.gpu_busy_ns()}
+        con.execute("CREATE TABLE _cache AS SELECT ? AS key, ? AS facts, ? AS tables, ? AS written",
+                    [key, json.dumps(facts), json.dumps(recorded), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of writers that were killed: their process is gone, or they are old."""
+    now = time.time()
+    for tmp in folder.glob(".dsocr-cache-*.tmp*"):
+        try:
+            pid = int(tmp.name.split(".tmp")[0].rsplit(".", 1)[-1])
+        except ValueError:
+            pid = None
+        try:
+            alive = pid is not None and pid != os.getpid() and _process_exists(pid)
+            if not alive or now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

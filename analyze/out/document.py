@@ -1,0 +1,273 @@
+"""The analysis of a trace as one JSON document: the contract of `--json`, `metrics.json` and the report.
+
+Schema `dsocr-analysis/1`. Units are in the key names (`_ns` integer nanoseconds on the trace clock,
+`_pct` percent, `_frac` fraction in [0, 1], `_flops` and `_bytes` counts, `_per_s` rates); a number that
+does not exist is `null`, never NaN; every entry of a list has the same keys.
+
+    schema, trace (path as given), trace_info {path, format, source, exporter_version, manifest_source}
+    totals {kernels, kernel_ns, attributed_ns, attributed_frac, gpu_ops, ranges, first_op_ns, last_op_ns}
+    ranges [one per stage or range name: see RANGE_KEYS]
+    steps [one per decode step: see STEP_KEYS], step_summary {...}
+    opportunities [up to three, ranked: see analyze.metrics.opportunities]
+    workload, gpu, model_level, attention_policy, warnings, notes
+Kept from before under their old names (documented as deprecated in the README): in each range
+`tflops`, `mfu`, `gbs`, `mbu`, `intensity` (the busy-time values) and the top-level `model` (the
+model-level numbers, = model_level).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dsocr_perf.analyze import accounting
+from dsocr_perf.analyze.metrics import efficiency
+from dsocr_perf.analyze.metrics.flops import RATE_KEYS, stage_metrics
+from dsocr_perf.analyze.tables import ACCOUNTING_COUNTS, bare
+from dsocr_perf.dsocr import stages as S
+
+SCHEMA = "dsocr-analysis/1"
+# The stage table: DeepSeek-OCR stages in pipeline order, children under their parent.
+STAGE_TREE = ((S.PREPROCESS, None), (S.PREFILL, None), (S.SAM, S.PREFILL), (S.CLIP, S.PREFILL),
+              (S.PROJECTOR, S.PREFILL), (S.LLM_PREFILL, S.PREFILL), (S.DECODE, None))
+STAT_KEYS = ("name", "instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns", "cpu_ns", "kernels", "gpu_ops",
+             "launches")
+RANGE_KEYS = STAT_KEYS + ("stage", "parent", "depth", "inclusive_frac", "wall_ns", "idle_ns", "idle_frac",
+                          "gpu_idle_ns", "idle_causes_ns", "api_calls", "kernel_launches", "host_syncs", "memcpy",
+                          "memsets", "flops", "bytes") + RATE_KEYS + ("bound",)
+STEP_KEYS = ("request", "step", "kv_length", "start_ns", "wall_ns", "busy_ns", "idle_ns", "idle_causes_ns", "kernels",
+             "gpu_ops", "launches", "kernel_launches", "host_syncs", "memcpy", "api_calls")
+SLOW_STEP = 1.5          # a step above 1.5x the median wall time is flagged
+SHIFT_SHARE = 0.2        # a level shift: mean wall time before and after differs by 20% of the median
+MIN_SEGMENT = 5
+
+
+def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, policy=None) -> dict:
+    from dsocr_perf.analyze.metrics.opportunities import opportunities
+
+    all_rows = trace.table("stages").to_pylist()
+    rows = select(all_rows, which)
+    metric_rows, extras = stage_metrics(rows, trace.manifest, trace.gpu.name, peak_tflops=peak_tflops,
+                                        peak_gbs=peak_gbs, trace_bandwidth_Bps=trace.gpu.memory_bandwidth_Bps,
+                                        total_memory_bytes=trace.gpu.total_memory, policy=policy)
+    peaks = extras["gpu"]
+    ridge = (peaks["peak_tflops"] * 1e3 / peaks["peak_gbs"]) if peaks.get("peak_tflops") and peaks.get("peak_gbs") \
+        else None
+    totals = trace.totals
+    span = totals.last_ns - totals.first_ns if totals.first_ns is not None else 0
+    busy = trace.tables.gpu_busy_ns()
+    ranges = [range_entry(r, m, totals.kernel_ns, ridge) for r, m in zip(rows, metric_rows)]
+    steps = decode_steps(trace)
+    doc = {
+        "schema": SCHEMA,
+        "trace": str(trace.path),
+        "trace_info": {"path": str(trace.path), "format": trace.format, "source": trace.source,
+                       "exporter_version": trace.version, "manifest_source": trace.manifest_source},
+        "totals": {"kernels": totals.kernels, "kernel_ns": totals.kernel_ns, "attributed_ns": totals.attributed_ns,
+                   "attributed_frac": _frac(totals.attributed_ns, totals.kernel_ns), "gpu_ops": totals.gpu_ops,
+                   "gpu_op_ns": totals.gpu_op_ns, "ranges": totals.ranges, "first_op_ns": totals.first_ns,
+                   "last_op_ns": totals.last_ns, "gpu_span_ns": span, "gpu_busy_ns": busy,
+                   "gpu_busy_frac": _frac(busy, span)},
+        "ranges": ranges,
+        "steps": steps,
+        "step_summary": step_summary(steps, trace.manifest),
+        "workload": extras["workload"],
+        "gpu": {**peaks, "sm_count": trace.gpu.sm_count, "clock_hz": trace.gpu.clock_hz,
+                "memory_bandwidth_Bps": trace.gpu.memory_bandwidth_Bps, "total_memory_bytes": trace.gpu.total_memory},
+        "model_level": extras["model"],
+        "model": extras["model"],
+        "attention_policy": extras["attention_policy"],
+        "warnings": list(trace.warnings),
+        "notes": extras["messages"],
+    }
+    stage_index = {r["stage"]: r for r in _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs)}
+    doc["opportunities"] = opportunities(stage_index, doc, trace)
+    return clean(doc)
+
+
+def select(rows: list[dict], which: str) -> list[dict]:
+    """The rows a table shows: `all` names; else the DeepSeek-OCR stages present (tree order), else
+    the top-level ranges."""
+    if which == "all":
+        return rows
+    by_stage: dict[str, list[dict]] = {}
+    for row in rows:
+        if bare(row["name"]) in dict(STAGE_TREE):
+            by_stage.setdefault(bare(row["name"]), []).append(row)
+    if any(s in by_stage for s in S.REPORTED_STAGES):
+        return [r for stage, _ in STAGE_TREE for r in by_stage.get(stage, [])]
+    return [r for r in rows if r["depth"] == 0]
+
+
+def range_entry(row: dict, metrics: dict, kernel_ns: int, ridge: float | None) -> dict:
+    stage = bare(row["name"])
+    parent = dict(STAGE_TREE).get(stage)
+    causes = {c: int(row[f"idle_{c}_ns"]) for c in accounting.CAUSES}
+    entry = {k: row[k] for k in STAT_KEYS}
+    entry.update(stage=stage, parent=parent, depth=1 if parent else 0,
+                 inclusive_frac=_frac(row["inclusive_ns"], kernel_ns), wall_ns=row["wall_ns"], idle_ns=row["idle_ns"],
+                 idle_frac=_frac(row["idle_ns"], row["wall_ns"]), gpu_idle_ns=row["gpu_idle_ns"], idle_causes_ns=causes,
+                 api_calls=row["api_calls"], kernel_launches=row["kernel_launches"], host_syncs=row["host_syncs"],
+                 memcpy={d: row[f"memcpy_{d}"] for d in accounting.DIRECTIONS}, memsets=row["memsets"],
+                 flops=metrics["flops"], bytes=metrics["bytes"])
+    entry.update({k: metrics.get(k) for k in RATE_KEYS})
+    entry["bound"] = efficiency.limiter(entry, ridge)
+    return entry
+
+
+def _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs) -> list[dict]:
+    """Entries for every DeepSeek-OCR stage (the opportunities look at stages a table may not show)."""
+    shown = {r["name"] for r in rows}
+    extra = [r for r in all_rows if r["name"] not in shown and bare(r["name"]) in (S.REQUEST, S.DECODE_STEP)]
+    if not extra:
+        return ranges
+    metric_rows, extras = stage_metrics(extra, trace.manifest, trace.gpu.name, peak_tflops=peak_tflops,
+                                        peak_gbs=peak_gbs, trace_bandwidth_Bps=trace.gpu.memory_bandwidth_Bps,
+                                        total_memory_bytes=trace.gpu.total_memory, policy=policy)
+    return ranges + [range_entry(r, m, trace.totals.kernel_ns, None) for r, m in zip(extra, metric_rows)]
+
+
+# ------------------------------------------------------------------------------------ decode steps
+
+def decode_steps(trace) -> list[dict]:
+    """One entry per decode_step range instance, in time order; step = its position in its decode
+    range; request = the request range that holds it; kv_length from the manifest."""
+    stats = trace.table("range_stats")
+    names = stats.column("name")
+    names = names.cast(names.type.value_type) if hasattr(names.type, "value_type") else names
+    import pyarrow.compute as pc
+
+    is_step = pc.is_in(names, value_set=_pa_strings([S.DECODE_STEP, f"{S.DOMAIN}:{S.DECODE_STEP}"]))
+    steps = stats.filter(is_step)
+    if not steps.num_rows:
+        return []
+    ranges = trace.table("ranges")
+    rid = steps.column("range_id").to_numpy()
+    start = ranges.column("start_ns").to_numpy()
+    parent = ranges.column("parent_id").fill_null(-1).to_numpy()
+    order = np.lexsort((start[rid], parent[rid]))
+    position = np.empty(rid.size, np.int64)
+    sorted_parent = parent[rid][order]
+    first = np.r_[True, sorted_parent[1:] != sorted_parent[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(rid.size), 0))
+    position[order] = np.arange(rid.size) - group_start
+    request = _request_of(trace, start[rid])
+    kv = _kv_lengths(trace.manifest)
+    cols = steps.to_pydict()
+    out = []
+    for i in np.argsort(start[rid], kind="stable"):
+        step, req = int(position[i]), request[i]
+        lengths = kv.get(req, kv.get(None, []))
+        out.append({
+            "request": req, "step": step, "kv_length": lengths[step] if 0 <= step < len(lengths) else None,
+            "start_ns": int(start[rid[i]]), "wall_ns": cols["wall_ns"][i], "busy_ns": cols["busy_ns"][i],
+            "idle_ns": cols["idle_ns"][i],
+            "idle_causes_ns": {c: cols[f"idle_{c}_ns"][i] for c in accounting.CAUSES},
+            "kernels": cols["kernels"][i], "gpu_ops": cols["gpu_ops"][i], "launches": cols["launches"][i],
+            "kernel_launches": cols["kernel_launches"][i], "host_syncs": cols["host_syncs"][i],
+            "memcpy": {d: cols[f"memcpy_{d}"][i] for d in accounting.DIRECTIONS}, "api_calls": cols["api_calls"][i]})
+    return out
+
+
+def _pa_strings(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _request_of(trace, times: np.ndarray) -> list:
+    """The request index (its position among request ranges, in time order) holding each time."""
+    stats = trace.table("stages").to_pylist()
+    names = [r["name"] for r in stats if bare(r["name"]) == S.REQUEST]
+    if not names:
+        return [None] * times.size
+    ranges = trace.table("ranges")
+    name_col = ranges.column("name")
+    import pyarrow.compute as pc
+
+    sel = ranges.filter(pc.is_in(name_col.cast(name_col.type.value_type) if hasattr(name_col.type, "value_type")
+                                 else name_col, value_set=_pa_strings(names)))
+    rs = sel.column("start_ns").to_numpy()
+    re_ = sel.column("end_ns").to_numpy()
+    order = np.argsort(rs, kind="stable")
+    rs, re_ = rs[order], re_[order]
+    k = np.searchsorted(rs, times, side="right") - 1
+    return [int(i) if i >= 0 and times[j] <= re_[i] else None for j, i in enumerate(k)]
+
+
+def _kv_lengths(manifest) -> dict:
+    """request index (None: any) -> decode KV lengths, from the manifest's pages / workload."""
+    out: dict = {}
+    if not isinstance(manifest, dict):
+        return out
+    workload = manifest.get("workload")
+    if isinstance(workload, dict) and _int_list(workload.get("decode_kv_lengths")):
+        out[None] = _int_list(workload.get("decode_kv_lengths"))
+    for page in manifest.get("pages") or [] if isinstance(manifest.get("pages"), list) else []:
+        if isinstance(page, dict) and isinstance(page.get("request"), int) and isinstance(page.get("workload"), dict):
+            lengths = _int_list(page["workload"].get("decode_kv_lengths"))
+            if lengths:
+                out[page["request"]] = lengths
+    return out
+
+
+def _int_list(value) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) and all(isinstance(v, int) for v in value) else []
+
+
+def step_summary(steps: list[dict], manifest) -> dict:
+    """Mean and median per step, slow steps, a level shift, decode tokens/s (measured under tracing)."""
+    keys = ("steps", "mean_wall_ns", "median_wall_ns", "p90_wall_ns", "mean_busy_ns", "median_busy_ns",
+            "slow_steps", "level_shift", "tokens_per_s_under_tracing")
+    if not steps:
+        return dict.fromkeys(keys) | {"steps": 0, "slow_steps": []}
+    wall = np.array([s["wall_ns"] for s in steps], np.float64)
+    busy = np.array([s["busy_ns"] for s in steps], np.float64)
+    median = float(np.median(wall))
+    slow = [s["step"] for s in steps if s["wall_ns"] > SLOW_STEP * median]
+    return {"steps": len(steps), "mean_wall_ns": round(float(wall.mean())), "median_wall_ns": round(median),
+            "p90_wall_ns": round(float(np.percentile(wall, 90))), "mean_busy_ns": round(float(busy.mean())),
+            "median_busy_ns": round(float(np.median(busy))), "slow_steps": slow,
+            "level_shift": level_shift([s["step"] for s in steps], wall, median),
+            "tokens_per_s_under_tracing": len(steps) / (wall.sum() / 1e9) if wall.sum() else None}
+
+
+def level_shift(step_ids: list[int], wall: np.ndarray, median: float) -> dict | None:
+    """The split that best separates two levels of step time, when the levels differ by more than
+    SHIFT_SHARE of the median (e.g. steps 0-32 at 43.8 ms, 33-127 at 25.9 ms)."""
+    n = wall.size
+    if n < 2 * MIN_SEGMENT:
+        return None
+    csum = np.cumsum(wall)
+    k = np.arange(MIN_SEGMENT, n - MIN_SEGMENT + 1)
+    before = csum[k - 1] / k
+    after = (csum[-1] - csum[k - 1]) / (n - k)
+    # the split that explains most of the variance (between-segment sum of squares)
+    score = k * (n - k) * (before - after) ** 2
+    best = int(np.argmax(score))
+    if abs(before[best] - after[best]) < SHIFT_SHARE * median:
+        return None
+    return {"at_step": int(step_ids[k[best]]), "before_mean_ns": round(float(before[best])),
+            "after_mean_ns": round(float(after[best]))}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _frac(part, whole) -> float | None:
+    return part / whole if part is not None and whole else None
+
+
+def clean(value):
+    """NaN and infinities become null; NumPy scalars plain numbers (the JSON never holds NaN)."""
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = ["document", "select", "SCHEMA", "RANGE_KEYS", "STEP_KEYS", "ACCOUNTING_COUNTS"]

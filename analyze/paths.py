@@ -1,0 +1,133 @@
+"""Names of the files a trace's outputs get, and the rules that keep inputs safe.
+
+One rule names every derived file: the trace's stem (its name without the trace suffix) plus the
+output's own suffix: `traces/run.sqlite.gz` -> `traces/run.json` (manifest), `run.report/`,
+`run.perfetto.json`, `run.analysis.sqlite`, `run.ncu.csv`.
+
+Outputs are written to a temporary file created exclusively beside the final name and renamed over
+it at the end; the temporary file goes on every exit path. An output may not be the input, a file
+the input uses, or reached through a symlink; an existing one is replaced only with --force.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from dsocr_perf.analyze.errors import OutputError, TraceError
+
+TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json", ".sqlite.gz", ".sqlite", ".nsys-rep", ".json.gz", ".json",
+                  ".parquetdir", ".arrowdir")
+
+
+def stem(path: Path) -> str:
+    name = Path(path).name
+    for suffix in TRACE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def derived(path: Path, suffix: str) -> Path:
+    """The file beside the trace that belongs to it: stem + suffix."""
+    path = Path(path)
+    return path.with_name(stem(path) + suffix)
+
+
+def check_input(path: Path, what: str = "trace") -> Path:
+    """A regular file (or a symlink to one), or a folder of Parquet/Arrow tables; never a FIFO,
+    device or socket (reading one would hang or consume it)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file; give an nsys export (`nsys export --type sqlite`) or a PyTorch "
+                         "profiler trace (.json / .json.gz)") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot open it ({e.strerror or e}); check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+        return path
+    raise TraceError(f"{path} is not a regular file (a FIFO, device or socket); copy the {what} to a file and "
+                     "give that")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(out: Path, force: bool, option: str, inputs: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output that would harm an input or an existing file; `option` names the flag that
+    picks another file (e.g. '--out')."""
+    out = Path(out)
+    if out.is_symlink():
+        raise OutputError(f"{out} is a symlink: outputs are never written through one; pass {option} a plain path")
+    for source in inputs:
+        if _same_file(out, source) or _inside(out, source):
+            raise OutputError(f"{out} is the input trace (or part of it): pass {option} another file")
+    if out.exists():
+        if out.is_dir():
+            raise OutputError(f"{out} is a folder: pass {option} a file name")
+        if not force:
+            raise OutputError(f"{out} exists: pass --force to overwrite it, or {option} another file")
+    parent = out.parent
+    if not parent.exists():
+        raise OutputError(f"folder {parent} does not exist: create it, or pass {option} elsewhere")
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is not a folder: pass {option} a path inside a folder")
+    return out
+
+
+def _inside(out: Path, source: Path) -> bool:
+    """`out` lies inside the input when the input is a folder (a Parquet export)."""
+    try:
+        return source.is_dir() and out.resolve().is_relative_to(source.resolve())
+    except OSError:
+        return False
+
+
+@contextmanager
+def atomic_output(out: Path, mode: str = "w", **kwargs):
+    """Open a temporary file created exclusively beside `out`; on success rename it over `out`, on
+    any failure (or Ctrl-C) remove it. Write errors become one OutputError line."""
+    out = Path(out)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name[:100]}.", suffix=".part", dir=out.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write in {out.parent} ({e.strerror or e}); pass an output in a writable folder") \
+            from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_path(out: Path):
+    """Like atomic_output, for writers that want a path (sqlite_utils, matplotlib, pyarrow)."""
+    out = Path(out)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name[:100]}.", suffix=".part", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise OutputError(f"cannot write in {out.parent} ({e.strerror or e}); pass an output in a writable folder") \
+            from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

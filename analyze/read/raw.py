@@ -1,0 +1,111 @@
+"""`Raw`: what every reader hands the engine, whatever the source (nsys SQLite or Parquet export,
+PyTorch-profiler JSON). Big tables are NumPy columns (int64 unless noted), one row per event.
+
+Conventions:
+- times are integer nanoseconds on the trace's clock;
+- `process` is a key unique per process in the trace (nsys: globalTid >> 24, which keeps the
+  host and VM bits; Kineto: the pid); ops join their launching call on (process, correlation);
+- `thread` is a key unique per thread in the trace (nsys: globalTid); ranges and calls share it;
+- missing values are -1 in small-integer columns (device, stream, graph node, copy kind).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+KERNEL, MEMCPY, MEMSET = 0, 1, 2
+STREAM_BITS = 40
+OP_KINDS = ("kernel", "memcpy", "memset")
+
+# ENUM_CUDA_MEMCPY_OPER ids (identical in every export that has the enum); names as nsys >= 2024 prints them.
+MEMCPY_KINDS = {
+    0: "Unknown", 1: "Host-to-Device", 2: "Device-to-Host", 3: "Host-to-Array", 4: "Array-to-Host",
+    5: "Array-to-Array", 6: "Array-to-Device", 7: "Device-to-Array", 8: "Device-to-Device",
+    9: "Host-to-Host", 10: "Peer-to-Peer", 11: "Unified Host-to-Device", 12: "Unified Device-to-Host",
+    13: "Unified Device-to-Device",
+}
+# Short direction names used in counts (`memcpy` keys of the JSON): HtoD, DtoH, DtoD, HtoH, PtoP, other.
+MEMCPY_DIRECTIONS = {1: "HtoD", 2: "DtoH", 3: "HtoD", 4: "DtoH", 6: "DtoD", 7: "DtoD", 5: "DtoD", 8: "DtoD",
+                     9: "HtoH", 10: "PtoP", 11: "HtoD", 12: "DtoH", 13: "DtoD"}
+
+
+@dataclass
+class GpuOps:
+    """Kernels, then memcpys, then memsets; `op_id` = position."""
+    start: np.ndarray
+    end: np.ndarray
+    kind: np.ndarray          # int8: KERNEL, MEMCPY, MEMSET
+    process: np.ndarray       # -1 where the export has none
+    correlation: np.ndarray   # -1 where the export has none
+    stream_key: np.ndarray    # device << 40 | stream; -1 where unknown
+    graph_node: np.ndarray    # -1: not a CUDA-graph node
+    copy_kind: np.ndarray     # int8, memcpy rows: ENUM_CUDA_MEMCPY_OPER id; -1 elsewhere
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def device(self) -> np.ndarray:
+        return np.where(self.stream_key >= 0, self.stream_key >> STREAM_BITS, -1)
+
+    @property
+    def stream(self) -> np.ndarray:
+        return np.where(self.stream_key >= 0, self.stream_key & ((1 << STREAM_BITS) - 1), -1)
+
+    @staticmethod
+    def empty() -> "GpuOps":
+        z = np.zeros(0, np.int64)
+        return GpuOps(z, z, z.astype(np.int8), z, z, z, z, z.astype(np.int8))
+
+
+@dataclass
+class ApiCalls:
+    """Every CUDA runtime and driver API call (not only launches: syncs, copies, mallocs too)."""
+    start: np.ndarray
+    end: np.ndarray
+    process: np.ndarray
+    thread: np.ndarray
+    pid: np.ndarray           # OS ids
+    tid: np.ndarray
+    correlation: np.ndarray
+    name_id: np.ndarray       # int32 index into `names`; -1 unknown
+    names: list[str]          # API names without the `_vNNNN` suffix
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @staticmethod
+    def empty() -> "ApiCalls":
+        z = np.zeros(0, np.int64)
+        return ApiCalls(z, z, z, z, z, z, z, z.astype(np.int32), [])
+
+
+@dataclass
+class Raw:
+    source: str                       # 'nsys' | 'kineto'
+    format: str                       # 'sqlite' | 'parquet' | 'kineto-json'
+    ops: GpuOps
+    calls: ApiCalls
+    nvtx: object                      # analyze.read.nvtx.Nvtx (ranges and marks)
+    sync_keys: np.ndarray             # (process << 32 | correlation) of NVIDIA's synchronisation records
+    gpus: object                      # pyarrow Table: device, name, sm_count, clock_hz, memory_bandwidth_Bps, ...
+    meta: list[tuple[str, str]]
+    warnings: list[str] = field(default_factory=list)
+    # op details (names, geometry, bytes) in op order, read only when a command needs them
+    details: Callable[[], object] | None = None
+    gpu_metrics: Callable[[], object] | None = None
+
+
+def valid_text(column):
+    """An Arrow string column whose every value is valid UTF-8: bytes that are not (a damaged or
+    hostile export) are replaced with U+FFFD instead of failing later, far from the file."""
+    import pyarrow as pa
+
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        values = column.cast(pa.binary()).to_pylist()
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
