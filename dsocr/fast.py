@@ -119,7 +119,7 @@ class FastAttention(nn.Module):
         """x (1, 1, C); cos/sin (1, D) at `position` (sin sign-folded, see StaticDecode); caches (1, H, cap, D)."""
         qkv = F.linear(x, self.qkv).view(3, self.n_heads, 1, self.head_dim)
         qk = qkv[:2]
-        # rotate-half RoPE: roll gives [x2, x1]; the sign of the first half sits in `sin` (bit-equal to decoder.apply_rope)
+        # rotate-half RoPE: roll gives [x2, x1], `sin` carries the minus of the first half (bit-equal to apply_rope)
         qk = qk * cos + qk.roll(self.head_dim // 2, dims=-1) * sin
         q, k, v = qk[0:1], qk[1:2], qkv[2:3]                                  # (1, H, 1, D) each
         k_cache.index_copy_(2, position, k)
@@ -145,7 +145,7 @@ class StaticDecode:
     """Everything with the shape of one cache capacity: the KV cache, RoPE and mask tables, the input
     buffers (token, position) and, on CUDA, the captured step and its output buffer."""
 
-    def __init__(self, decoder: "FastDecoder", capacity: int):
+    def __init__(self, decoder: FastDecoder, capacity: int):
         cfg, device, dtype = decoder.config, decoder.device, decoder.dtype
         self.decoder = decoder
         self.cache = KVCache(cfg, 1, capacity, device, dtype)
@@ -232,17 +232,18 @@ class FastDecoder:
         return F.linear(rms_norm(h, self.norm)[:, -1], self.lm_head).float()
 
     def _capture(self, s: StaticDecode) -> None:
-        """Warm up on a side stream, capture one step, replay it once (the first replay uploads the graph).
-        The steps run here write garbage K/V at the first positions; the prefill overwrites them."""
+        """Warm up on a side stream, capture one step on that same stream (its cuBLAS workspace exists by
+        then), replay it once (the first replay uploads the graph). These steps write garbage K/V at the
+        first positions of the cache; the prefill overwrites them."""
         s.position.zero_()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self.forward(s)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        side.synchronize()
         s.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(s.graph):
+        with torch.cuda.graph(s.graph, stream=side):
             s.logits = self.forward(s)
         s.graph.replay()
         torch.cuda.synchronize(self.device)
