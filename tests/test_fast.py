@@ -15,7 +15,8 @@ from dsocr_perf.dsocr.fast import CAPACITY_STEP, FastDecoder, FastMoE, static_ca
 from dsocr_perf.dsocr.session import Session
 from dsocr_perf.dsocr.weights import random_model
 
-SAMPLE = Path(__file__).resolve().parents[1] / "launch/assets/sample_page.png"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "launch/assets/sample_page.png"
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,24 @@ def test_cuda_graph_engine_matches_faithful_on_gpu():
     b = fast.run_page(SAMPLE, max_new_tokens=40)
     assert fast.fast.states[960].graph is not None
     assert b.token_ids == a.token_ids and b.decode_kv_lengths == a.decode_kv_lengths
+
+
+def test_engine_check_dry_run_on_the_cpu(tmp_path, capsys):
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import engine_check
+
+    out = tmp_path / "check.json"
+    args = ["--device", "cpu", "--preset", "tiny", "--mode", "tiny", "--tokens", "6", "--runs", "2",
+            "--warmup-tokens", "2", "--out", str(out)]
+    assert engine_check.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "argmax agrees         6/6 steps (100.0%)" in printed
+    assert "top-k expert sets     6/6 steps agree in all 2 MoE layers (100.0%); 12/12 layer-steps" in printed
+    result = json.loads(out.read_text())
+    a, s = result["agreement"], result["speed"]
+    assert a["max_abs_logit_diff"] < 1e-4 and a["prefill_max_abs_logit_diff"] == 0.0 and a["argmax_mismatches"] == []
+    assert len(s["faithful"]["runs_ms_per_token"]) == 2 and s["greedy_common_prefix"] == 6
+    assert s["speedup"] == pytest.approx(s["faithful"]["ms_per_token"] / s["fast"]["ms_per_token"])
+    assert engine_check.main(args) == 2                     # never overwrites without --force
+    assert capsys.readouterr().err == f"Error: {out} exists; pass --force to overwrite it\n"
