@@ -11,7 +11,7 @@ host out of the step:
   top-k unsorted, raw probabilities), then the chosen experts' weights are gathered by index from
   tensors stacked once at build, (E, 2I, C) gate|up and (E, C, I) down, and applied with two bmm;
 - fewer kernels: q|k|v and the gate|up of the dense and shared MLPs are one matrix each, RoPE turns
-  q and k together from tables built per capacity, RMSNorm normalises with one F.rms_norm call (same
+  q and k together from tables built per capacity, RMSNorm is one F.rms_norm call and the scale (same
   rounding points as decoder.RMSNorm: fp32 normalise, cast back, then scale);
 - the step (embedding -> logits, plus the position increment) is captured once per capacity in a
   hand-made `torch.cuda.CUDAGraph` and replayed; on the CPU the same `forward` runs eagerly.
@@ -31,9 +31,8 @@ preset ~61 KB of cache per position plus tens of MB of graph intermediates).
 
 Memory: the stacked and fused weights are copies (~5 GB for the official preset in bf16) beside the
 model's own tensors, which the prefill still uses: the prefill is the faithful one, writing straight
-into the static cache. Work: the attention reads the whole static cache every step (at most
-CAPACITY_STEP - 1 positions more than the prompt + max_new_tokens); the analytic FLOP model counts the
-real KV lengths, as for the faithful engine.
+into the static cache. Work: every step's attention reads all `capacity` positions (the faithful one
+reads the filled ones); the analytic FLOP model counts the real KV lengths for both engines.
 """
 from __future__ import annotations
 
@@ -58,7 +57,9 @@ def static_capacity(tokens: int) -> int:
 
 
 def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
+    """decoder.RMSNorm's rounding (normalise in fp32, round once to x's dtype, then scale) in two calls:
+    F.rms_norm computes in fp32 whatever the input dtype."""
+    return norm.weight * F.rms_norm(x, (x.shape[-1],), eps=norm.eps)
 
 
 class FusedMLP(nn.Module):
@@ -101,7 +102,7 @@ class FastMoE(nn.Module):
         gate, up = torch.bmm(self.gate_up.index_select(0, slots), tokens).squeeze(-1).chunk(2, dim=-1)
         hidden = (F.silu(gate) * up).unsqueeze(-1)                            # (N * k, I, 1)
         routed = torch.bmm(self.down.index_select(0, slots), hidden).view(n, self.top_k, dim)
-        routed = (routed.float() * weights[..., None]).sum(dim=1)             # as the faithful MoE sums
+        routed = (routed * weights[..., None]).sum(dim=1)                     # fp32 (promoted), as the faithful sum
         return (routed.to(x.dtype) + self.shared(x)).view(shape)
 
 
