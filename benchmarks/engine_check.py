@@ -136,7 +136,8 @@ def agreement(check: Check, reference: list[int]) -> dict:
         for h in hooks:
             h.remove()
     n = len(reference)
-    return {"steps": n, "moe_layers": len(moe_layers), "prefill_max_abs_logit_diff": prefill_diff,
+    return {"steps": n, "moe_layers": len(moe_layers), "fast_cuda_graph": static.graph is not None,
+            "capacity": static.capacity, "prefill_max_abs_logit_diff": prefill_diff,
             "argmax_agree": argmax_same, "argmax_agree_share": argmax_same / n,
             "routing_agree_steps": routing_same, "routing_agree_share": routing_same / n,
             "routing_agree_layer_steps": layer_steps_same, "routing_layer_steps": n * len(moe_layers),
@@ -181,12 +182,12 @@ def run(args) -> dict:
     check = Check(session, fast, prompt_ids, image_embeds)
     print(f"engine check: {args.preset} preset, {str(session.dtype).removeprefix('torch.')}, {device} ({gpu}), "
           f"weights {session.weights_source} (seed {args.seed}); {Path(args.image).name}, {w.mode} "
-          f"{w.tile_grid[0]}x{w.tile_grid[1]}, {w.prompt_tokens} prompt tokens; fast engine "
-          f"{'eager' if not fast.cuda_graph else 'CUDA graph'}", flush=True)
+          f"{w.tile_grid[0]}x{w.tile_grid[1]}, {w.prompt_tokens} prompt tokens", flush=True)
 
     reference = check.greedy("faithful", args.tokens)
     a = agreement(check, reference)
-    print(f"(a) teacher-forced, {a['steps']} steps of the faithful engine's greedy tokens:")
+    print(f"(a) teacher-forced, {a['steps']} steps of the faithful engine's greedy tokens (fast engine: "
+          f"{'one CUDA graph replay' if a['fast_cuda_graph'] else 'eager'} per step, {a['capacity']}-position cache):")
     print(f"    argmax agrees         {a['argmax_agree']}/{a['steps']} steps ({100 * a['argmax_agree_share']:.1f}%)")
     print(f"    top-k expert sets     {a['routing_agree_steps']}/{a['steps']} steps agree in all {a['moe_layers']} "
           f"MoE layers ({100 * a['routing_agree_share']:.1f}%); {a['routing_agree_layer_steps']}/"
@@ -208,12 +209,12 @@ def run(args) -> dict:
     for engine, t in timed.items():
         runs = ", ".join(f"{v:.3f}" for v in t["runs_ms_per_token"])
         print(f"    {engine:<10}{t['ms_per_token']:>10.3f}{t['tokens_per_s']:>11.1f}   {runs}")
-    print(f"    fast is {ratio:.2f}x faster; free-running greedy tokens identical for the first {same} of "
-          f"{args.speed_tokens}")
+    print(f"    speed-up fast / faithful: {ratio:.2f}x; free-running greedy tokens identical for the first {same} "
+          f"of {args.speed_tokens}")
     return {
         "preset": args.preset, "dtype": str(session.dtype).removeprefix("torch."), "device": str(device),
         "gpu": gpu, "torch": torch.__version__, "weights": session.weights_source, "seed": args.seed,
-        "image": str(args.image), "workload": w.to_dict(), "fast_cuda_graph": fast.cuda_graph,
+        "image": str(args.image), "workload": w.to_dict(),
         "agreement": a,
         "speed": {"tokens": args.speed_tokens, "warmup_tokens": args.warmup_tokens, "runs": args.runs,
                   "faithful": timed["faithful"], "fast": timed["fast"], "speedup": ratio,

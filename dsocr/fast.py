@@ -37,6 +37,7 @@ reads the filled ones); the analytic FLOP model counts the real KV lengths for b
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -213,7 +214,14 @@ class FastDecoder:
         if state is None:
             state = StaticDecode(self, capacity)
             if self.cuda_graph:
-                self._capture(state)
+                try:
+                    self._capture(state)
+                except RuntimeError as exc:   # keep the session going, say so loudly: its decode is not graphed
+                    state.graph = None
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    print(f"warning: CUDA graph capture failed for a {capacity}-position cache ({first}); "
+                          "the fast engine runs these steps eagerly", file=sys.stderr, flush=True)
+                    torch.cuda.synchronize(self.device)
             self.states[capacity] = state
         state.cache.length = 0
         return state
