@@ -38,7 +38,8 @@ step "faithful engine under nsys (baseline)" dsocr-trace --engine faithful --nam
 nsys=$(python -c 'from dsocr_perf.launch.nsys import find_nsys; print(find_nsys(None).path)')
 for engine in faithful fast; do
     cp "$out/$engine.sqlite" "$out/.$engine.stats.sqlite" &&
-        step "nsys stats nvtx_sum: $engine engine" "$nsys" stats --report nvtx_sum --format csv "$out/.$engine.stats.sqlite"
+        step "nsys stats nvtx_sum: $engine engine" \
+            "$nsys" stats --report nvtx_sum --format csv "$out/.$engine.stats.sqlite"
     rm -f "$out/.$engine.stats.sqlite"
 done
 
