@@ -1,6 +1,6 @@
 """The fast decode engine against the faithful one on the CPU (tiny preset, float32): same MoE, same
-logits step by step, same routing, same greedy tokens, same stage ranges. The CUDA-graph replay itself
-is covered by the GPU-marked test and by benchmarks/engine_check.py on the H100."""
+logits step by step, same routing, same greedy tokens (its stage ranges: tests/test_session.py). The
+CUDA-graph replay itself is covered by the GPU-marked test and by benchmarks/engine_check.py on a GPU."""
 import json
 from pathlib import Path
 
@@ -108,27 +108,6 @@ def test_static_state_is_kept_per_capacity(scaled):
     static.cache.length = 5
     assert fast.prepare(953) is static and static.cache.length == 0     # the same capacity, emptied
     assert fast.prepare(973) is not static and set(fast.states) == {960, 1024}
-
-
-def test_fast_engine_emits_the_same_stage_ranges(sessions, tmp_path):
-    from torch.profiler import ProfilerActivity, profile
-
-    _, fast = sessions
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fast.run_page(SAMPLE, mode="tiny", max_new_tokens=3, ignore_eos=True)
-    prof.export_chrome_trace(str(tmp_path / "trace.json"))
-    events = [e for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
-              if e.get("cat") == "user_annotation"]
-    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"]), e["name"]) for e in events)
-
-    def inside(parent):
-        (p0, p1, _), = [s for s in spans if s[2] == parent]
-        return [name for t0, t1, name in spans if p0 < t0 and t1 <= p1]
-
-    assert [s[2] for s in spans] == ["preprocess", "prefill", "sam", "clip", "projector", "llm_prefill", "decode",
-                                     "decode_step", "decode_step", "decode_step"]
-    assert inside("prefill") == ["sam", "clip", "projector", "llm_prefill"]
-    assert inside("decode") == ["decode_step"] * 3
 
 
 def test_cli_engine_flag(tmp_path, capsys):
