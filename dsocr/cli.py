@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from dsocr_perf.dsocr.config import ENGINES
 from dsocr_perf.dsocr.errors import DsocrError
 from dsocr_perf.dsocr.workload import MAX_TILES_HF, MODES
 
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     run.add_argument("--sync-stages", action="store_true", help="synchronise the GPU at stage ends")
+    run.add_argument("--engine", default="faithful", choices=list(ENGINES),
+                     help="decode engine: faithful (vendor-like, the default) or fast (static cache, CUDA graph)")
     run.add_argument("--out", metavar="DIR", help="write raw.txt, result.mmd, overlay.png, images/ here")
     run.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
 
@@ -79,8 +82,8 @@ def cmd_run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = resolve_weights(args)
     print(f"loading {args.preset} model ({'random weights, seed %d' % args.seed if weights is None else weights}) "
-          f"on {device} ...", file=sys.stderr)
-    session = Session.create(args.preset, weights, seed=args.seed, device=device)
+          f"on {device}, {args.engine} engine ...", file=sys.stderr)
+    session = Session.create(args.preset, weights, seed=args.seed, device=device, engine=args.engine)
     result = session.run_page(args.image, mode=args.mode, prompt=args.prompt or DEFAULT_PROMPT,
                               max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
                               max_tiles=args.max_tiles, sync_stages=args.sync_stages)

@@ -90,6 +90,8 @@ class ModelConfig:
 
 
 PRESETS = ("official", "tiny")
+# Decode engines: the vendor-faithful one (the default, what traces study) and the CUDA-graph one (dsocr/fast.py).
+ENGINES = ("faithful", "fast")
 
 
 def preset_path(name: str) -> Path:

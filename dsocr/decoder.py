@@ -116,6 +116,13 @@ def tokens_per_expert(expert_ids: torch.Tensor, n_experts: int) -> list[int]:
     return torch.bincount(expert_ids, minlength=n_experts).tolist()
 
 
+def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, C) -> (weights (N, k) fp32, expert ids (N, k)): fp32 router logits, softmax over all experts,
+    top-k unsorted; the weights are the raw probabilities (no renormalisation, scale 1.0)."""
+    router_logits = F.linear(x.float(), router_weight.float())
+    return router_logits.softmax(dim=-1).topk(top_k, dim=-1, sorted=False)
+
+
 class MoE(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -128,8 +135,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])                                     # (N, C)
-        router_logits = F.linear(x.float(), self.gate.weight.float())    # fp32 routing
-        weights, expert_ids = router_logits.softmax(dim=-1).topk(self.top_k, dim=-1, sorted=False)
+        weights, expert_ids = route(x, self.gate.weight, self.top_k)
         routed = self.run_experts(x, expert_ids.reshape(-1))            # (N * k, C), slot order
         routed = (routed.view(-1, self.top_k, shape[-1]).float() * weights[..., None]).sum(dim=1)
         return (routed.to(x.dtype) + self.shared_experts(x)).view(shape)

@@ -9,6 +9,10 @@
 
 `sync_stages=True` synchronises the GPU before each top-level stage closes, so `host_times_s` measure
 the work; the default leaves the launches asynchronous (a faithful trace).
+
+Two decode engines, same stage ranges: `faithful` (the default) runs the model's own decode step, as the
+vendor code does; `fast` (dsocr/fast.py) replays one CUDA graph per step over a static KV cache. The
+prefill is the faithful one in both; the fast engine's graph is captured before `prefill` opens.
 """
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from dsocr_perf.dsocr.config import ModelConfig, load_preset
+from dsocr_perf.dsocr.config import ENGINES, ModelConfig, load_preset
 from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.fast import FastDecoder
 from dsocr_perf.dsocr.generate import NO_REPEAT_NGRAM_SIZE, greedy_decode
 from dsocr_perf.dsocr.model import DeepseekOCR
 from dsocr_perf.dsocr.output import clean_text
-from dsocr_perf.dsocr.preprocess import ImageError, load_image, prepare
+from dsocr_perf.dsocr.preprocess import ImageError, PreparedImage, load_image, prepare
 from dsocr_perf.dsocr.stages import DECODE, PREFILL, PREPROCESS, stage
 from dsocr_perf.dsocr.tokenizer import Tokenizer, load_tokenizer
 from dsocr_perf.dsocr.weights import load_model, random_model
@@ -65,7 +70,7 @@ def _device(device: str) -> torch.device:
 
 class Session:
     def __init__(self, model: DeepseekOCR, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype,
-                 weights_source: str, seed: int):
+                 weights_source: str, seed: int, engine: str = "faithful"):
         self.model = model
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
@@ -73,11 +78,15 @@ class Session:
         self.dtype = dtype
         self.weights_source = weights_source
         self.seed = seed
+        self.engine = engine
+        self.fast = FastDecoder(model) if engine == "fast" else None
 
     @classmethod
     def create(cls, preset: str = "official", weights: str | None = None, seed: int = 0, device: str = "cuda",
-               dtype: torch.dtype | None = None) -> "Session":
-        """weights=None -> seeded random weights of the preset's architecture."""
+               dtype: torch.dtype | None = None, engine: str = "faithful") -> "Session":
+        """weights=None -> seeded random weights of the preset's architecture; engine: faithful or fast."""
+        if engine not in ENGINES:
+            raise DsocrError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         try:
             config = load_preset(preset)
         except ValueError as exc:
@@ -88,7 +97,7 @@ class Session:
             model, source = random_model(config, dev, dtype, seed), "random"
         else:
             model, source = load_model(config, weights, dev, dtype), str(Path(weights))
-        return cls(model, load_tokenizer(weights), dev, dtype, source, seed)
+        return cls(model, load_tokenizer(weights), dev, dtype, source, seed, engine)
 
     @contextmanager
     def _timed(self, name: str, times: dict[str, float], sync: bool):
@@ -98,6 +107,19 @@ class Session:
             if sync and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         times[name] = time.perf_counter() - start
+
+    def prepare_page(self, image, *, mode: str = "gundam", prompt: str = DEFAULT_PROMPT,
+                     max_tiles: int = MAX_TILES_HF) -> tuple[object, PreparedImage, list[int]]:
+        """What `preprocess` covers: (the RGB PIL image, its views and workload, the prompt token ids)."""
+        try:
+            pil = load_image(image)
+            text_tokens = self.tokenizer.text_tokens(prompt)
+            views = prepare(pil, mode, max_tiles=max_tiles, text_tokens=text_tokens)
+        except (ImageError, ValueError) as exc:
+            raise DsocrError(str(exc)) from None
+        prompt_ids = self.tokenizer.prompt_ids(prompt, views.workload.image_tokens)
+        assert len(prompt_ids) == views.workload.prompt_tokens, (len(prompt_ids), views.workload)
+        return pil, views, prompt_ids
 
     @torch.inference_mode()
     def run_page(self, image, *, mode: str = "gundam", prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,
@@ -112,23 +134,19 @@ class Session:
         start = time.perf_counter()
 
         with self._timed(PREPROCESS, times, sync_stages):
-            try:
-                pil = load_image(image)
-                text_tokens = self.tokenizer.text_tokens(prompt)
-                views = prepare(pil, mode, max_tiles=max_tiles, text_tokens=text_tokens)
-            except (ImageError, ValueError) as exc:
-                raise DsocrError(str(exc)) from None
+            pil, views, prompt_ids = self.prepare_page(image, mode=mode, prompt=prompt, max_tiles=max_tiles)
             workload = views.workload
-            prompt_ids = self.tokenizer.prompt_ids(prompt, workload.image_tokens)
-            assert len(prompt_ids) == workload.prompt_tokens, (len(prompt_ids), workload)
 
+        # fast engine: the static cache and CUDA graph of this capacity (captured here on first use, outside the ranges)
+        static = self.fast.prepare(workload.prompt_tokens + max_new_tokens) if self.fast else None
         with self._timed(PREFILL, times, sync_stages):
-            cache = self.model.new_cache(workload.prompt_tokens + max_new_tokens)
+            cache = static.cache if static else self.model.new_cache(workload.prompt_tokens + max_new_tokens)
             image_embeds = self.model.image_embeddings(views.tiles, views.global_view, workload.tile_grid)
             logits = self.model.prefill(prompt_ids, image_embeds, cache)
+            step = static.start() if static else (lambda token: self.model.decode_step(token, cache))
 
         t0 = time.perf_counter()
-        gen = greedy_decode(lambda token: self.model.decode_step(token, cache), logits, prompt_ids=prompt_ids,
+        gen = greedy_decode(step, logits, prompt_ids=prompt_ids,
                             max_new_tokens=max_new_tokens, eos_id=self.config.decoder.eos_token_id,
                             ignore_eos=ignore_eos, no_repeat_ngram_size=no_repeat_ngram_size,
                             before_close=(lambda: torch.cuda.synchronize(self.device)) if sync_stages and cuda else None)

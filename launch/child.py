@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.perf_counter()
         session = Session.create(preset=spec["preset"], weights=spec["weights"], seed=spec["seed"],
-                                 device=spec["device"])
+                                 device=spec["device"], engine=spec.get("engine", "faithful"))
         synchronize(session)
         progress(phase, f"model load ({spec['preset']}, weights {session.weights_source}, {session.dtype})",
                  time.perf_counter() - t)

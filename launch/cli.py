@@ -38,6 +38,7 @@ SUFFIXES = {"report": ".nsys-rep", "sqlite": ".sqlite", "manifest": ".json", "to
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from dsocr_perf.dsocr.config import ENGINES
     from dsocr_perf.dsocr.workload import MODES
 
     ap = argparse.ArgumentParser(
@@ -58,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=1,
                     help="measured repeats of each page inside the one capture (default 1; 3 for spread)")
     ap.add_argument("--max-tiles", type=int, default=9, help="Gundam tile limit (9 as HF, 6 as vLLM)")
+    ap.add_argument("--engine", default="faithful", choices=list(ENGINES),
+                    help="decode engine: faithful (vendor-like, the default) or fast (static KV cache, CUDA graph)")
     ap.add_argument("--name", default="run", help="output base name (default run)")
     ap.add_argument("--out-dir", default="traces")
     ap.add_argument("--no-torch-profiler", action="store_true", help="skip the PyTorch profiler pass")
@@ -233,6 +236,7 @@ def write_spec(args, outputs: Outputs, pages, nsys_version: str, argv: list[str]
         "max_new_tokens": args.max_new_tokens, "ignore_eos": args.ignore_eos, "repeats": args.repeats,
         "torch_max_new_tokens": args.torch_max_new_tokens or args.max_new_tokens,
         "preset": args.preset, "weights": args.weights, "seed": args.seed, "device": args.device,
+        "engine": args.engine,
         "nsys_version": nsys_version, "command": "dsocr-trace " + shlex.join(argv),
         "manifest_out": str(outputs.tmp["manifest"]), "trace_out": str(outputs.tmp["torch_trace"]),
         "ops_out": str(outputs.tmp["ops"]),
@@ -308,7 +312,8 @@ def run(args, argv: list[str]) -> int:
         check_gpu()
     progress.line(f"{len(pages)} page(s) x {args.repeats} repeat(s), mode {args.mode}, preset {args.preset}, "
                   f"{'weights ' + args.weights if args.weights else 'random weights (seed %d)' % args.seed}, "
-                  f"max_new_tokens {args.max_new_tokens}{', ignore EOS' if args.ignore_eos else ''}")
+                  f"max_new_tokens {args.max_new_tokens}{', ignore EOS' if args.ignore_eos else ''}, "
+                  f"{args.engine} engine")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs.clear_temporaries()   # leftovers of a killed run of the same name

@@ -5,7 +5,7 @@ one NVTX mark in domain `dsocr` inside the capture range, and written to `traces
 
     workload     Workload.to_dict() of the first measured page + generated_tokens, decode_kv_lengths
     pages        one entry per measured request: request, page, repeat, image, workload
-    model        preset, config, weights ('random' or the folder), seed, dtype, attention
+    model        preset, config, weights ('random' or the folder), seed, dtype, attention, engine
     environment  gpu_name, sm_count, sm_clock_mhz, mem_clock_mhz (max clocks, NVML), the clocks at
                  capture time, driver, cuda, torch, nsys, command, time_utc, hostname
     capture      warmup_pages, measured_pages, repeats, max_new_tokens, ignore_eos, mode, profiler
@@ -119,6 +119,7 @@ def build_manifest(session, measured: list[dict], *, environment: dict, capture:
             "dtype": str(session.dtype).removeprefix("torch."),
             "attention": attention_implementation(session.device.type),
             "device": str(session.device),
+            "engine": session.engine,
         },
         "environment": environment,
         "capture": capture,

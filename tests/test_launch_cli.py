@@ -139,6 +139,7 @@ def test_manifest_schema_and_numbers(capture):
     assert img["sha256"] == hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
     assert m["model"]["preset"] == "tiny" and m["model"]["weights"] == "random" and m["model"]["seed"] == 0
     assert m["model"]["dtype"] == "float32" and m["model"]["config"]["decoder"]["hidden_size"] == 64
+    assert m["model"]["engine"] == "faithful"
     assert m["capture"] == m["capture"] | {"warmup_pages": 1, "measured_pages": 1, "repeats": 2, "requests": 2,
                                           "ignore_eos": True, "max_new_tokens": 3}
     env = m["environment"]
@@ -160,6 +161,20 @@ def test_torch_trace_and_operator_table(capture):
     # Stage table: one request (the torch pass measures each page once), two decode steps.
     assert "| `request` | 1 |" in ops and "| `decode_step` | 2 |" in ops and "| `sam` | 1 |" in ops
     assert "## Stage `sam`" in ops and "aten::" in ops
+
+
+def test_fast_engine_capture(tmp_path, nsys_bin, shared_dir, capsys, monkeypatch):
+    """--engine fast reaches the child through the spec; the manifest says which engine ran."""
+    monkeypatch.setenv("FAKE_NSYS_SQLITE", str(shared_dir / "fixtures/nsys/tiny-2025.3.sqlite"))
+    code, out, err = trace_here([str(SAMPLE), "--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "2",
+                                 "--engine", "fast", "--name", "fast", "--out-dir", str(tmp_path), "--device", "cpu",
+                                 "--no-torch-profiler", "--no-analyze"], nsys_bin, capsys)
+    assert code == 0, out + err
+    assert "max_new_tokens 2, ignore EOS, fast engine" in out
+    m = json.loads((tmp_path / "fast.json").read_text())
+    assert check_manifest(m) == [] and m["model"]["engine"] == "fast"
+    w = m["workload"]
+    assert w["generated_tokens"] == 2 and w["decode_kv_lengths"] == [w["prompt_tokens"] + 1, w["prompt_tokens"] + 2]
 
 
 def test_existing_outputs_are_never_overwritten_without_force(capture, nsys_bin):

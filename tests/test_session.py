@@ -42,9 +42,16 @@ def test_tiny_page_to_text(session, page):
     assert session.run_page(page, mode="tiny", max_new_tokens=4, ignore_eos=True).token_ids == r.token_ids
 
 
-def test_stage_nesting_in_the_profiler_trace(session, page, tmp_path):
+@pytest.fixture(scope="module")
+def fast_session():
+    return Session.create("tiny", seed=0, device="cpu", engine="fast")
+
+
+@pytest.mark.parametrize("engine", ["faithful", "fast"])
+def test_stage_nesting_in_the_profiler_trace(engine, page, tmp_path, request):
     from torch.profiler import ProfilerActivity, profile
 
+    session = request.getfixturevalue("fast_session" if engine == "fast" else "session")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         r = session.run_page(page, mode="gundam", max_new_tokens=3, ignore_eos=True)
     assert r.workload.tile_grid == (2, 1) and r.workload.image_tokens == 273 + 10 * 21
