@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import click
 
 from dsocr_perf.analyze import errors as E
-from dsocr_perf.analyze.out import dataset, diff, perfetto, query, report, stages, writeback
+from dsocr_perf.analyze.out import dataset, diff, parquet, perfetto, query, report, stages, writeback
 
 DEFAULT_COMMAND = "stages"
-COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback)
+COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback, parquet)
 
 
 class AnalyzeGroup(click.Group):

@@ -48,13 +48,18 @@ def _range(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def traces():
+def traces(tmp_path_factory):
+    """Opened traces by (path, format): 'sqlite' as given, 'parquet' the same export written as an
+    `nsys export --type parquetdir` folder (tests/nsys_parquet.py): both must match NVIDIA."""
+    from nsys_parquet import to_parquetdir
+
     opened = {}
 
-    def get(path: Path):
-        if path not in opened:
-            opened[path] = open_trace(path, cache=False).sandbox()
-        return opened[path]
+    def get(path: Path, fmt: str = "sqlite"):
+        if (path, fmt) not in opened:
+            source = path if fmt == "sqlite" else to_parquetdir(path, tmp_path_factory.mktemp("pq") / path.stem)
+            opened[path, fmt] = open_trace(source, cache=False).sandbox()
+        return opened[path, fmt]
     return get
 
 
@@ -66,9 +71,12 @@ def test_every_reference_folder_is_covered():
     assert all(p.exists() for p in REPORTED)
 
 
-@pytest.mark.parametrize("path", REPORTED + CAPTURES, ids=[p.name.split(".sqlite")[0] for p in REPORTED + CAPTURES])
-def test_matches_nsys_stats(path: Path, traces):
-    con = traces(path)
+CASES = [(p, "sqlite") for p in REPORTED + CAPTURES] + [(p, "parquet") for p in REPORTED]
+
+
+@pytest.mark.parametrize("path,fmt", CASES, ids=[f"{p.name.split('.sqlite')[0]}-{f}" for p, f in CASES])
+def test_matches_nsys_stats(path: Path, fmt: str, traces):
+    con = traces(path, fmt)
     reports = path.with_name(path.name.split(".sqlite")[0] + ".reports")
     query = "SELECT name, instances, inclusive_ns, kernels, span_ns, cpu_ns, launches FROM stages"
     stages = {r[0]: dict(zip(("instances", "inclusive_ns", "kernels", "span_ns", "cpu_ns", "launches"), r[1:]))
