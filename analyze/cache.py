@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 CACHE_FORMAT = 1
-TABLES = ("kernels", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps", "gpus", "meta",
-          "_op_lane_inner", "_op_startend", "_range_ancestors")
+TABLES = ("kernels", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps", "gpu_metrics", "gpus",
+          "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
 STALE_TEMP_S = 3600
 BLOCK = 64 << 10
 

@@ -13,7 +13,7 @@ import re
 from dsocr_perf.analyze.errors import TraceError, UsageError
 
 VIEWS = ("kernels", "launches", "cuda_api", "ranges", "marks", "kernel_ranges", "range_stats", "stages", "gpus",
-         "meta", "gpu_gaps", "decode_steps", "decode_model", "gpu_metrics", "ncu")
+         "meta", "gpu_gaps", "decode_model", "gpu_metrics", "ncu")
 DEPENDS = {"kernel_ranges": ("_op_lane_inner", "_op_startend", "_range_ancestors")}
 ALLOWED = ("SELECT", "EXPLAIN")
 MEMORY_LIMIT = "3GB"

@@ -36,6 +36,8 @@ STATS_COLUMNS = ("instances", "inclusive_ns", "exclusive_ns", "busy_ns", "span_n
 ACCOUNTING_TIMES = ("wall_ns", "idle_ns", "gpu_idle_ns") + tuple(f"idle_{c}_ns" for c in accounting.CAUSES)
 ACCOUNTING_COUNTS = ("api_calls", "kernel_launches", "host_syncs", "memcpy_calls", "memsets") + \
     tuple(f"memcpy_{d}" for d in accounting.DIRECTIONS)
+# Nsight Systems' sampled GPU metrics, averaged over the wall time (null when not captured)
+METRIC_SHARES = ("sm_active_wall_pct", "tensor_active_wall_pct", "dram_read_wall_pct", "dram_write_wall_pct")
 
 
 def bare(name: str) -> str:
@@ -53,7 +55,7 @@ class Tables:
         self._calls = None
 
     NAMES = ("kernels", "kernels_core", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps",
-             "gpus", "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
+             "gpu_metrics", "gpus", "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
 
     def get(self, name: str) -> pa.Table:
         if name not in self._built:
@@ -206,8 +208,37 @@ class Tables:
             "gpu_end_ns": _nullable(st["last_ns"], pa.int64(), st["gpu_ops"] == 0),
             **{k: st[k] for k in ("kernels", "gpu_ops", "launches")},
             **{k: acc[k] for k in ACCOUNTING_TIMES + ACCOUNTING_COUNTS},
+            **self._metric_shares(),
         }
         return pa.table(columns)
+
+    def metrics(self):
+        """Nsight Systems' GPU metrics samples (analyze.read.gpu_metrics), or None."""
+        if not hasattr(self, "_metrics"):
+            self._metrics = self.raw.gpu_metrics() if self.raw.gpu_metrics else None
+        return self._metrics
+
+    def _metric_shares(self) -> dict:
+        """Per range: each sampled GPU metric averaged over the range's wall time."""
+        r = self.att.ranges
+        sampled = self.metrics()
+        means = sampled.window_means(r.start, r.end) if sampled is not None else {}
+        out = {}
+        for column in METRIC_SHARES:
+            values = means.get(column.removesuffix("_wall_pct"))
+            out[column] = pa.nulls(r.start.size, pa.float64()) if values is None else \
+                pa.array(values, pa.float64(), from_pandas=True)
+        return out
+
+    def _gpu_metrics(self) -> pa.Table:
+        sampled = self.metrics()
+        if sampled is None:
+            return pa.table({"timestamp_ns": pa.array([], pa.int64()), "gpu_type": pa.array([], pa.int64()),
+                             "metric": pa.array([], pa.string()), "value": pa.array([], pa.float64())})
+        rows = sampled.rows
+        return pa.table({"timestamp_ns": rows["timestamp_ns"], "gpu_type": rows["gpu_type"],
+                         "metric": pa.array(rows["metric"].tolist(), pa.string()).dictionary_encode(),
+                         "value": rows["value"]})
 
     def _stages(self) -> pa.Table:
         """Per range name, in order of first appearance. Times sum every instance (an instance nested in
@@ -238,6 +269,14 @@ class Tables:
             out[column] = total(column)
         for column in ACCOUNTING_COUNTS:
             out[column] = total(column, outer)
+        for column in METRIC_SHARES:     # weighted by wall time, over the instances that have samples
+            values = stats.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            wall = stats.column("wall_ns").to_numpy().astype(np.float64)
+            has = ~np.isnan(values)
+            weight = np.bincount(name_id[has], weights=wall[has], minlength=n_names)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.bincount(name_id[has], weights=values[has] * wall[has], minlength=n_names) / weight
+            out[column] = pa.array(np.where(weight > 0, mean, np.nan), pa.float64(), from_pandas=True)
         table = pa.table(out)
         seen = out["instances"] > 0
         order = np.argsort(first[seen], kind="stable")

@@ -119,3 +119,37 @@ def test_h100_steps_equal_a_plain_count_over_cuda_api():
     causes = ("gpu_other", "sync", "memcpy", "launch", "other_api", "host")
     assert all(sum(r[f"idle_{c}_ns"] for c in causes) == r["idle_ns"] == max(0, r["wall_ns"] - r["busy_ns"])
                for r in stats)
+
+
+def test_gpu_metrics_averaged_over_each_range(tmp_path, trace):
+    """Nsight Systems' sampled GPU metrics (matched by name, ids made up): samples every 100 ns from 0 to
+    3000, SMs active = 10 % before 1500 and 50 % from then on; the range [1000, 2000] holds the samples at
+    1000..2000: 5 at 10 % and 6 at 50 % -> mean (50 + 300) / 11; DRAM read constant 7 %."""
+    import shutil
+
+    path = tmp_path / "metrics.sqlite"
+    shutil.copy(trace.path, path)
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE TARGET_INFO_GPU_METRICS (typeId INTEGER, sourceId INTEGER, typeName TEXT, metricId INTEGER,
+                                              metricName TEXT);
+        CREATE TABLE GPU_METRICS (rawTimestamp INTEGER, timestamp INTEGER, typeId INTEGER, metricId INTEGER,
+                                  value INTEGER);
+        INSERT INTO TARGET_INFO_GPU_METRICS VALUES (3, 0, 'GH100', 11, 'SMs Active [Throughput %]'),
+            (3, 0, 'GH100', 12, 'DRAM Read Bandwidth [Throughput %]'), (3, 0, 'GH100', 13, 'GPC Clock Frequency [MHz]');
+    """)
+    rows = [(t, t, 3, 11, 10 if t < 1500 else 50) for t in range(0, 3001, 100)]
+    rows += [(t, t, 3, 12, 7) for t in range(0, 3001, 100)] + [(t, t, 3, 13, 1980) for t in range(0, 3001, 100)]
+    db.executemany("INSERT INTO GPU_METRICS VALUES (?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    opened = open_trace(path, cache=False)
+    row = opened.table("range_stats").to_pylist()[0]
+    assert row["sm_active_wall_pct"] == pytest.approx((5 * 10 + 6 * 50) / 11)
+    assert row["dram_read_wall_pct"] == 7 and row["tensor_active_wall_pct"] is None
+    assert opened.con.execute("SELECT metric, count(*) FROM gpu_metrics GROUP BY 1 ORDER BY 1").fetchall() == \
+        [("dram_read", 31), ("sm_active", 31)]
+    from dsocr_perf.analyze.out.document import document
+
+    (entry,) = document(opened, "all")["ranges"]
+    assert entry["sm_active_wall_pct"] == pytest.approx(31.818, abs=1e-3) and entry["dram_write_wall_pct"] is None

@@ -23,7 +23,7 @@ import numpy as np
 from dsocr_perf.analyze import accounting
 from dsocr_perf.analyze.metrics import efficiency
 from dsocr_perf.analyze.metrics.flops import RATE_KEYS, stage_metrics
-from dsocr_perf.analyze.tables import ACCOUNTING_COUNTS, bare
+from dsocr_perf.analyze.tables import METRIC_SHARES, bare
 from dsocr_perf.dsocr import stages as S
 
 SCHEMA = "dsocr-analysis/1"
@@ -34,7 +34,7 @@ STAT_KEYS = ("name", "instances", "inclusive_ns", "exclusive_ns", "busy_ns", "sp
              "launches")
 RANGE_KEYS = STAT_KEYS + ("stage", "parent", "depth", "inclusive_frac", "wall_ns", "idle_ns", "idle_frac",
                           "gpu_idle_ns", "idle_causes_ns", "api_calls", "kernel_launches", "host_syncs", "memcpy",
-                          "memsets", "flops", "bytes") + RATE_KEYS + ("bound",)
+                          "memsets", "flops", "bytes") + RATE_KEYS + METRIC_SHARES + ("bound",)
 STEP_KEYS = ("request", "step", "kv_length", "start_ns", "wall_ns", "busy_ns", "idle_ns", "idle_causes_ns", "kernels",
              "gpu_ops", "launches", "kernel_launches", "host_syncs", "memcpy", "api_calls")
 SLOW_STEP = 1.5          # a step above 1.5x the median wall time is flagged
@@ -111,6 +111,7 @@ def range_entry(row: dict, metrics: dict, kernel_ns: int, ridge: float | None) -
                  memcpy={d: row[f"memcpy_{d}"] for d in accounting.DIRECTIONS}, memsets=row["memsets"],
                  flops=metrics["flops"], bytes=metrics["bytes"])
     entry.update({k: metrics.get(k) for k in RATE_KEYS})
+    entry.update({k: row.get(k) for k in METRIC_SHARES})
     entry["bound"] = efficiency.limiter(entry, ridge)
     return entry
 
@@ -270,4 +271,3 @@ def clean(value):
     return value
 
 
-__all__ = ["document", "select", "SCHEMA", "RANGE_KEYS", "STEP_KEYS", "ACCOUNTING_COUNTS"]

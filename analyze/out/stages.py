@@ -94,6 +94,9 @@ def stage_report(trace, doc: dict) -> str:
     modelled = [r for r in rows if r["flops"] is not None or r["bytes"] is not None]
     if modelled or doc["notes"]:
         lines += ["", efficiency_table(modelled, doc)]
+    sampled = [r for r in rows if r.get("sm_active_wall_pct") is not None]
+    if sampled:
+        lines += ["", metrics_table(sampled)]
     steps = doc["step_summary"]
     if steps["steps"]:
         lines += ["", step_line(steps)]
@@ -160,6 +163,16 @@ def efficiency_table(modelled: list[dict], doc: dict) -> str:
                          f"busy, {num(model['mbu_wall_pct'], '.2f')} % wall")
     lines += [f"note: {m}" for m in doc["notes"]]
     return "\n".join(lines)
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """Nsight Systems' sampled GPU metrics beside the analytic utilisation, both over wall time."""
+    cells = [[_label(r), num(r["sm_active_wall_pct"], ".1f"), num(r["tensor_active_wall_pct"], ".1f"),
+              num(r["mfu_wall_pct"], ".2f"), num(r["dram_read_wall_pct"], ".1f"), num(r["dram_write_wall_pct"], ".1f"),
+              num(r["mbu_wall_pct"], ".2f")] for r in rows]
+    return ("measured by the GPU (nsys GPU metrics samples, averaged over each stage's wall time) beside the model\n"
+            + render(["stage", "SMs active %", "tensor active %", "MFU wall %", "DRAM read %", "DRAM write %",
+                      "MBU wall %"], cells, "l" + "r" * 6))
 
 
 def step_line(s: dict) -> str:

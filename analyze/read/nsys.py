@@ -79,8 +79,18 @@ def _read(open_source, src, name: str, fmt: str) -> R.Raw:
         finally:
             detail_source.close()
 
+    def gpu_metrics():
+        from dsocr_perf.analyze.read.gpu_metrics import read_gpu_metrics
+
+        metrics_source = open_source()
+        try:
+            return read_gpu_metrics(metrics_source)
+        finally:
+            metrics_source.close()
+
     return R.Raw(source="nsys", format=fmt, ops=ops, calls=calls, nvtx=nvtx, sync_keys=sync_keys, gpus=gpus,
-                 meta=meta, warnings=warnings, details=details)
+                 meta=meta, warnings=warnings, details=details,
+                 gpu_metrics=gpu_metrics if src.table("GPU_METRICS") else None)
 
 
 def _in_thread(results: dict, key: str, reader, open_source, graphs: bool) -> None:
