@@ -68,7 +68,7 @@ def read_gpu_metrics(src) -> GpuMetrics | None:
                                "value": sc["value"]})
     keep = (data["ts"] != INT_NULL) & (data["value"] != INT_NULL)
     out, rows = {}, {"timestamp_ns": [], "gpu_type": [], "metric": [], "value": []}
-    for key, (type_id, metric_id, name) in chosen.items():
+    for key, (type_id, metric_id, _) in chosen.items():
         mine = keep & (data["type"] == type_id) & (data["metric"] == metric_id)
         ts, values = data["ts"][mine], data["value"][mine].astype(np.float64)
         order = np.argsort(ts, kind="stable")
