@@ -72,11 +72,15 @@ def test_cli_table_and_json(capsys):
     code, out, _ = run(capsys, "diff", str(A), str(B), "--no-cache")
     assert code == 0
     sam = next(line for line in out.splitlines() if line.startswith("sam "))
-    assert sam.split()[-1] == "yes" and "24>48" in sam
+    assert sam.split()[-1] == "yes" and "24 → 48" in sam
     code, out, _ = run(capsys, "diff", str(A), str(A), "--json", "--no-cache")
     assert code == 0
     doc = json.loads(out)
     assert {r["stage"]: r["delta_ns"] for r in doc["stages"]}["sam"] == 0
+    decode = {r["stage"]: r for r in doc["stages"]}["decode"]
+    assert decode["a_wall_ns"] == decode["b_wall_ns"] > decode["a_busy_ns"] > 0
+    assert doc["throughput"]["speedup"] == 1.0
+    assert all(p["achieved_ns"] == 0 for p in doc["predicted"])
 
 
 def test_different_models_refused_with_one_line(tmp_path, capsys):

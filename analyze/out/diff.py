@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 SIGMAS = 2.0
 TOP_KERNELS = 10
+# wall-time accounting compared per stage (analyze.accounting)
+WALL_COLUMNS = ("wall_ns", "busy_ns", "idle_ns", "kernel_launches", "host_syncs", "memcpy_calls")
 
 
 def bare(name: str) -> str:
@@ -52,6 +54,7 @@ class Side:
     per_request: bool
     requests: int
     max_repeats: int
+    doc: dict | None = None          # the analysis document (steps, opportunities)
 
 
 def _model_of(manifest: dict | None):
@@ -91,26 +94,30 @@ def side_of(trace, label: str) -> Side:
     import polars as pl
 
     from dsocr_perf.analyze.out.dataset import dataset_stats
+    from dsocr_perf.analyze.out.document import document
 
     manifest = trace.manifest
     table = trace.polars("stages")
     metrics = _stage_metrics(trace, table, manifest)
     stats = dataset_stats(trace, manifest)
+    doc = document(trace, "all")
     rows = []
     for row in table.iter_rows(named=True):
         key = bare(row["name"])
         extra = metrics.get(row["name"], {})
         rows.append({"key": key, "name": row["name"], "instances": row["instances"], "gpu_ns": float(row["inclusive_ns"]),
-                     "kernels": float(row["kernels"]), "flops": extra.get("flops"), "mfu": extra.get("mfu")})
+                     "kernels": float(row["kernels"]), "flops": extra.get("flops"), "mfu": extra.get("mfu"),
+                     **{c: float(row[c]) for c in WALL_COLUMNS}})
     frame = pl.DataFrame(rows, schema={"key": pl.Utf8, "name": pl.Utf8, "instances": pl.Int64, "gpu_ns": pl.Float64,
-                                       "kernels": pl.Float64, "flops": pl.Float64, "mfu": pl.Float64})
+                                       "kernels": pl.Float64, "flops": pl.Float64, "mfu": pl.Float64,
+                                       **{c: pl.Float64 for c in WALL_COLUMNS}})
     per_request = stats is not None and stats.requests.height > 0
     if per_request:
         n = stats.requests.height
         noise = stats.overall.select(pl.col("stage").alias("key"), "repeat_std_ns")
         # degrees of freedom of the pooled repeat std: sum over pages of (repeats - 1)
         dof = stats.per_page.filter(pl.col("n") >= 2).group_by("stage").agg((pl.col("n") - 1).sum().alias("repeat_dof"))
-        frame = (frame.with_columns(pl.col("gpu_ns", "kernels", "flops") / n)
+        frame = (frame.with_columns(pl.col("gpu_ns", "kernels", "flops", *WALL_COLUMNS) / n)
                  .join(noise, on="key", how="left")
                  .join(dof.rename({"stage": "key"}), on="key", how="left"))
     else:
@@ -120,7 +127,7 @@ def side_of(trace, label: str) -> Side:
         FROM kernels GROUP BY name""").to_arrow_table())
     return Side(label=label, trace=trace, manifest=manifest, stages=frame, kernels=kernels,
                 per_request=per_request, requests=stats.requests.height if stats else 0,
-                max_repeats=stats.max_repeats if stats else 0)
+                max_repeats=stats.max_repeats if stats else 0, doc=doc)
 
 
 def _delta(a, b):
@@ -171,7 +178,8 @@ def compare(a: Side, b: Side, top: int = TOP_KERNELS) -> dict:
                      "a_kernels": get(ra, "kernels"), "b_kernels": get(rb, "kernels"), "delta_kernels": dk,
                      "delta_kernels_pct": dk_pct, "a_flops": get(ra, "flops"), "b_flops": get(rb, "flops"),
                      "delta_flops": df, "delta_flops_pct": df_pct, "a_mfu": get(ra, "mfu"), "b_mfu": get(rb, "mfu"),
-                     "delta_mfu": dm, "noise_std_ns": noise, "significant": significant})
+                     "delta_mfu": dm, "noise_std_ns": noise, "significant": significant,
+                     **{f"{side}_{c}": get(r, c) for c in WALL_COLUMNS for side, r in (("a", ra), ("b", rb))}})
     kernels = (a.kernels.rename({"instances": "a_instances", "total_ns": "a_ns"})
                .join(b.kernels.rename({"instances": "b_instances", "total_ns": "b_ns"}), on="name", how="full", coalesce=True)
                .with_columns(pl.col("a_instances", "a_ns", "b_instances", "b_ns").fill_null(0))
@@ -192,8 +200,35 @@ def compare(a: Side, b: Side, top: int = TOP_KERNELS) -> dict:
         "unit": "per request (mean over requests)" if per_request else "trace total",
         "significance": significance,
         "stages": rows,
+        "throughput": throughput(a, b),
+        "predicted": predicted_savings(a, b, {r["stage"]: r for r in rows}),
         "kernels": kernels.to_dicts(),
     }
+
+
+def throughput(a: Side, b: Side) -> dict:
+    """Decode tokens/s of both (measured under tracing) and the step wall time medians."""
+    def of(side):
+        s = (side.doc or {}).get("step_summary") or {}
+        return s.get("tokens_per_s_under_tracing"), s.get("median_wall_ns"), s.get("median_busy_ns")
+
+    (ta, wa, ba), (tb, wb, bb) = of(a), of(b)
+    return {"a_tokens_per_s": ta, "b_tokens_per_s": tb, "speedup": tb / ta if ta and tb else None,
+            "a_median_step_wall_ns": wa, "b_median_step_wall_ns": wb,
+            "a_median_step_busy_ns": ba, "b_median_step_busy_ns": bb}
+
+
+def predicted_savings(a: Side, b: Side, rows: dict) -> list[dict]:
+    """A's opportunities (what the wall-time accounting said a fix could recover) beside what B achieved
+    in the same stage's wall time."""
+    out = []
+    for o in (a.doc or {}).get("opportunities") or []:
+        row = rows.get(o["stage"]) or {}
+        achieved = (row.get("a_wall_ns") - row.get("b_wall_ns")) if row.get("a_wall_ns") is not None and \
+            row.get("b_wall_ns") is not None else None
+        out.append({"rank": o["rank"], "kind": o["kind"], "stage": o["stage"], "title": o["title"],
+                    "predicted_ns": o["recoverable_ns"], "achieved_ns": achieved})
+    return out
 
 
 def _totals(side: Side) -> Side:
@@ -203,9 +238,10 @@ def _totals(side: Side) -> Side:
     if not side.per_request:
         return side
     n = side.requests
-    frame = side.stages.with_columns(pl.col("gpu_ns", "kernels", "flops") * n,
+    frame = side.stages.with_columns(pl.col("gpu_ns", "kernels", "flops", *WALL_COLUMNS) * n,
                                      pl.lit(None, pl.Float64).alias("repeat_std_ns"))
-    return Side(side.label, side.trace, side.manifest, frame, side.kernels, False, side.requests, side.max_repeats)
+    return Side(side.label, side.trace, side.manifest, frame, side.kernels, False, side.requests, side.max_repeats,
+                side.doc)
 
 
 def _num(x, scale=1.0, fmt="{:,.3f}") -> str:
@@ -223,34 +259,61 @@ def _unit(values) -> tuple[str, float]:
 
 
 def format_diff(result: dict) -> str:
-    from dsocr_perf.analyze.out.table import _plural
+    from dsocr_perf.analyze.out.table import _plural, middle, render
 
     lines = [f"A: {result['a']['trace']} ({_plural(result['a']['requests'], 'request range')})",
              f"B: {result['b']['trace']} ({_plural(result['b']['requests'], 'request range')})",
-             f"GPU time = inclusive kernel time, {result['unit']}; significant: {result['significance']}", ""]
+             f"times {result['unit']}; GPU = inclusive kernel time; significant: {result['significance']}", ""]
     unit, scale = _unit([r[k] for r in result["stages"] for k in ("a_ns", "b_ns")])
-    width = max([5] + [len(r["stage"]) for r in result["stages"]])
-    head = (f"{'stage':<{width}} {'A ' + unit:>10} {'B ' + unit:>10} {'delta ' + unit:>10} {'delta':>8} {'kernels A>B':>15} "
-            f"{'GFLOP delta':>12} {'MFU A>B':>13} {'signif.':>8}")
-    lines += [head, "-" * len(head)]
+    cells = []
     for r in result["stages"]:
-        kernels = f"{_num(r['a_kernels'], fmt='{:,.0f}')}>{_num(r['b_kernels'], fmt='{:,.0f}')}"
-        mfu = (f"{_num(r['a_mfu'], fmt='{:.1f}')}>{_num(r['b_mfu'], fmt='{:.1f}')}%"
+        mfu = (f"{_num(r['a_mfu'], fmt='{:.1f}')} → {_num(r['b_mfu'], fmt='{:.1f}')}"
                if r["a_mfu"] is not None or r["b_mfu"] is not None else "-")
-        sig = {True: "yes", False: "no", None: "?"}[r["significant"]]
-        lines.append(f"{r['stage']:<{width}} {_num(r['a_ns'], scale):>10} {_num(r['b_ns'], scale):>10} "
-                     f"{_signed(r['delta_ns'], scale):>10} {_signed(r['delta_pct'], fmt='{:+.1f}%'):>8} {kernels:>15} "
-                     f"{_signed(r['delta_flops'], 1e9, '{:+,.1f}'):>12} {mfu:>13} {sig:>8}")
+        cells.append([r["stage"], _num(r["a_ns"], scale), _num(r["b_ns"], scale), _signed(r["delta_ns"], scale),
+                      _signed(r["delta_pct"], fmt="{:+.1f}%"), _arrow(r["a_kernels"], r["b_kernels"]),
+                      _signed(r["delta_flops"], 1e9, "{:+,.1f}"), mfu, {True: "yes", False: "no", None: "?"}[r["significant"]]])
+    lines.append(render(["stage", f"GPU A {unit}", f"GPU B {unit}", f"delta {unit}", "delta", "kernels A → B",
+                         "GFLOP delta", "MFU % A → B", "signif."], cells, "l" + "r" * 8))
+    lines += ["", "where the wall time goes (wall = the stages' own duration; idle = wall - busy)"]
+    cells = [[r["stage"], _arrow(r["a_wall_ns"], r["b_wall_ns"], 1e6, "{:,.1f}"), _ratio(r["a_wall_ns"], r["b_wall_ns"]),
+              _arrow(r["a_busy_ns"], r["b_busy_ns"], 1e6, "{:,.1f}"),
+              _arrow(_share(r["a_idle_ns"], r["a_wall_ns"]), _share(r["b_idle_ns"], r["b_wall_ns"]), 1, "{:.0f}%"),
+              _arrow(r["a_kernel_launches"], r["b_kernel_launches"]), _arrow(r["a_host_syncs"], r["b_host_syncs"]),
+              _arrow(r["a_memcpy_calls"], r["b_memcpy_calls"])] for r in result["stages"] if r["a_wall_ns"] or r["b_wall_ns"]]
+    lines.append(render(["stage", "wall ms A → B", "faster", "busy ms A → B", "idle A → B", "launches A → B",
+                         "syncs A → B", "copies A → B"], cells, "l" + "r" * 7))
+    t = result.get("throughput") or {}
+    if t.get("a_tokens_per_s") or t.get("b_tokens_per_s"):
+        lines += ["", f"decode: {_arrow(t['a_tokens_per_s'], t['b_tokens_per_s'], 1, '{:,.1f}')} tokens/s "
+                      f"({_ratio(t['b_tokens_per_s'], t['a_tokens_per_s'])} faster, measured under tracing); median step wall "
+                      f"{_arrow(t['a_median_step_wall_ns'], t['b_median_step_wall_ns'], 1e6, '{:,.2f}')} ms, busy "
+                      f"{_arrow(t['a_median_step_busy_ns'], t['b_median_step_busy_ns'], 1e6, '{:,.2f}')} ms"]
+    if result.get("predicted"):
+        lines += ["", "A's opportunities (predicted by its wall-time accounting) beside what B achieved in that stage"]
+        cells = [[p["rank"], middle(p["title"], 70), _num(p["predicted_ns"], 1e6, "{:,.1f}"),
+                  _num(p["achieved_ns"], 1e6, "{:,.1f}")] for p in result["predicted"]]
+        lines.append(render(["#", "opportunity", "predicted ms", "achieved ms"], cells, "rlrr", max_width=70))
     unit, scale = _unit([k[c] for k in result["kernels"] for c in ("a_ns", "b_ns")])
     lines += ["", "kernels whose total time changed most (trace totals)"]
-    khead = f"{'A ' + unit:>10} {'B ' + unit:>10} {'delta ' + unit:>10} {'delta':>8} {'count A>B':>11}  kernel"
-    lines += [khead, "-" * len(khead)]
-    for k in result["kernels"]:
-        name = k["name"] if len(k["name"]) <= 90 else k["name"][:87] + "..."
-        count = f"{k['a_instances']}>{k['b_instances']}"
-        lines.append(f"{_num(k['a_ns'], scale):>10} {_num(k['b_ns'], scale):>10} {_signed(k['delta_ns'], scale):>10} "
-                     f"{_signed(k['delta_pct'], fmt='{:+.1f}%'):>8} {count:>11}  {name}")
+    cells = [[_num(k["a_ns"], scale), _num(k["b_ns"], scale), _signed(k["delta_ns"], scale),
+              _signed(k["delta_pct"], fmt="{:+.1f}%"), _arrow(k["a_instances"], k["b_instances"]), middle(k["name"], 90)]
+             for k in result["kernels"]]
+    lines.append(render([f"A {unit}", f"B {unit}", f"delta {unit}", "delta", "count A → B", "kernel"], cells, "rrrrrl",
+                        max_width=90))
     return "\n".join(lines)
+
+
+def _arrow(a, b, scale: float = 1.0, fmt: str = "{:,.0f}") -> str:
+    return f"{_num(a, scale, fmt)} → {_num(b, scale, fmt)}"
+
+
+def _ratio(a, b) -> str:
+    """How many times faster B is than A (A / B), for times."""
+    return "-" if not a or not b else f"{a / b:,.1f}x"
+
+
+def _share(part, whole):
+    return None if part is None or not whole else 100.0 * part / whole
 
 
 def register(cli, common) -> None:
