@@ -73,54 +73,30 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
     idle = GpuIdle(ops)
     idle_ns = idle.overlap(calls.process, calls.start, calls.end)
 
-    # calls on ranged threads, in (thread, start) order: innermost range per lane, and the pairs of
-    # start/end ranges
-    thread = _dense_thread(att.threads, calls.thread)
-    sel = np.flatnonzero(thread >= 0)
-    lanes = att.lanes
-    key = A.packed(thread[sel], calls.start[sel], lanes.t0) if sel.size else np.zeros(0, np.int64)
-    order = np.argsort(key, kind="stable")
-    sel, key = sel[order], key[order]
-    inner = np.full(n_calls, -1, np.int64)
-    inner_start = np.full(n_calls, -A.BIG, np.int64)
+    # per range: the calls inside it, by kind, at each call's innermost range per lane (from the
+    # engine), rolled up the trees; start/end ranges take their calls as one slice each
+    lanes, order = att.lanes, att.calls
     per_range = _empty_counts(n_ranges)
     groups, members = [], []
-    th = thread[sel]
-    for rank in range(int(lanes.thread_lanes[:, 1].max(initial=0))):
-        has = lanes.thread_lanes[th, 1] > rank
-        ids = sel[has]
-        at = A.innermost(lanes, lanes.thread_lanes[th[has], 0] + rank, calls.start[ids], calls.end[ids])
-        hit = at >= 0
-        ids, at = ids[hit], at[hit]
-        rng = lanes.pp[at]
-        later = att.ranges.start[rng] > inner_start[ids]
-        inner[ids[later]], inner_start[ids[later]] = rng[later], att.ranges.start[rng[later]]
-        groups.append(at)
+    for per_call in order.lane_at:
+        ids = np.flatnonzero(per_call >= 0)
+        groups.append(per_call[ids])
         members.append(ids)
     if groups:
         t = _call_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), kind, direction, idle_ns)
         _roll_up_counts(t, lanes)
         _store(per_range, lanes.pp, t)
-    se = np.flatnonzero(att.ranges.live & ~att.ranges.pushpop)
+    se = order.startend
     if se.size:
-        g, ids = A._ops_inside(sel, key, calls.end, se, att.ranges.thread, att.ranges.start, att.ranges.end, lanes.t0)
+        r = att.ranges
+        g, ids = A.calls_inside(order.order, order.sorted_key, calls.end, se, r.thread, r.start, r.end, lanes.t0)
         _store(per_range, se, _call_totals(se.size, g, ids, kind, direction, idle_ns))
-        rng = se[g]
-        later = att.ranges.start[rng] > inner_start[ids]
-        order = np.argsort(att.ranges.start[rng[later]], kind="stable")
-        inner[ids[later][order]] = rng[later][order]
+    inner = order.inner
 
     window_idle = idle.overlap(raw.nvtx.process, att.ranges.start, att.ranges.end)
     facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=inner, idle_ns=idle_ns,
                       gpu_busy_ns=idle.busy_ns())
     return facts, _range_accounting(att, per_range, window_idle)
-
-
-def _dense_thread(threads: np.ndarray, thread_keys: np.ndarray) -> np.ndarray:
-    if not threads.size or not thread_keys.size:
-        return np.full(thread_keys.size, -1, np.int64)
-    pos = np.minimum(np.searchsorted(threads, thread_keys), threads.size - 1)
-    return np.where(threads[pos] == thread_keys, pos, -1)
 
 
 def _call_kinds(raw: Raw, att: A.Attribution, launched: np.ndarray) -> np.ndarray:

@@ -52,14 +52,34 @@ class Attribution:
     ranges: Ranges
     threads: np.ndarray       # dense thread index -> thread key of the trace
     op_call: np.ndarray       # per op: call index, -1 none
-    op_thread: np.ndarray     # per op: dense thread index, -1 (no call, or a thread without ranges)
     op_inner: np.ndarray      # per op: tightest enclosing range, -1
-    op_lane_inner: list       # per lane rank: (ops, innermost range) of ops with a range in that lane
-    op_startend: object       # () -> (ops, ranges) pairs of start/end containment
+    calls: object             # CallOrder: the calls on ranged threads and their ranges
+    calls_ops: object         # CallsOps: the ops of each call
     stats: dict               # per range: inclusive_ns, exclusive_ns, busy_ns, span_ns, first_ns, last_ns,
                               #   kernels, gpu_ops, launches, cpu_ns, outermost_of_name
-    lanes: object             # the lane trees (for the accounting of API calls)
+    lanes: object             # the lane trees
     warnings: list
+
+    def op_lane_inner(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per lane rank: (ops, their innermost push/pop range in that lane)."""
+        out = []
+        launched = np.flatnonzero(self.op_call >= 0)
+        for per_call in self.calls.lane_at:
+            at = per_call[self.op_call[launched]]
+            out.append((launched[at >= 0], self.lanes.pp[at[at >= 0]]))
+        return out
+
+    def op_startend(self) -> tuple[np.ndarray, np.ndarray]:
+        """(op, start/end range) for every op launched inside a start/end range."""
+        se, c = self.calls.startend, self.calls
+        if not se.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        r = self.ranges
+        g, call = calls_inside(c.order, c.sorted_key, self.calls_end, se, r.thread, r.start, r.end, self.lanes.t0)
+        g, ops = self.calls_ops.expand(g, call)
+        return ops, se[g]
+
+    calls_end: np.ndarray = None
 
 
 # ------------------------------------------------------------------------------------- op -> call
@@ -218,7 +238,7 @@ def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.nda
 def attribute(raw: Raw) -> Attribution:
     ops, calls, nvtx = raw.ops, raw.calls, raw.nvtx
     warnings: list[str] = []
-    n_ops = len(ops)
+    n_ops, n_calls = len(ops), len(calls)
 
     # 1. op -> call
     index = CallIndex(calls.process, calls.correlation)
@@ -228,93 +248,71 @@ def attribute(raw: Raw) -> Attribution:
                         "their GPU operations are joined to the first call only")
     del index
 
-    # ranges and threads
+    # ranges, their threads (dense ids), the lanes
     r_start = nvtx.ranges.column("start_ns").to_numpy()
     r_end = nvtx.ranges.column("end_ns").to_numpy()
     threads = np.unique(nvtx.thread[nvtx.thread >= 0])
     r_thread = np.where(nvtx.thread >= 0, np.searchsorted(threads, nvtx.thread), -1).astype(np.int64)
     n_ranges = r_start.size
-    r_domain = nvtx.domain_id
     live = (r_thread >= 0) & (nvtx.pushpop | nvtx.same_thread)
+    lanes = build_lanes(r_start, r_end, r_thread, nvtx.domain_id, nvtx.pushpop, live, threads.size, warnings)
 
-    # per op: its call's thread (dense, -1 when that thread has no ranges), call start and end
-    launched = op_call >= 0
-    call_thread = calls.thread[np.maximum(op_call, 0)] if n_ops and len(calls) else np.zeros(n_ops, np.int64)
-    tpos = np.minimum(np.searchsorted(threads, call_thread), max(threads.size - 1, 0))
-    op_thread = np.where(launched & (threads.size > 0) & (threads[tpos] == call_thread), tpos, -1) \
-        if threads.size else np.full(n_ops, -1, np.int64)
-    del tpos, call_thread
-    cs = calls.start[np.maximum(op_call, 0)] if len(calls) else np.zeros(n_ops, np.int64)
-    ce = calls.end[np.maximum(op_call, 0)] if len(calls) else np.zeros(n_ops, np.int64)
-
-    # 2. lanes
-    lanes = build_lanes(r_start, r_end, r_thread, r_domain, nvtx.pushpop, live, threads.size, warnings)
-    has_thread = op_thread >= 0
-    times = [r_start[live], r_end[live], cs[has_thread], ce[has_thread]]
+    # 2. the calls made on threads that have ranges, in (thread, start) order: every containment
+    # question is asked once per call, and its ops take the answer through op_call
+    call_thread = dense_thread(threads, calls.thread)
+    ranged = np.flatnonzero(call_thread >= 0)
+    times = [r_start[live], r_end[live], calls.start[ranged], calls.end[ranged]]
     t0 = int(min((t.min() for t in times if t.size), default=0))
     t1 = int(max((t.max() for t in times if t.size), default=0))
     if t1 - t0 >= 1 << TIME_BITS:
         raise ValueError("the trace spans more than 19 hours")  # packed keys would overflow
     lanes.t0, lanes.key = t0, packed(lanes.lane, lanes.start, t0)
+    key = packed(call_thread[ranged], calls.start[ranged], t0)
+    order = np.argsort(key, kind="stable")            # calls come in time order: nearly sorted already
+    call_order, call_sorted = ranged[order], key[order]
+    del ranged, key, order
 
-    # ops with a ranged thread, in (thread, call start) order
-    k = np.flatnonzero(has_thread)
-    okey = packed(op_thread[k], cs[k], t0)
-    o = np.argsort(okey, kind="stable")
-    op_order, op_sorted = k[o], okey[o]
-    del k, okey, o
+    # 3. innermost push/pop range of each call in each lane of its thread
+    call_inner = np.full(n_calls, -1, np.int64)
+    lane_at = []                                       # per lane rank: per call, index into lanes.pp or -1
+    th = call_thread[call_order]
+    for rank in range(int(lanes.thread_lanes[:, 1].max(initial=0))):
+        has = lanes.thread_lanes[th, 1] > rank
+        ids = call_order[has]
+        at = innermost(lanes, lanes.thread_lanes[th[has], 0] + rank, calls.start[ids], calls.end[ids])
+        per_call = np.full(n_calls, -1, np.int64)
+        per_call[ids] = at
+        lane_at.append(per_call)
+        hit = at >= 0
+        _tighten(call_inner, ids[hit], lanes.pp[at[hit]], r_start, r_end)
+    del th
 
+    # 4. per op totals, at each op's innermost range per lane, rolled up the trees
     dur = ops.end - ops.start
     is_kernel = ops.kind == KERNEL
-    first_of_call = _first_of_call(op_call)
-    stream_key = ops.stream_key
-    overlap = _self_overlapping_streams(ops, stream_key, is_kernel)
-    per_op = (ops, dur, is_kernel, first_of_call, stream_key, overlap)
-
-    # 3-4. innermost range of each op in each lane of its thread, totals rolled up the trees
+    per_op = (ops, dur, is_kernel, _first_of_call(op_call, n_calls), ops.stream_key,
+              _self_overlapping_streams(ops, ops.stream_key, is_kernel))
+    launched = np.flatnonzero(op_call >= 0)
     totals = _Totals(n_ranges)
-    op_inner = np.full(n_ops, -1, np.int64)
-    inner_start = np.full(n_ops, -BIG, np.int64)
-    inner_end = np.full(n_ops, BIG, np.int64)
-    lane_inner, groups, members = [], [], []
-    th = op_thread[op_order]
-    for rank in range(int(lanes.thread_lanes[:, 1].max(initial=0))):
-        sel = lanes.thread_lanes[th, 1] > rank
-        ids = op_order[sel]
-        at = innermost(lanes, lanes.thread_lanes[th[sel], 0] + rank, cs[ids], ce[ids])
-        hit = at >= 0
-        ids, at = ids[hit], at[hit]
-        rng = lanes.pp[at]
-        lane_inner.append((ids, rng))
-        groups.append(at)
-        members.append(ids)
-        tighter = (r_start[rng] > inner_start[ids]) | ((r_start[rng] == inner_start[ids]) & (r_end[rng] < inner_end[ids]))
-        upd = ids[tighter]
-        op_inner[upd], inner_start[upd], inner_end[upd] = rng[tighter], r_start[rng[tighter]], r_end[rng[tighter]]
-    del th
+    groups, members = [], []
+    for per_call in lane_at:
+        at = per_call[op_call[launched]]
+        groups.append(at[at >= 0])
+        members.append(launched[at >= 0])
     if groups:
         per_pp = _op_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), *per_op)
         _roll_up(per_pp, lanes)
         totals.add(lanes.pp, per_pp)
     del groups, members
 
-    # 5. start/end ranges
+    # 5. start/end ranges: the calls of their thread between their start and end, one slice each
     se = np.flatnonzero(live & ~nvtx.pushpop)
-
-    def se_pairs():
-        return _ops_inside(op_order, op_sorted, ce, se, r_thread, r_start, r_end, t0)
-
+    calls_of = CallsOps(op_call, n_calls)
     if se.size:
-        g, ids = se_pairs()
-        rng = se[g]
-        per_se = _op_totals(se.size, g, ids, *per_op)
-        totals.add(se, per_se)
-        tighter = (r_start[rng] > inner_start[ids]) | ((r_start[rng] == inner_start[ids]) & (r_end[rng] < inner_end[ids]))
-        # several start/end ranges may contain one op: the latest-starting, then the shortest wins
-        order = np.lexsort((-r_end[rng[tighter]], r_start[rng[tighter]]))
-        upd, best = ids[tighter][order], rng[tighter][order]
-        op_inner[upd], inner_start[upd], inner_end[upd] = best, r_start[best], r_end[best]
-        del g, ids, rng
+        g, c = calls_inside(call_order, call_sorted, calls.end, se, r_thread, r_start, r_end, t0)
+        _tighten(call_inner, c, se[g], r_start, r_end)
+        g_ops, ids = calls_of.expand(g, c)
+        totals.add(se, _op_totals(se.size, g_ops, ids, *per_op))
 
     # tree shape of every range: push/pop from the lanes, start/end under the tightest push/pop range
     parent = np.full(n_ranges, -1, np.int64)
@@ -328,15 +326,16 @@ def attribute(raw: Raw) -> Attribution:
         parent[se] = np.where(holder >= 0, lanes.pp[np.maximum(holder, 0)], -1)
         depth[se] = np.where(holder >= 0, lanes.depth[np.maximum(holder, 0)] + 1, 0)
 
-    # 6. busy: exact union for ranges whose kernels ran on several streams (or a self-overlapping one)
+    # 6. busy: the exact union for ranges whose kernels ran on several streams (or one that overlaps itself)
     busy = totals.inclusive.copy()
-    multi = (totals.stream_lo < totals.stream_hi) | (totals.overlap > 0)
-    multi_ranges = np.flatnonzero(multi)
-    if multi_ranges.size:
-        busy[multi_ranges] = _union_busy(ops, is_kernel, _ops_inside(op_order, op_sorted, ce, multi_ranges, r_thread,
-                                                                     r_start, r_end, t0), multi_ranges.size)
+    multi = np.flatnonzero((totals.stream_lo < totals.stream_hi) | (totals.overlap > 0))
+    if multi.size:
+        g, c = calls_inside(call_order, call_sorted, calls.end, multi, r_thread, r_start, r_end, t0)
+        busy[multi] = _union_busy(ops, is_kernel, calls_of.expand(g, c), multi.size)
 
     # exclusive: each kernel in its tightest range
+    op_inner = np.where(op_call >= 0, call_inner[np.maximum(op_call, 0)], -1) if n_calls else \
+        np.full(n_ops, -1, np.int64)
     ek = is_kernel & (op_inner >= 0)
     exclusive = np.bincount(op_inner[ek], weights=dur[ek], minlength=n_ranges)
 
@@ -361,24 +360,74 @@ def attribute(raw: Raw) -> Attribution:
     }
     ranges = Ranges(start=r_start, end=r_end, thread=r_thread, pushpop=nvtx.pushpop, live=live, parent=parent,
                     depth=depth, name_id=nvtx.name_id, names=nvtx.names)
-    return Attribution(ranges=ranges, threads=threads, op_call=op_call, op_thread=op_thread, op_inner=op_inner,
-                       op_lane_inner=lane_inner, op_startend=lambda: _named_pairs(se, se_pairs) if se.size else
-                       (np.zeros(0, np.int64), np.zeros(0, np.int64)),
-                       stats=stats, lanes=lanes, warnings=warnings)
+    calls_index = CallOrder(order=call_order, sorted_key=call_sorted, thread=call_thread, lane_at=lane_at,
+                            inner=call_inner, startend=se)
+    return Attribution(ranges=ranges, threads=threads, op_call=op_call, op_inner=op_inner, calls=calls_index,
+                       calls_ops=calls_of, stats=stats, lanes=lanes, warnings=warnings, calls_end=calls.end)
 
 
-def _named_pairs(se, pairs):
-    g, ids = pairs()
-    return ids, se[g]
+def dense_thread(threads: np.ndarray, thread_keys: np.ndarray) -> np.ndarray:
+    """Per key: its index in `threads` (the threads that have ranges), -1 elsewhere."""
+    if not threads.size or not thread_keys.size:
+        return np.full(thread_keys.size, -1, np.int64)
+    pos = np.minimum(np.searchsorted(threads, thread_keys), threads.size - 1)
+    return np.where(threads[pos] == thread_keys, pos, -1)
 
 
-def _first_of_call(op_call: np.ndarray) -> np.ndarray:
-    """One op per launching call is its 'launch' (a CUDA-graph launch makes many ops)."""
+def _tighten(inner: np.ndarray, ids: np.ndarray, rng: np.ndarray, r_start, r_end) -> None:
+    """inner[ids] = rng where rng is tighter (starts later; at an equal start, ends earlier) than the
+    range there now; with repeated ids the tightest wins."""
+    if not ids.size:
+        return
+    current = inner[ids]
+    has = current >= 0
+    cur = np.maximum(current, 0)
+    tighter = ~has | (r_start[rng] > r_start[cur]) | ((r_start[rng] == r_start[cur]) & (r_end[rng] < r_end[cur]))
+    ids, rng = ids[tighter], rng[tighter]
+    order = np.lexsort((-r_end[rng], r_start[rng]))      # ascending tightness: the last write wins
+    inner[ids[order]] = rng[order]
+
+
+class CallsOps:
+    """The GPU ops of each call: usually one; a CUDA-graph launch makes many (ops sorted by call)."""
+
+    def __init__(self, op_call: np.ndarray, n_calls: int):
+        self.op_call, self.n_calls = op_call, n_calls
+        self._order = None
+
+    def expand(self, group: np.ndarray, call: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(group, op) pairs for (group, call) pairs."""
+        if self._order is None:
+            launched = np.flatnonzero(self.op_call >= 0)
+            self._order = launched[np.argsort(self.op_call[launched], kind="stable")]
+            counts = np.bincount(self.op_call[launched], minlength=self.n_calls)
+            self._first = np.cumsum(counts) - counts
+            self._count = counts
+        counts = self._count[call]
+        g = np.repeat(group, counts)
+        offset = np.repeat(self._first[call] - np.cumsum(counts) + counts, counts)
+        return g, self._order[np.arange(g.size) + offset]
+
+
+@dataclass
+class CallOrder:
+    """The API calls on threads with ranges, in (thread, start) order, with their ranges."""
+    order: np.ndarray         # call indexes
+    sorted_key: np.ndarray    # packed (thread, start) of order
+    thread: np.ndarray        # per call: dense thread index, -1
+    lane_at: list             # per lane rank: per call, its innermost push/pop range (index into lanes.pp), -1
+    inner: np.ndarray         # per call: its tightest range (push/pop or start/end), -1
+    startend: np.ndarray      # the start/end ranges that take part
+
+
+def _first_of_call(op_call: np.ndarray, n_calls: int) -> np.ndarray:
+    """One op per launching call is its 'launch' (a CUDA-graph launch makes many ops): the first."""
     first = np.zeros(op_call.size, bool)
     launched = np.flatnonzero(op_call >= 0)
     if launched.size:
-        _, at = np.unique(op_call[launched], return_index=True)
-        first[launched[at]] = True
+        seen = np.full(n_calls, -1, np.int64)
+        seen[op_call[launched[::-1]]] = launched[::-1]     # the first op of each call is written last
+        first[seen[seen >= 0]] = True
     return first
 
 
@@ -468,15 +517,15 @@ def _roll_up(t: dict, lanes: Lanes) -> None:
             ufunc.at(t[name], up, t[name][sel])
 
 
-def _ops_inside(op_order, op_sorted, call_end, rs, r_thread, r_start, r_end, t0) -> tuple[np.ndarray, np.ndarray]:
-    """(position in rs, op) for every op launched inside range rs[i] on its thread: a slice of the
-    ops in (thread, call start) order, less calls that end after the range."""
-    lo = np.searchsorted(op_sorted, packed(r_thread[rs], r_start[rs], t0), side="left")
-    hi = np.searchsorted(op_sorted, packed(r_thread[rs], r_end[rs], t0), side="right")
+def calls_inside(call_order, call_sorted, call_end, rs, r_thread, r_start, r_end, t0) -> tuple[np.ndarray, np.ndarray]:
+    """(position in rs, call) for every call made inside range rs[i] on its thread: a slice of the
+    calls in (thread, start) order, less calls that end after the range."""
+    lo = np.searchsorted(call_sorted, packed(r_thread[rs], r_start[rs], t0), side="left")
+    hi = np.searchsorted(call_sorted, packed(r_thread[rs], r_end[rs], t0), side="right")
     counts = hi - lo
     group = np.repeat(np.arange(rs.size), counts)
     offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
-    ids = op_order[np.arange(group.size) + offset]
+    ids = call_order[np.arange(group.size) + offset]
     keep = call_end[ids] <= r_end[rs][group]
     return group[keep], ids[keep]
 

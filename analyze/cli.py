@@ -12,6 +12,7 @@ every failure becomes one `Error:` line and a documented exit status (analyze.er
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -74,6 +75,14 @@ def print_warnings(trace) -> None:
         click.echo(f"Warning: {warning}", err=True)
 
 
+def echo_json(value) -> None:
+    """JSON on stdout: indented for a terminal, one line otherwise (the C encoder: a 1e6-kernel trace's
+    document with every decode step is written in milliseconds instead of a second). NaN never appears:
+    documents are cleaned first, and allow_nan=False makes sure."""
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(value, indent=indent, allow_nan=False, default=str))
+
+
 # What every command shares: its options and how a trace is opened.
 common = SimpleNamespace(
     Path=Path,
@@ -84,6 +93,7 @@ common = SimpleNamespace(
     open=open_for_command,
     warn=print_warnings,
     echo=click.echo,
+    echo_json=echo_json,
 )
 
 for module in COMMAND_MODULES:

@@ -169,28 +169,27 @@ class Tables:
             "style": base.column("style"), "end_tid": base.column("end_tid"), "payload": payload})
 
     def paths(self) -> pa.Array:
-        """'prefill/sam': the bare names from the root down, per range (dictionary-encoded)."""
+        """'prefill/sam': the bare names from the root down, per range (dictionary-encoded); one
+        Python string per distinct path, built level by level."""
+        if getattr(self, "_paths", None) is not None:
+            return self._paths
         r = self.att.ranges
-        n = r.start.size
         texts = [bare(x) for x in r.names]
-        path_id = np.full(n, -1, np.int64)
+        n_names = max(len(texts), 1)
+        path_id = np.full(r.start.size, -1, np.int64)
         paths: list[str] = []
-        known: dict[tuple[int, int], int] = {}
-        for level in range(0, int(r.depth.max(initial=0)) + 1):
+        for level in range(0, int(r.depth.max(initial=-1)) + 1):
             sel = np.flatnonzero(r.depth == level)
-            if not sel.size:
-                continue
             parent_path = np.where(r.parent[sel] >= 0, path_id[np.maximum(r.parent[sel], 0)], -1)
-            pairs, inverse = np.unique(np.stack([parent_path, r.name_id[sel]], axis=1), axis=0, return_inverse=True)
-            ids = []
-            for parent, name in pairs.tolist():
-                key = (parent, name)
-                if key not in known:
-                    known[key] = len(paths)
-                    paths.append(texts[name] if parent < 0 else paths[parent] + "/" + texts[name])
-                ids.append(known[key])
-            path_id[sel] = np.array(ids, np.int64)[inverse.reshape(-1)]
-        return pa.DictionaryArray.from_arrays(pa.array(path_id, pa.int32(), mask=path_id < 0), pa.array(paths, pa.string()))
+            pairs, inverse = np.unique((parent_path + 1) * n_names + r.name_id[sel], return_inverse=True)
+            first = len(paths)
+            for pair in pairs.tolist():
+                parent, name = divmod(pair, n_names)
+                paths.append(texts[name] if parent == 0 else paths[parent - 1] + "/" + texts[name])
+            path_id[sel] = first + inverse.reshape(-1)
+        self._paths = pa.DictionaryArray.from_arrays(pa.array(path_id, pa.int32(), mask=path_id < 0),
+                                                     pa.array(paths, pa.string()))
+        return self._paths
 
     def _marks(self) -> pa.Table:
         nvtx = self.raw.nvtx
@@ -296,9 +295,10 @@ class Tables:
 
     def _op_lane_inner(self) -> pa.Table:
         att = self.att
-        if att.op_lane_inner:
-            ops = np.concatenate([o for o, _ in att.op_lane_inner])
-            rng = np.concatenate([r for _, r in att.op_lane_inner])
+        per_lane = att.op_lane_inner()
+        if per_lane:
+            ops = np.concatenate([o for o, _ in per_lane])
+            rng = np.concatenate([r for _, r in per_lane])
         else:
             ops = rng = np.zeros(0, np.int64)
         return pa.table({"op_id": ops, "range_id": rng, "innermost_id": att.op_inner[ops]})

@@ -21,7 +21,6 @@ number of `decode_step` ranges in the request.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +253,7 @@ def register(cli, common) -> None:
             raise TraceError(f"{trace_path} has no '{stages.REQUEST}' ranges: capture pages with dsocr-trace "
                              "(each page and repeat is one request range) to get dataset statistics")
         if as_json:
-            common.echo(json.dumps(clean(stats.to_dict()), indent=2, allow_nan=False, default=str))
+            common.echo_json(clean(stats.to_dict()))
         else:
             common.echo(format_stats(stats))
 

@@ -18,7 +18,6 @@ them is a DeepSeek-OCR capture with a manifest) are refused unless --force.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,7 +337,7 @@ def register(cli, common) -> None:
         if as_json:
             from dsocr_perf.analyze.out.document import clean
 
-            common.echo(json.dumps(clean(result), indent=2, default=str, allow_nan=False))
+            common.echo_json(clean(result))
         else:
             if reason:
                 click.echo(f"warning: {reason}", err=True)

@@ -133,40 +133,43 @@ def _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs) 
 def decode_steps(trace) -> list[dict]:
     """One entry per decode_step range instance, in time order; step = its position in its decode
     range; request = the request range that holds it; kv_length from the manifest."""
+    import pyarrow.compute as pc
+
     stats = trace.table("range_stats")
     names = stats.column("name")
     names = names.cast(names.type.value_type) if hasattr(names.type, "value_type") else names
-    import pyarrow.compute as pc
-
     is_step = pc.is_in(names, value_set=_pa_strings([S.DECODE_STEP, f"{S.DOMAIN}:{S.DECODE_STEP}"]))
     steps = stats.filter(is_step)
     if not steps.num_rows:
         return []
     ranges = trace.table("ranges")
     rid = steps.column("range_id").to_numpy()
-    start = ranges.column("start_ns").to_numpy()
-    parent = ranges.column("parent_id").fill_null(-1).to_numpy()
-    order = np.lexsort((start[rid], parent[rid]))
+    start = ranges.column("start_ns").to_numpy()[rid]
+    parent = ranges.column("parent_id").fill_null(-1).to_numpy()[rid]
+    order = np.lexsort((start, parent))
     position = np.empty(rid.size, np.int64)
-    sorted_parent = parent[rid][order]
-    first = np.r_[True, sorted_parent[1:] != sorted_parent[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(rid.size), 0))
-    position[order] = np.arange(rid.size) - group_start
-    request = _request_of(trace, start[rid])
+    first = np.r_[True, parent[order][1:] != parent[order][:-1]]
+    position[order] = np.arange(rid.size) - np.maximum.accumulate(np.where(first, np.arange(rid.size), 0))
+    by_time = np.argsort(start, kind="stable")
+    requests = _request_of(trace, start)
     kv = _kv_lengths(trace.manifest)
-    cols = steps.to_pydict()
+    column = {c: steps.column(c).take(by_time).to_pylist() for c in
+              ("wall_ns", "busy_ns", "idle_ns", "kernels", "gpu_ops", "launches", "kernel_launches", "host_syncs",
+               "api_calls", *(f"idle_{c}_ns" for c in accounting.CAUSES),
+               *(f"memcpy_{d}" for d in accounting.DIRECTIONS))}
     out = []
-    for i in np.argsort(start[rid], kind="stable"):
-        step, req = int(position[i]), request[i]
+    for i, (step, req, t0) in enumerate(zip(position[by_time].tolist(), [requests[j] for j in by_time.tolist()],
+                                            start[by_time].tolist())):
         lengths = kv.get(req, kv.get(None, []))
         out.append({
             "request": req, "step": step, "kv_length": lengths[step] if 0 <= step < len(lengths) else None,
-            "start_ns": int(start[rid[i]]), "wall_ns": cols["wall_ns"][i], "busy_ns": cols["busy_ns"][i],
-            "idle_ns": cols["idle_ns"][i],
-            "idle_causes_ns": {c: cols[f"idle_{c}_ns"][i] for c in accounting.CAUSES},
-            "kernels": cols["kernels"][i], "gpu_ops": cols["gpu_ops"][i], "launches": cols["launches"][i],
-            "kernel_launches": cols["kernel_launches"][i], "host_syncs": cols["host_syncs"][i],
-            "memcpy": {d: cols[f"memcpy_{d}"][i] for d in accounting.DIRECTIONS}, "api_calls": cols["api_calls"][i]})
+            "start_ns": t0, "wall_ns": column["wall_ns"][i], "busy_ns": column["busy_ns"][i],
+            "idle_ns": column["idle_ns"][i],
+            "idle_causes_ns": {c: column[f"idle_{c}_ns"][i] for c in accounting.CAUSES},
+            "kernels": column["kernels"][i], "gpu_ops": column["gpu_ops"][i], "launches": column["launches"][i],
+            "kernel_launches": column["kernel_launches"][i], "host_syncs": column["host_syncs"][i],
+            "memcpy": {d: column[f"memcpy_{d}"][i] for d in accounting.DIRECTIONS},
+            "api_calls": column["api_calls"][i]})
     return out
 
 
@@ -193,7 +196,8 @@ def _request_of(trace, times: np.ndarray) -> list:
     order = np.argsort(rs, kind="stable")
     rs, re_ = rs[order], re_[order]
     k = np.searchsorted(rs, times, side="right") - 1
-    return [int(i) if i >= 0 and times[j] <= re_[i] else None for j, i in enumerate(k)]
+    inside = (k >= 0) & (times <= re_[np.maximum(k, 0)])
+    return [i if ok else None for i, ok in zip(k.tolist(), inside.tolist())]
 
 
 def _kv_lengths(manifest) -> dict:

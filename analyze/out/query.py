@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 
 import click
@@ -38,7 +37,7 @@ def register(cli, common) -> None:
         sql.statements(query)           # refuse what is not a query before opening the trace
         trace = common.open(trace_path, no_cache, quiet=as_json or as_csv)
         columns, rows = run_query(trace, query)
-        print_rows(columns, rows, as_csv, as_json, common.echo)
+        print_rows(columns, rows, as_csv, as_json, common.echo, common.echo_json)
 
 
 def read_sql_file(path) -> str:
@@ -64,10 +63,9 @@ def run_query(trace, query: str) -> tuple[list[str], list[tuple]]:
     return sql.run(con, query)
 
 
-def print_rows(columns, rows, as_csv: bool, as_json: bool, echo) -> None:
+def print_rows(columns, rows, as_csv: bool, as_json: bool, echo, echo_json) -> None:
     if as_json:
-        echo(json.dumps([{c: _json_value(v) for c, v in zip(columns, r)} for r in rows], indent=2, allow_nan=False,
-                        default=str))
+        echo_json([{c: _json_value(v) for c, v in zip(columns, r)} for r in rows])
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)

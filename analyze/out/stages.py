@@ -1,8 +1,6 @@
 """`dsocr-analyze TRACE` (the stage table, text or `--json`) and `dsocr-analyze kernels TRACE`."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from dsocr_perf.analyze.errors import TraceError, UsageError
@@ -48,7 +46,7 @@ def register(cli, common) -> None:
                                     inputs=(trace.path,))
             click.echo(f"wrote {', '.join(map(str, written))}", err=True)
         if as_json:
-            common.echo(json.dumps(doc, indent=2, allow_nan=False))
+            common.echo_json(doc)
             return
         common.echo(stage_report(trace, doc))
 
@@ -69,7 +67,7 @@ def register(cli, common) -> None:
         rows = kernel_rows(trace, range_name, top, by)
         if as_json:
             keys = ("name", "label", "kind", "category", "instances", "total_ns", "avg_ns")
-            common.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2, allow_nan=False))
+            common.echo_json([{k: r[k] for k in keys} for r in rows])
             return
         cells = [[r["label"], r["kind"], r["category"], f"{r['instances']:,}", ms(r["total_ns"]),
                   pct(r["total_ns"], r["all_ns"]), f"{r['avg_ns'] / 1e3:,.1f}"] for r in rows]
