@@ -9,6 +9,7 @@ Outputs in --out-dir (default traces/), all written under hidden temporary names
     NAME.ops.md            operator table per stage from the PyTorch profiler
     NAME.ops-nvtx.*        --torch-ops-nvtx: a second nsys capture with PyTorch operator ranges (launch/ops_nvtx.py)
 On failure the files made so far become NAME.partial.* and the error says which phase failed.
+With --ncu the session runs under Nsight Compute instead (launch/ncu_pass.py: NAME.ncu.csv, NAME.ncu.json, ...).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dsocr_perf.launch import command, gpu_metrics, ops_nvtx
+from dsocr_perf.launch import command, gpu_metrics, ncu_pass, ops_nvtx
 from dsocr_perf.launch.errors import LaunchError
 from dsocr_perf.launch.images import resolve_pages
 from dsocr_perf.launch.manifest import host_summary
@@ -68,10 +69,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     gpu_metrics.add_arguments(ap)
     ops_nvtx.add_arguments(ap)
+    ncu_pass.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be at least 1")
     check_profiler_pass_arguments(ap, args)
+    ncu_pass.check_arguments(ap, args)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
@@ -187,6 +190,8 @@ def ops_nvtx_pass(args, nsys, outputs: Outputs, pages, argv, metrics, how: str, 
 
 
 def run(args, argv: list[str]) -> int:
+    if args.ncu:
+        return ncu_pass.run(args, argv, write_spec)
     progress = Progress()
     out_dir = Path(args.out_dir)
     outputs = Outputs(out_dir, args.name, SUFFIXES)
