@@ -4,8 +4,6 @@ no-metrics-gpu makes `--gpu-metrics-devices=help` list none, metrics-fail makes 
 once (as nsys does when it cannot set sampling up); FAKE_NSYS_APP=skip writes the session's manifest from its
 spec instead of running it (the real session runs in test_launch_cli and in the operator-range test here)."""
 import json
-import stat
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +12,8 @@ from dsocr_perf.dsocr.errors import DsocrError
 from dsocr_perf.launch import child, cli, gpu_metrics, ops_nvtx
 from dsocr_perf.launch.command import NSYS_PROFILE_OPTIONS
 from dsocr_perf.launch.nsys import has_option, profile_help
-from test_launch_cli import FAKE_NSYS, SAMPLE   # the stand-in nsys
+from stand_in import stand_in
+from test_launch_cli import FAKE_NSYS, SAMPLE
 
 QUICK = ["--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "2", "--device", "cpu", "--no-torch-profiler",
          "--no-analyze"]
@@ -22,10 +21,7 @@ QUICK = ["--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "2", "--devic
 
 @pytest.fixture(scope="module")
 def nsys_bin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("nsys") / "nsys"
-    path.write_text(FAKE_NSYS.replace("{python}", sys.executable))
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
+    return stand_in(tmp_path_factory.mktemp("nsys"), "nsys", FAKE_NSYS)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Everything else -- the child process, the manifest, the PyTorch profiler pass, t
 """
 import gzip
 import json
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from dsocr_perf.launch import cli
 from dsocr_perf.launch.command import NSYS_PROFILE_OPTIONS
 from dsocr_perf.launch.manifest import check_manifest
 from dsocr_perf.launch.make_sample_page import HEIGHT, WIDTH
+from stand_in import stand_in
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "launch/assets/sample_page.png"
@@ -87,10 +87,7 @@ sys.exit(9)
 
 @pytest.fixture(scope="module")
 def nsys_bin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("nsys") / "nsys"
-    path.write_text(FAKE_NSYS.replace("{python}", sys.executable))
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
+    return stand_in(tmp_path_factory.mktemp("nsys"), "nsys", FAKE_NSYS)
 
 
 def trace(args, nsys_bin, mode="ok", sqlite=None, cwd=REPO):

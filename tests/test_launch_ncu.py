@@ -9,7 +9,6 @@ fewer (one range short). FAKE_NCU_APP=skip writes the session's manifest instead
 runs in the `kernel_run` fixture).
 """
 import json
-import stat
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from dsocr_perf.launch import cli, ncu, ncu_pass
 from dsocr_perf.launch.errors import LaunchError
+from stand_in import stand_in
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "launch/assets/sample_page.png"
@@ -88,10 +88,7 @@ sys.exit(code)
 
 @pytest.fixture(scope="module")
 def ncu_bin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ncu") / "ncu"
-    path.write_text(FAKE_NCU.replace("{python}", sys.executable))
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
+    return stand_in(tmp_path_factory.mktemp("ncu"), "ncu", FAKE_NCU)
 
 
 def ncu_trace(args, ncu_bin, capsys, monkeypatch, mode="ok"):
