@@ -11,11 +11,12 @@
 #   3. `make ncu` with 32 tokens (application-range replay): cost estimate before, measured cost after
 #   4. if time is left: is lts__t_bytes.sum accepted in application-range replay? (a 2-token page)
 # Each step runs under a timeout that fits the budget ($BUDGET s from the start, default 470); a failing step is
-# logged and the next one runs. Smoke test on a CPU machine, with stand-in nsys and ncu first on PATH:
-#   EXTRA="--preset tiny --mode tiny --device cpu" TRACE_TOKENS=3 SHORT_TOKENS=3 NCU_TOKENS=3 bash benchmarks/gpu_capture_check.sh Everything goes to $OUT/log.txt as well. At the end $OUT holds at most 8 files:
+# logged and the next one runs. Everything goes to $OUT/log.txt as well. At the end $OUT holds at most 8 files:
 #   log.txt, results.tar.gz (manifests, ops table, ncu CSV + sidecar, capture_cost.json), check.sqlite.gz (the
 #   make-trace export; split into 15 MB parts if larger) and, while slots are left, m-on.ops-nvtx.sqlite.gz and
 #   check.pt.trace.json.gz.
+# Smoke test on a CPU machine, with stand-in nsys and ncu first on PATH (tests/test_launch_cli.py, test_launch_ncu.py):
+#   EXTRA="--preset tiny --mode tiny --device cpu" TRACE_TOKENS=3 SHORT_TOKENS=3 NCU_TOKENS=3 bash benchmarks/gpu_capture_check.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
