@@ -25,8 +25,8 @@ class OCRModel(Decoder):
         self.vision_model = ClipEncoder(config.clip)
         self.projector = Projector(config.projector)
         dim = config.projector.n_embed
-        self.image_newline = nn.Parameter(torch.randn(dim) * dim ** -0.5)   # after every grid row
-        self.view_seperator = nn.Parameter(torch.randn(dim) * dim ** -0.5)  # (sic) after the last view
+        self.image_newline = nn.Parameter(torch.empty(dim).normal_(std=dim ** -0.5))   # after every grid row
+        self.view_seperator = nn.Parameter(torch.empty(dim).normal_(std=dim ** -0.5))  # (sic) after the last view
 
 
 class DeepseekOCR(nn.Module):

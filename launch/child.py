@@ -1,25 +1,38 @@
 """The session process that runs under a profiler (started by launch.cli, never by hand).
 
-    python -m dsocr_perf.launch.child --phase nsys|torch --spec SPEC.json
+    python -m dsocr_perf.launch.child --phase nsys|torch|ncu --spec SPEC.json
 
-Both phases: load the model, run warm-up pages (one per tile grid, outside any capture), then the measured
-requests, each inside a `request` range (payload = request index), pages in order and each page's
-repeats back to back.
+Every phase: load the model, run warm-up pages (one per tile grid, outside any capture; their decode is cut
+to WARMUP_DECODE_STEPS), then the measured requests, each inside a `request` range (payload = request
+index), pages in order and each page's repeats back to back.
 - nsys:  cudaProfilerStart -> measured requests -> the manifest as one NVTX mark -> cudaProfilerStop;
-         the manifest also goes to spec["manifest_out"].
-- torch: torch.profiler around the measured pages, once each (repeats would multiply a trace that
-         is already large); writes spec["trace_out"] (.pt.trace.json.gz) and spec["ops_out"] (.md).
-Progress goes to stdout, one line per phase; a user error is one `Error: ...` line on stderr, exit 2.
+         the manifest also goes to spec["manifest_out"]. With spec["torch_ops_nvtx"] == "emit" the measured
+         requests also run under torch.autograd.profiler.emit_nvtx (one NVTX range per operator).
+- ncu:   as nsys, once per page; with spec["ncu_mode"] == "kernel" the profiler is on only for each page's
+         vision and prefill and its sampled decode steps (spec["ncu_decode_steps"]), for ncu's
+         --profile-from-start off.
+- torch: torch.profiler around the measured pages, once each, decoding only spec["torch_decode_steps"]
+         steps (all when null); writes spec["trace_out"] (.pt.trace.json.gz) and spec["ops_out"] (.md).
+A page cut short (warm-up, the torch pass) still gets the KV cache of the full page, so it allocates what the
+measured page allocates, and its decode steps are the first steps of the full page: step i's work depends only
+on its KV length (dsocr/decoder.py slices the cache to the filled length).
+Progress goes to stdout, one line per phase (`[PHASE pass] WHAT: S s`, read back by launch.timeline); a user
+error is one `Error: ...` line on stderr, exit 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
 START = time.perf_counter()
+# Decode steps of a warm-up page: its vision and prefill see every shape of the measured page; decode shapes are
+# the same every step (one token), and the flash/efficient attention kernels the decoder keeps to need no
+# per-length setup, so a few steps warm decode up.
+WARMUP_DECODE_STEPS = 16
 
 
 def progress(phase: str, what: str, seconds: float) -> None:
@@ -32,15 +45,34 @@ def measured_requests(spec: dict, repeats: int) -> list[dict]:
                                              for r in range(repeats))]
 
 
-def run_requests(session, spec: dict, requests: list[dict]) -> list[dict]:
+@contextlib.contextmanager
+def full_kv_cache(session, extra_tokens: int):
+    """Every KV cache the session makes while inside gets `extra_tokens` more positions than the page asks for."""
+    if extra_tokens <= 0:
+        yield
+        return
+    model = session.model
+    make = model.new_cache
+    model.new_cache = lambda max_len: make(max_len + extra_tokens)   # instance attribute over the method
+    try:
+        yield
+    finally:
+        del model.new_cache
+
+
+def run_requests(session, spec: dict, requests: list[dict], decode_steps: int | None = None) -> list[dict]:
+    """Each request's page, decoding `decode_steps` steps (all of max_new_tokens when None)."""
     from dsocr_perf.dsocr.stages import REQUEST, stage
 
+    full = spec["max_new_tokens"]
+    steps = min(decode_steps or full, full)
     done = []
-    for req in requests:
-        with stage(REQUEST, payload=req["request"]):
-            result = session.run_page(req["image"]["path"], mode=spec["mode"], max_new_tokens=spec["max_new_tokens"],
-                                      ignore_eos=spec["ignore_eos"], max_tiles=spec["max_tiles"])
-        done.append(req | {"result": result})
+    with full_kv_cache(session, full - steps):
+        for req in requests:
+            with stage(REQUEST, payload=req["request"]):
+                result = session.run_page(req["image"]["path"], mode=spec["mode"], max_new_tokens=steps,
+                                          ignore_eos=spec["ignore_eos"], max_tiles=spec["max_tiles"])
+            done.append(req | {"result": result})
     return done
 
 
@@ -68,12 +100,147 @@ def synchronize(session) -> None:
 def capture_info(spec: dict, phase: str, requests: list[dict], repeats: int) -> dict:
     return {"profiler": phase, "warmup_pages": len(warmup_requests(spec)), "measured_pages": len(spec["pages"]),
             "repeats": repeats, "requests": len(requests), "mode": spec["mode"], "max_new_tokens": spec["max_new_tokens"],
-            "ignore_eos": spec["ignore_eos"], "max_tiles": spec["max_tiles"], "name": spec.get("name")}
+            "ignore_eos": spec["ignore_eos"], "max_tiles": spec["max_tiles"], "name": spec.get("name"),
+            "warmup_decode_steps": min(WARMUP_DECODE_STEPS, spec["max_new_tokens"])}
+
+
+class ProfilerWindows:
+    """cudaProfilerStart/Stop around what ncu's kernel replay is to see (it runs with --profile-from-start off):
+    each page's vision and prefill, then only the sampled decode steps.
+
+    Step i's window opens when forward i-1 returns (when prefill returns, for step 0) and closes when forward i
+    returns, so it holds the step's token pick as well as its forward; ncu's NVTX filter keeps only the kernels
+    inside stage ranges. `pages` records what was on: [{"decode_steps": [0, 255]}, ...]."""
+
+    def __init__(self, session, sampled_steps: list[int]):
+        self.model = session.model
+        self.cuda = session.device.type == "cuda"
+        self.sampled = set(sampled_steps)
+        self.on = False
+        self.step = 0            # index of the next decode forward of the current page
+        self.pages: list[dict] = []
+
+    def switch(self, on: bool) -> None:
+        import torch
+        if on != self.on and self.cuda:
+            (torch.cuda.profiler.start if on else torch.cuda.profiler.stop)()
+        self.on = on
+
+    @contextlib.contextmanager
+    def installed(self):
+        model = self.model
+        embed, prefill, decode = model.image_embeddings, model.prefill, model.decode_step
+
+        def embed_hook(*args, **kwargs):           # a new page: vision and prefill are profiled in full
+            self.pages.append({"decode_steps": []})
+            self.switch(True)
+            return embed(*args, **kwargs)
+
+        def prefill_hook(*args, **kwargs):
+            out = prefill(*args, **kwargs)
+            self.step = 0
+            self.switch(0 in self.sampled)
+            return out
+
+        def decode_hook(*args, **kwargs):
+            if self.on:
+                self.pages[-1]["decode_steps"].append(self.step)
+            out = decode(*args, **kwargs)
+            self.step += 1
+            self.switch(self.step in self.sampled)
+            return out
+
+        model.image_embeddings, model.prefill, model.decode_step = embed_hook, prefill_hook, decode_hook
+        try:
+            yield self
+        finally:
+            del model.image_embeddings, model.prefill, model.decode_step
+            self.switch(False)
+
+
+def operator_ranges(spec: dict, cuda: bool):
+    """torch's own operator NVTX ranges around the measured pages, when the launcher asks the child for them."""
+    if spec.get("torch_ops_nvtx") != "emit":
+        return contextlib.nullcontext()
+    from dsocr_perf.dsocr.errors import DsocrError
+    if not cuda:
+        raise DsocrError("--torch-ops-nvtx needs a GPU: torch.autograd.profiler.emit_nvtx works only in a CUDA "
+                         "build of torch (or use an nsys that has --pytorch=autograd-nvtx)")
+    import torch
+    return torch.autograd.profiler.emit_nvtx()
+
+
+def capture_phase(session, spec: dict, env: dict, phase: str) -> list[dict]:
+    """nsys and ncu: the measured requests between cudaProfilerStart and Stop, the manifest as a mark and a file."""
+    import torch
+
+    from dsocr_perf.dsocr.stages import mark
+    from dsocr_perf.launch.manifest import build_manifest
+
+    cuda = session.device.type == "cuda"
+    repeats = spec["repeats"]
+    requests = measured_requests(spec, repeats)
+    capture = capture_info(spec, phase, requests, repeats)
+    capture |= {k: spec[k] for k in ("gpu_metrics", "torch_ops_nvtx") if spec.get(k)}
+    windows = None
+    if phase == "ncu" and spec.get("ncu_mode") == "kernel":
+        windows = ProfilerWindows(session, spec["ncu_decode_steps"])
+        with windows.installed():
+            done = run_requests(session, spec, requests)
+            synchronize(session)
+    else:
+        if cuda:
+            torch.cuda.profiler.start()
+        with operator_ranges(spec, cuda):
+            done = run_requests(session, spec, requests)
+        synchronize(session)
+    if phase == "ncu":
+        capture["ncu"] = {"mode": spec["ncu_mode"],
+                          "profiled": windows.pages if windows else "every stage range of every measured page"}
+    manifest = build_manifest(session, done, environment=env, capture=capture)
+    mark(json.dumps(manifest))
+    if cuda and windows is None:
+        torch.cuda.profiler.stop()
+    Path(spec["manifest_out"]).write_text(json.dumps(manifest, indent=1) + "\n")
+    return done
+
+
+def torch_phase(session, spec: dict, env: dict) -> list[dict]:
+    import torch
+
+    from dsocr_perf.launch import torch_pass
+    from dsocr_perf.launch.manifest import build_manifest
+
+    requests = measured_requests(spec, 1)
+    full = spec["max_new_tokens"]
+    steps = min(spec.get("torch_decode_steps") or full, full)
+
+    def run():
+        done = run_requests(session, spec, requests, steps)
+        synchronize(session)
+        return done
+
+    def describe(done):   # the manifest also rides in the Kineto trace's metadata
+        capture = capture_info(spec, "torch", requests, 1) | {"decode_steps_profiled": steps}
+        manifest = build_manifest(session, done, environment=env, capture=capture)
+        return {"dsocr_manifest": json.dumps(manifest)}
+
+    covered = "every decode step" if steps == full else f"the first {steps} of {full} decode steps"
+    header = [(f"- torch {torch.__version__}, device {session.device} "
+               f"({env.get('gpu_name') or 'CPU'}), dtype {str(session.dtype).removeprefix('torch.')}"),
+              (f"- preset {spec['preset']}, weights {session.weights_source}, mode {spec['mode']}, "
+               f"max_new_tokens {full}, pages {len(spec['pages'])} (once each, after one warm-up page per tile grid)"),
+              (f"- covers: each page's preprocessing, vision and prefill in full and {covered} "
+               f"(decode steps 0-{steps - 1}; --torch-decode-steps); the nsys trace has them all"),
+              f"- images: {', '.join(Path(p['path']).name for p in spec['pages'])}"]
+    return torch_pass.profile(run, describe, cuda=session.device.type == "cuda", trace_path=Path(spec["trace_out"]),
+                              ops_path=Path(spec["ops_out"]), title=f"Operators: {spec.get('name', 'run')}",
+                              header=header, report=lambda what, s: progress("torch", what, s))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dsocr_perf.launch.child")
-    ap.add_argument("--phase", choices=["nsys", "torch"], required=True)
+    ap.add_argument("--phase", choices=["nsys", "torch", "ncu"], required=True)
     ap.add_argument("--spec", required=True)
     args = ap.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text())
@@ -82,13 +249,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsocr_perf.dsocr.errors import DsocrError
     from dsocr_perf.dsocr.session import Session
-    from dsocr_perf.dsocr.stages import mark
-    from dsocr_perf.launch import torch_pass
-    from dsocr_perf.launch.manifest import build_manifest, environment
+    from dsocr_perf.launch.manifest import environment
 
     phase = args.phase
-    if phase == "torch":
-        spec["max_new_tokens"] = spec.get("torch_max_new_tokens") or spec["max_new_tokens"]
     progress(phase, "python + torch import", time.perf_counter() - START)
     try:
         t = time.perf_counter()
@@ -99,51 +262,24 @@ def main(argv: list[str] | None = None) -> int:
                  time.perf_counter() - t)
 
         t = time.perf_counter()
-        warm = run_requests(session, spec, warmup_requests(spec))
+        warm = run_requests(session, spec, warmup_requests(spec), WARMUP_DECODE_STEPS)
         synchronize(session)
-        progress(phase, f"warm-up ({len(warm)} page(s), one per tile grid)", time.perf_counter() - t)
+        progress(phase, f"warm-up ({len(warm)} page(s), one per tile grid, "
+                        f"{min(WARMUP_DECODE_STEPS, spec['max_new_tokens'])} decode steps)", time.perf_counter() - t)
 
-        cuda = session.device.type == "cuda"
         env = environment(spec.get("nsys_version") if phase == "nsys" else None, spec["command"],
                           session.device.type)
+        if phase == "ncu":
+            env["ncu"] = spec.get("ncu_version")
         t = time.perf_counter()
-        if phase == "nsys":
-            repeats = spec["repeats"]
-            requests = measured_requests(spec, repeats)
-            if cuda:
-                torch.cuda.profiler.start()
-            done = run_requests(session, spec, requests)
-            synchronize(session)
-            manifest = build_manifest(session, done, environment=env,
-                                      capture=capture_info(spec, phase, requests, repeats))
-            mark(json.dumps(manifest))
-            if cuda:
-                torch.cuda.profiler.stop()
-            Path(spec["manifest_out"]).write_text(json.dumps(manifest, indent=1) + "\n")
+        if phase == "torch":
+            done = torch_phase(session, spec, env)
         else:
-            requests = measured_requests(spec, 1)
-
-            def run():
-                done = run_requests(session, spec, requests)
-                synchronize(session)
-                return done
-
-            def describe(done):   # the manifest also rides in the Kineto trace's metadata
-                manifest = build_manifest(session, done, environment=env,
-                                          capture=capture_info(spec, phase, requests, 1))
-                return {"dsocr_manifest": json.dumps(manifest)}
-
-            header = [f"- torch {torch.__version__}, device {session.device} "
-                      f"({env.get('gpu_name') or 'CPU'}), dtype {str(session.dtype).removeprefix('torch.')}",
-                      f"- preset {spec['preset']}, weights {session.weights_source}, mode {spec['mode']}, "
-                      f"max_new_tokens {spec['max_new_tokens']}, pages {len(spec['pages'])} (once each, "
-                      "after one warm-up page)",
-                      f"- images: {', '.join(Path(p['path']).name for p in spec['pages'])}"]
-            done = torch_pass.profile(run, describe, cuda=cuda, trace_path=Path(spec["trace_out"]),
-                                      ops_path=Path(spec["ops_out"]), title=f"Operators: {spec.get('name', 'run')}",
-                                      header=header)
+            done = capture_phase(session, spec, env, phase)
         tokens = sum(d["result"].generated_tokens for d in done)
-        progress(phase, f"measured {len(done)} request(s), {tokens} generated tokens", time.perf_counter() - t)
+        if phase != "torch":   # the torch pass reports its own parts (profiled page, trace, table)
+            progress(phase, f"measured pages ({len(done)} request(s), {tokens} generated tokens)",
+                     time.perf_counter() - t)
     except DsocrError as e:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         return 2

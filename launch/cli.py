@@ -7,29 +7,29 @@ Outputs in --out-dir (default traces/), all written under hidden temporary names
     NAME.json              the workload manifest (also inside the trace as an NVTX mark)
     NAME.pt.trace.json.gz  the PyTorch profiler's Chrome trace (separate process: CUPTI takes one subscriber)
     NAME.ops.md            operator table per stage from the PyTorch profiler
+    NAME.ops-nvtx.*        --torch-ops-nvtx: a second nsys capture with PyTorch operator ranges (launch/ops_nvtx.py)
 On failure the files made so far become NAME.partial.* and the error says which phase failed.
+With --ncu the session runs under Nsight Compute instead (launch/ncu_pass.py: NAME.ncu.csv, NAME.ncu.json, ...).
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import json
-import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dsocr_perf.launch import command
+from dsocr_perf.launch import command, gpu_metrics, ncu_pass, ops_nvtx
 from dsocr_perf.launch.errors import LaunchError
 from dsocr_perf.launch.images import resolve_pages
 from dsocr_perf.launch.manifest import host_summary
-from dsocr_perf.launch.nsys import find_nsys, import_qdstrm, last_lines
+from dsocr_perf.launch.nsys import find_nsys, import_qdstrm, last_lines, profile_help
+from dsocr_perf.launch.runner import Outputs, Progress, check_gpu, refuse_existing, stopped, stream
 
 DEFAULT_IMAGE = str(Path(__file__).resolve().parent / "assets" / "sample_page.png")
 # Output kinds: suffix after NAME.
@@ -64,19 +64,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--name", default="run", help="output base name (default run)")
     ap.add_argument("--out-dir", default="traces")
     ap.add_argument("--no-torch-profiler", action="store_true", help="skip the PyTorch profiler pass")
-    ap.add_argument("--torch-max-new-tokens", type=int, metavar="N",
-                    help="decode tokens in the PyTorch profiler pass (default: --max-new-tokens); fewer keep "
-                         "its trace small")
+    add_profiler_pass_arguments(ap)
     ap.add_argument("--no-analyze", action="store_true", help="skip the final dsocr-analyze stage table")
     ap.add_argument("--nsys", metavar="PATH", help="the nsys program to use")
     ap.add_argument("--force", action="store_true", help="overwrite existing outputs of NAME")
     # Tests only: run the session on the CPU (with a stand-in nsys); real captures need a GPU.
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    gpu_metrics.add_arguments(ap)
+    ops_nvtx.add_arguments(ap)
+    ncu_pass.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be at least 1")
-    if args.torch_max_new_tokens is not None and args.torch_max_new_tokens < 1:
-        ap.error("--torch-max-new-tokens must be at least 1")
+    check_profiler_pass_arguments(ap, args)
+    ncu_pass.check_arguments(ap, args)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
@@ -88,167 +89,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-class Progress:
-    """One line per phase: elapsed since start, the phase, and how long it took."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def line(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", flush=True)
-
-    def phase(self, name: str):
-        progress = self
-
-        class _Phase:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                progress.line(f"{name} ...")
-                return self
-
-            def __exit__(self, exc_type, exc, tb):
-                if exc_type is None:
-                    progress.line(f"{name}: done in {time.perf_counter() - self.t:.1f} s")
-                return False
-
-        return _Phase()
+# The PyTorch profiler pass records operators per stage, not timing: the first few decode steps show every
+# operator a step runs (all steps run the same ones), at a fraction of the cost of profiling all of them.
+TORCH_DECODE_STEPS = 8
 
 
-class Outputs:
-    """Final, temporary and partial paths of one capture."""
-
-    def __init__(self, out_dir: Path, name: str):
-        self.dir, self.name = out_dir, name
-        self.final = {k: out_dir / f"{name}{s}" for k, s in SUFFIXES.items()}
-        self.tmp = {k: out_dir / f".{name}.tmp{s}" for k, s in SUFFIXES.items()}
-        self.spec = out_dir / f".{name}.tmp.spec.json"
-        self.qdstrm = out_dir / f".{name}.tmp.qdstrm"
-
-    def adopt_nsys_names(self) -> None:
-        """Should an nsys version name its files differently (.tmp treated as an extension), take them."""
-        for target in (self.tmp["report"], self.qdstrm):
-            if not target.exists():
-                hits = sorted(self.dir.glob(glob_escape(f".{self.name}.tmp") + "*" + target.suffix))
-                if len(hits) == 1:
-                    os.replace(hits[0], target)
-
-    def existing(self) -> list[Path]:
-        return [p for p in self.final.values() if p.exists()]
-
-    def temporaries(self) -> list[Path]:
-        return [p for p in [*self.tmp.values(), self.qdstrm] if p.exists()]
-
-    def clear_temporaries(self) -> None:
-        for p in [*self.temporaries(), self.spec]:
-            p.unlink(missing_ok=True)
-
-    def keep_partials(self) -> list[Path]:
-        """Rename what exists to NAME.partial[-N].*, never over an older partial."""
-        found = self.temporaries()
-        if not found:
-            return []
-        for n in range(1, 1000):
-            stem = f"{self.name}.partial" + ("" if n == 1 else f"-{n}")
-            if not any(self.dir.glob(glob_escape(stem) + ".*")):
-                break
-        kept = []
-        for p in found:
-            target = self.dir / (stem + p.name.removeprefix(f".{self.name}.tmp"))
-            os.replace(p, target)
-            kept.append(target)
-        return kept
-
-    def publish(self, kinds: list[str], force: bool) -> list[Path]:
-        if force:   # a forced run replaces the whole set, so no stale file of an older run stays beside it
-            for k, p in self.final.items():
-                if k not in kinds:
-                    p.unlink(missing_ok=True)
-        for k in kinds:
-            os.replace(self.tmp[k], self.final[k])
-        self.spec.unlink(missing_ok=True)
-        return [self.final[k] for k in kinds]
+def add_profiler_pass_arguments(ap) -> None:
+    ap.add_argument("--torch-decode-steps", "--torch-max-new-tokens", dest="torch_decode_steps", metavar="N|all",
+                    default=str(TORCH_DECODE_STEPS),
+                    help=f"decode steps the PyTorch profiler pass records (default {TORCH_DECODE_STEPS}: steps "
+                         f"0-{TORCH_DECODE_STEPS - 1}; 'all' for every step of --max-new-tokens); vision and "
+                         "prefill are always recorded in full")
 
 
-NSYS_PROGRESS = re.compile(r"^\s*Processing \d+ events: \[")
+def check_profiler_pass_arguments(ap, args) -> None:
+    value = args.torch_decode_steps
+    if value == "all":
+        args.torch_decode_steps = None
+    elif value.isdigit() and int(value) >= 1:
+        args.torch_decode_steps = int(value)
+    else:
+        ap.error(f"--torch-decode-steps {value!r}: give a number of steps (at least 1) or 'all'")
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def stream(cmd: list[str], prefix: str = "    ") -> tuple[int, str, str | None]:
-    """Run cmd, echo its output indented; return (exit code, last lines, the child's `Error:` line)."""
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    error_line = None
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=child_env(), errors="replace")
-    except OSError as e:
-        raise LaunchError(f"cannot run {cmd[0]}: {e}") from None
-    try:
-        for line in proc.stdout:   # text mode turns nsys's \r progress bars into lines: show only 100%
-            line = line.rstrip("\n")
-            if NSYS_PROGRESS.match(line) and "100%" not in line:
-                continue
-            print(prefix + line, flush=True)
-            tail.append(line)
-            if line.startswith("Error: "):
-                error_line = line.removeprefix("Error: ")
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-    return code, "\n".join(tail), error_line
-
-
-def check_gpu() -> None:
-    """A quick child process: is a CUDA device visible to this torch?"""
-    probe = ("import torch, json; print(json.dumps({'ok': torch.cuda.is_available(), "
-             "'torch': torch.__version__, 'cuda': torch.version.cuda}))")
-    try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                             env=child_env())
-        info = json.loads(out.stdout.strip().splitlines()[-1])
-    except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError, OSError):
-        raise LaunchError("cannot check for a GPU: `import torch` failed in a child process; install the "
-                          "capture extra (pip install -e '.[capture]')") from None
-    if not info["ok"]:
-        build = f"CUDA {info['cuda']} build" if info["cuda"] else "a CPU-only build"
-        raise LaunchError(f"no CUDA GPU visible to PyTorch (torch {info['torch']}, {build}); capture needs an "
-                          "NVIDIA GPU, its driver and a CUDA build of torch. To study an existing trace, run "
-                          "dsocr-analyze on it instead")
-
-
-def write_spec(args, outputs: Outputs, pages, nsys_version: str, argv: list[str]) -> None:
+def write_spec(args, outputs: Outputs, pages, nsys_version: str, argv: list[str], **extra) -> None:
+    """The child session's instructions; `extra` adds or overrides keys (GPU metrics, ncu mode, ...)."""
     spec = {
         "name": args.name, "pages": [p.to_dict() for p in pages], "mode": args.mode, "max_tiles": args.max_tiles,
         "max_new_tokens": args.max_new_tokens, "ignore_eos": args.ignore_eos, "repeats": args.repeats,
-        "torch_max_new_tokens": args.torch_max_new_tokens or args.max_new_tokens,
+        "torch_decode_steps": args.torch_decode_steps,
         "preset": args.preset, "weights": args.weights, "seed": args.seed, "device": args.device,
         "engine": args.engine,
         "nsys_version": nsys_version, "command": "dsocr-trace " + shlex.join(argv),
-        "manifest_out": str(outputs.tmp["manifest"]), "trace_out": str(outputs.tmp["torch_trace"]),
-        "ops_out": str(outputs.tmp["ops"]),
-    }
+        "manifest_out": str(outputs.tmp["manifest"]), "trace_out": str(outputs.tmp.get("torch_trace", "")),
+        "ops_out": str(outputs.tmp.get("ops", "")),
+    } | extra
     outputs.spec.write_text(json.dumps(spec, indent=1))
 
 
-def nsys_pass(nsys, outputs: Outputs, progress: Progress) -> None:
-    cmd = command.nsys_profile_command(nsys.path, outputs.tmp["report"], command.child_command("nsys", outputs.spec))
+def nsys_pass(nsys, outputs: Outputs, progress: Progress, options: list[str] = (),
+              title: str = "capture (nsys profile: model load, warm-up, measured pages)") -> None:
+    cmd = command.nsys_profile_command(nsys.path, outputs.tmp["report"], command.child_command("nsys", outputs.spec),
+                                       options)
     progress.line("nsys command: " + shlex.join(cmd))
-    with progress.phase("capture (nsys profile: model load, warm-up, measured pages)"):
-        code, tail, error = stream(cmd)
+    with progress.phase(title):
+        code, tail, error = stream(cmd, watch=progress.timeline.watch)
     if error:
         raise LaunchError(error)
     if not outputs.tmp["manifest"].exists():
@@ -268,9 +153,9 @@ def nsys_pass(nsys, outputs: Outputs, progress: Progress) -> None:
         progress.line(f"note: nsys exited with {code} but wrote the report; continuing")
 
 
-def export_pass(nsys, outputs: Outputs, progress: Progress) -> None:
+def export_pass(nsys, outputs: Outputs, progress: Progress, title: str = "export (nsys export --type=sqlite)") -> None:
     cmd = command.nsys_export_command(nsys.path, outputs.tmp["report"], outputs.tmp["sqlite"])
-    with progress.phase("export (nsys export --type=sqlite)"):
+    with progress.phase(title):
         code, tail, _ = stream(cmd)
     if code != 0 or not outputs.tmp["sqlite"].exists():
         raise LaunchError(f"nsys export failed (exit {code}); last output: {last_lines(tail, 6)}")
@@ -278,7 +163,7 @@ def export_pass(nsys, outputs: Outputs, progress: Progress) -> None:
 
 def torch_profiler_pass(outputs: Outputs, progress: Progress) -> None:
     with progress.phase("profiler pass (PyTorch profiler, separate process)"):
-        code, tail, error = stream(command.child_command("torch", outputs.spec))
+        code, tail, error = stream(command.child_command("torch", outputs.spec), watch=progress.timeline.watch)
     if error:
         raise LaunchError(error)
     if code != 0 or not (outputs.tmp["torch_trace"].exists() and outputs.tmp["ops"].exists()):
@@ -297,19 +182,37 @@ def analysis(sqlite: Path, progress: Progress) -> int:
     return code
 
 
+def ops_nvtx_pass(args, nsys, outputs: Outputs, pages, argv, metrics, how: str, progress: Progress) -> None:
+    """--torch-ops-nvtx: the same session captured again, with one NVTX range per PyTorch operator."""
+    write_spec(args, outputs, pages, nsys.version, argv, gpu_metrics=metrics.record(), torch_ops_nvtx=how)
+    nsys_pass(nsys, outputs, progress, metrics.nsys_options() + ops_nvtx.nsys_options(how),
+              title=f"operator-range capture (nsys profile, operator ranges by {how})")
+    export_pass(nsys, outputs, progress, title="operator-range export (nsys export --type=sqlite)")
+    n = ops_nvtx.operator_ranges(outputs.tmp["sqlite"])
+    progress.line(f"operator ranges in the operator-range capture: {n:,}" + (
+        "" if n else " -- none: the operators were not annotated (try --torch-ops-nvtx emit or nsys)"))
+
+
 def run(args, argv: list[str]) -> int:
+    if args.ncu:
+        return ncu_pass.run(args, argv, write_spec)
     progress = Progress()
     out_dir = Path(args.out_dir)
-    outputs = Outputs(out_dir, args.name)
-    existing = outputs.existing()
-    if existing and not args.force:
-        raise LaunchError(f"{', '.join(map(str, existing))} already exist(s); choose another --name or pass "
-                          "--force to replace them")
+    outputs = Outputs(out_dir, args.name, SUFFIXES)
+    ops_outputs = Outputs(out_dir, f"{args.name}.{ops_nvtx.STEM}", ops_nvtx.SUFFIXES)
+    refuse_existing([outputs, ops_outputs], args.force)
     pages = resolve_pages(args.image)
     nsys = find_nsys(args.nsys)
     progress.line(f"nsys {nsys.version} at {nsys.path} (found by {nsys.found_by})")
-    if args.device == "cuda":
-        check_gpu()
+    with ThreadPoolExecutor(1) as pool:   # the GPU check imports torch in a child: let nsys answer meanwhile
+        gpu = pool.submit(check_gpu) if args.device == "cuda" else None
+        nsys_help = profile_help(nsys.path)
+        metrics = gpu_metrics.probe(nsys.path, nsys_help, args)
+        if gpu:
+            gpu.result()
+    progress.line("GPU metrics: " + (f"on, {metrics.frequency_hz} Hz" if metrics.enabled
+                                     else f"off ({metrics.reason})"))
+    ops_how = ops_nvtx.method(nsys_help, args.torch_ops_nvtx) if args.torch_ops_nvtx else None
     progress.line(f"{len(pages)} page(s) x {args.repeats} repeat(s), mode {args.mode}, preset {args.preset}, "
                   f"{'weights ' + args.weights if args.weights else 'random weights (seed %d)' % args.seed}, "
                   f"max_new_tokens {args.max_new_tokens}{', ignore EOS' if args.ignore_eos else ''}, "
@@ -317,34 +220,37 @@ def run(args, argv: list[str]) -> int:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs.clear_temporaries()   # leftovers of a killed run of the same name
-    write_spec(args, outputs, pages, nsys.version, argv)
+    ops_outputs.clear_temporaries()
+
+    def capture(m: gpu_metrics.GpuMetrics) -> None:
+        write_spec(args, outputs, pages, nsys.version, argv, gpu_metrics=m.record())
+        nsys_pass(nsys, outputs, progress, m.nsys_options())
+
     phase = "capture"
     try:
-        nsys_pass(nsys, outputs, progress)
+        metrics = gpu_metrics.capture_with_fallback(capture, metrics, progress, outputs.tmp["manifest"].exists)
         phase = "export"
         export_pass(nsys, outputs, progress)
         kinds = ["report", "sqlite", "manifest"]
+        if ops_how:
+            phase = "operator-range capture"
+            ops_nvtx_pass(args, nsys, ops_outputs, pages, argv, metrics, ops_how, progress)
         if not args.no_torch_profiler:
             phase = "profiler pass"
             torch_profiler_pass(outputs, progress)
             kinds += ["torch_trace", "ops"]
     except (LaunchError, KeyboardInterrupt, Exception) as e:
-        kept = outputs.keep_partials()
-        outputs.spec.unlink(missing_ok=True)
-        where = ("; kept partial files: " + ", ".join(map(str, kept))) if kept else "; no partial files were written"
-        if isinstance(e, KeyboardInterrupt):
-            raise LaunchError(f"interrupted during the {phase}{where}") from None
-        if not isinstance(e, LaunchError):
-            raise LaunchError(f"{phase} failed: {type(e).__name__}: {e}{where}") from None
-        raise LaunchError(f"{phase} failed: {e}{where}") from None
+        raise stopped(e, phase, [outputs, ops_outputs]) from None
 
     written = outputs.publish(kinds, args.force)
+    written += ops_outputs.publish(list(ops_nvtx.SUFFIXES) if ops_how else [], args.force)
     progress.line("wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in written))
     for line in host_summary(json.loads(outputs.final["manifest"].read_text())):
         progress.line(line)
-    if args.no_analyze:
-        return 0
-    return analysis(outputs.final["sqlite"], progress)
+    code = 0 if args.no_analyze else analysis(outputs.final["sqlite"], progress)
+    for line in progress.timeline.summary(progress.elapsed()):
+        progress.line(line)
+    return code
 
 
 def _interrupt(signum, frame):

@@ -21,13 +21,14 @@ NSYS_PROFILE_OPTIONS = (
 
 
 def child_command(phase: str, spec_path: Path, python: str | None = None) -> list[str]:
-    """The session process: `python -m dsocr_perf.launch.child --phase nsys|torch --spec SPEC.json`."""
+    """The session process: `python -m dsocr_perf.launch.child --phase nsys|torch|ncu --spec SPEC.json`."""
     return [python or sys.executable, "-m", "dsocr_perf.launch.child", "--phase", phase, "--spec", str(spec_path)]
 
 
-def nsys_profile_command(nsys: Path, report: Path, app: list[str]) -> list[str]:
-    """nsys writes REPORT (named in full, .nsys-rep included), via REPORT with suffix .qdstrm."""
-    return [str(nsys), "profile", *NSYS_PROFILE_OPTIONS, f"--output={report}", *app]
+def nsys_profile_command(nsys: Path, report: Path, app: list[str], extra: list[str] = ()) -> list[str]:
+    """nsys writes REPORT (named in full, .nsys-rep included), via REPORT with suffix .qdstrm. `extra`: options
+    that depend on this nsys and GPU (GPU metrics, --pytorch), written `--name=value` too."""
+    return [str(nsys), "profile", *NSYS_PROFILE_OPTIONS, *extra, f"--output={report}", *app]
 
 
 def nsys_export_command(nsys: Path, report: Path, sqlite: Path) -> list[str]:

@@ -50,8 +50,8 @@ main() {
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv 2>&1 | head -3
 echo "nsys: $(command -v nsys || echo MISSING) $(nsys --version 2>/dev/null | tail -1)"
-python3 -c "from launch.nsys import find_nsys, find_importer; n = find_nsys(); print('importer:', find_importer(n.path))" 2>&1
-imp=$(python3 -c "from launch.nsys import find_nsys, find_importer; print(find_importer(find_nsys().path) or '')" 2>/dev/null)
+python3 -c "from dsocr_perf.launch.nsys import find_nsys, find_importer; n = find_nsys(); print('importer:', find_importer(n.path))" 2>&1
+imp=$(python3 -c "from dsocr_perf.launch.nsys import find_nsys, find_importer; print(find_importer(find_nsys().path) or '')" 2>/dev/null)
 [ -n "$imp" ] && { ldd "$imp" | grep "not found" || echo "importer libraries: all found"; }
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
 python3 -c "import nvtx" 2>/dev/null && echo "nvtx: ok" \
@@ -59,7 +59,7 @@ python3 -c "import nvtx" 2>/dev/null && echo "nvtx: ok" \
 python3 -c "import duckdb" 2>/dev/null && echo "duckdb: ok" || echo "duckdb: not installed (analysis runs on the fetched trace instead)"
 
 # 1. the capture
-run_step "1 dsocr-trace" 360 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" --random-weights \
+run_step "1 dsocr-trace" 360 120 python3 -m dsocr_perf.launch.cli launch/assets/sample_page.png --mode "$MODE" --random-weights \
   --preset "$PRESET" $EXTRA --max-new-tokens "$TOKENS" --torch-max-new-tokens "$TORCH_TOKENS" --repeats 1 --name "$NAME" \
   --out-dir "$WORK/traces" --force
 SQLITE="$WORK/traces/$NAME.sqlite"
@@ -77,11 +77,11 @@ else
 fi
 
 # 3. the session on its own: host times per stage, decode ms/token, peak memory
-run_step "3 session CLI" 100 40 python3 -m dsocr run launch/assets/sample_page.png --mode "$MODE" --random-weights \
+run_step "3 session CLI" 100 40 python3 -m dsocr_perf.dsocr run launch/assets/sample_page.png --mode "$MODE" --random-weights \
   --preset "$PRESET" $EXTRA --ignore-eos --sync-stages --max-new-tokens "$TOKENS" --out "$WORK/session-out" --force
 
 # 4. overhead of the stage ranges, outside any profiler
-run_step "4 overhead" 150 60 python3 -m launch.overhead launch/assets/sample_page.png --runs "$RUNS" \
+run_step "4 overhead" 150 60 python3 -m dsocr_perf.launch.overhead launch/assets/sample_page.png --runs "$RUNS" \
   --mode "$MODE" --preset "$PRESET" $EXTRA \
   --max-new-tokens "$OVERHEAD_TOKENS" --json "$WORK/overhead.json"
 
@@ -90,7 +90,7 @@ run_step "5 pytest tests/test_launch_gpu.py" 150 90 python3 -m pytest -q -x test
 
 # 6. optional: repeats inside one capture (issue 7)
 if [ "$R3" = 1 ]; then
-  run_step "6 dsocr-trace x3 repeats" 240 120 python3 -m launch.cli launch/assets/sample_page.png --mode "$MODE" \
+  run_step "6 dsocr-trace x3 repeats" 240 120 python3 -m dsocr_perf.launch.cli launch/assets/sample_page.png --mode "$MODE" \
     --random-weights --preset "$PRESET" $EXTRA --max-new-tokens 64 --repeats 3 --no-torch-profiler --name "$NAME-r3" \
     --out-dir "$WORK/traces" --force
 fi

@@ -16,77 +16,38 @@ still fails, names the missing library and how to provide it.
 from __future__ import annotations
 
 import glob
-import os
 import re
-import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from dsocr_perf.launch.errors import LaunchError
+from dsocr_perf.launch.programs import Program, SearchOrder, executable, find_program
 
-SEARCHED = ("--nsys", "$NSYS", "PATH", "/usr/local/cuda*/bin", "/opt/nvidia/nsight-systems/*/bin",
-            "/opt/nvidia/nsight-compute/*/host/target-linux-x64")
-# Install locations, relative to the file-system root (a test passes a fake root).
-INSTALL_GLOBS = ("usr/local/cuda*/bin/nsys",
-                 "opt/nvidia/nsight-systems/*/bin/nsys",
-                 "opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys")
-
-
-@dataclass(frozen=True)
-class Nsys:
-    path: Path
-    found_by: str   # which rule of the search order found it
-    version: str    # e.g. "2025.3.1.90-253135822126v0", or "unknown"
-
-
-def _executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _version_key(path: str) -> list:
-    """Natural sort key: cuda-12.10 after cuda-12.9, 2025.3.1 after 2024.6.2."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
-def candidates(explicit: str | None = None, env: dict | None = None, root: str = "/"):
-    """(path, rule) pairs in search order; existence is checked by `find_nsys`."""
-    env = os.environ if env is None else env
-    if explicit:
-        p = Path(explicit)
-        yield (p / "nsys" if p.is_dir() else p), "--nsys"
-        return
-    if env.get("NSYS"):
-        p = Path(env["NSYS"])
-        yield (p / "nsys" if p.is_dir() else p), "$NSYS"
-    on_path = shutil.which("nsys", path=env.get("PATH", ""))
-    if on_path:
-        yield Path(on_path), "PATH"
-    for pattern in INSTALL_GLOBS:
-        for hit in sorted(glob.glob(os.path.join(root, pattern)), key=_version_key, reverse=True):
-            yield Path(hit), "/" + pattern.rsplit("/", 1)[0]
+NSYS_SEARCH = SearchOrder("nsys", "--nsys", "NSYS", (
+    "usr/local/cuda*/bin/nsys",
+    "opt/nvidia/nsight-systems/*/bin/nsys",
+    "opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys"))
+Nsys = Program
 
 
 def find_nsys(explicit: str | None = None, env: dict | None = None, root: str = "/") -> Nsys:
-    for path, rule in candidates(explicit, env, root):
-        if _executable(path):
-            return Nsys(path, rule, nsys_version(path))
-        if rule in ("--nsys", "$NSYS"):
-            raise LaunchError(f"{rule} points to {path}, which is not an executable nsys; "
-                              "give the path of the nsys program (or its folder)")
-    raise LaunchError("Nsight Systems (nsys) not found; looked in " + ", ".join(SEARCHED) +
-                      ". Install Nsight Systems (or Nsight Compute, which bundles it) "
-                      "or pass --nsys /path/to/nsys")
+    return find_program(NSYS_SEARCH, explicit, env, root, title="Nsight Systems (nsys)",
+                        advice="Install Nsight Systems (or Nsight Compute, which bundles it) "
+                               "or pass --nsys /path/to/nsys")
 
 
-def nsys_version(path: Path) -> str:
-    """`nsys --version` prints e.g. 'NVIDIA Nsight Systems version 2025.3.1.90-253135822126v0'."""
+def profile_help(nsys: Path) -> str:
+    """`nsys profile --help`: which options this nsys knows (GPU metrics, --pytorch); empty if it fails."""
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([str(nsys), "profile", "--help"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    m = re.search(r"version\s+(\S+)", out.stdout + out.stderr)
-    return m.group(1) if m else "unknown"
+        return ""
+    return out.stdout + out.stderr
+
+
+def has_option(help_text: str, option: str) -> bool:
+    """Whether `nsys profile --help` lists `option` (a whole option name, not a prefix of a longer one)."""
+    return re.search(re.escape(option) + r"(?![\w-])", help_text) is not None
 
 
 # --- the report importer -----------------------------------------------------------------
@@ -110,7 +71,7 @@ def importer_candidates(nsys: Path) -> list[Path]:
 
 def find_importer(nsys: Path) -> Path | None:
     for p in importer_candidates(nsys):
-        if _executable(p):
+        if executable(p):
             return p
     return None
 

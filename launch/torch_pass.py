@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,19 +169,27 @@ def write_chrome_trace_gz(prof, path: Path) -> None:
     os.remove(plain)
 
 
-def profile(run, describe, *, cuda: bool, trace_path: Path, ops_path: Path, title: str, header: list[str]):
+def profile(run, describe, *, cuda: bool, trace_path: Path, ops_path: Path, title: str, header: list[str],
+            report=lambda what, seconds: None):
     """Run `run()` under torch.profiler (CPU + CUDA activities); write the trace and the table.
 
-    `describe(result)` returns {key: JSON text} stored in the trace's metadata."""
+    `describe(result)` returns {key: JSON text} stored in the trace's metadata; `report(what, seconds)` hears how
+    long each part took."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         result = run()
         for key, value in describe(result).items():
             prof.add_metadata_json(key, value)
+    report("profiled page(s) (the profiler's own collection included)", time.perf_counter() - t)
+    t = time.perf_counter()
     write_chrome_trace_gz(prof, trace_path)
+    report(f"Chrome trace ({trace_path.stat().st_size / 1e6:.1f} MB)", time.perf_counter() - t)
+    t = time.perf_counter()
     overall, stage_rows = aggregate(*collect(prof.events()))
     ops_path.write_text(markdown(title, header, overall, stage_rows))
+    report("operator table", time.perf_counter() - t)
     return result

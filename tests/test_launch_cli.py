@@ -1,17 +1,18 @@
 """dsocr-trace end to end on the CPU: the real child session (tiny preset) under a stand-in nsys.
 
 nsys cannot run without a GPU, so `fake_nsys` plays its part: `profile` records its options and
-runs the application command, `export` copies a real nsys export (fixtures/nsys/tiny-2025.3.sqlite).
+runs the application command (or, with FAKE_NSYS_APP=skip, writes the manifest the session would write), `export`
+copies a real nsys export (fixtures/nsys/tiny-2025.3.sqlite); `profile --help` lists FAKE_NSYS_OPTIONS.
 Everything else -- the child process, the manifest, the PyTorch profiler pass, the renames -- is real.
 """
 import gzip
 import json
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from stand_in import stand_in
 
 from dsocr_perf.dsocr.stages import MANIFEST_SCHEMA
 from dsocr_perf.launch import cli
@@ -29,6 +30,19 @@ mode = os.environ.get("FAKE_NSYS_MODE", "ok")
 if args[0] == "--version":
     print("NVIDIA Nsight Systems version 2099.1.1.0-fake")
     sys.exit(0)
+if args[:2] == ["profile", "--help"]:    # the options this nsys knows
+    print("usage: nsys profile [<args>] [application] [<application args>]")
+    for option in os.environ.get("FAKE_NSYS_OPTIONS", "--gpu-metrics-devices,--pytorch").split(","):
+        print(f"   {option}=")
+    sys.exit(0)
+if args[0] == "profile" and args[1] in ("--gpu-metrics-devices=help", "--gpu-metrics-device=help"):
+    if mode == "no-metrics-gpu":
+        print("None of the installed GPUs support GPU Metrics")
+        sys.exit(1)
+    print("Possible --gpu-metrics-devices values are:")
+    print("\t0: NVIDIA Fake GPU PCI[0000:00:00.0]")
+    print("\tall: Select all supported GPUs")
+    sys.exit(0)
 if args[0] == "profile":
     i = 1
     while args[i].startswith("-"):
@@ -42,6 +56,9 @@ if args[0] == "profile":
     if mode == "fail":
         print("fake nsys: unable to load the CUDA injection library")
         sys.exit(1)
+    if mode == "metrics-fail" and any(o.startswith("--gpu-metrics-device") for o in options):
+        print("Error: GPU Metrics: insufficient privilege to sample GPU performance counters")
+        sys.exit(1)
     if mode == "qdstrm":   # the session ran (its manifest appears) but the importer did not
         import json
         spec = json.load(open(app[app.index("--spec") + 1]))
@@ -49,6 +66,13 @@ if args[0] == "profile":
         open(base + ".qdstrm", "w").write("raw")
         print("Importer error status: An unknown error occurred.")
         sys.exit(0)
+    elif os.environ.get("FAKE_NSYS_APP") == "skip":   # quick: the manifest the session would write, from its spec
+        import json
+        spec = json.load(open(app[app.index("--spec") + 1]))
+        capture = {k: spec[k] for k in ("gpu_metrics", "torch_ops_nvtx") if k in spec}
+        open(spec["manifest_out"], "w").write(json.dumps({"capture": capture, "pages": []}))
+        open(base + ".nsys-rep", "w").write("\n".join(options))
+        code = 0
     else:
         code = subprocess.call(app)
         open(base + ".nsys-rep", "w").write("\n".join(options))
@@ -63,10 +87,7 @@ sys.exit(9)
 
 @pytest.fixture(scope="module")
 def nsys_bin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("nsys") / "nsys"
-    path.write_text(FAKE_NSYS.replace("{python}", sys.executable))
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
+    return stand_in(tmp_path_factory.mktemp("nsys"), "nsys", FAKE_NSYS)
 
 
 def trace(args, nsys_bin, mode="ok", sqlite=None, cwd=REPO):
@@ -88,7 +109,7 @@ def capture(tmp_path_factory, nsys_bin, shared_dir):
     """One full CPU capture: 1 page x 2 repeats, tiny preset, 3 decode tokens."""
     out = tmp_path_factory.mktemp("traces")
     run = trace([str(SAMPLE), "--preset", "tiny", "--mode", "tiny", "--max-new-tokens", "3", "--repeats", "2",
-                 "--torch-max-new-tokens", "2", "--name", "cpu", "--out-dir", str(out), "--device", "cpu"],
+                 "--torch-decode-steps", "2", "--name", "cpu", "--out-dir", str(out), "--device", "cpu"],
                 nsys_bin, sqlite=shared_dir / "fixtures/nsys/tiny-2025.3.sqlite")
     return out, run
 
@@ -106,14 +127,23 @@ def test_capture_writes_every_output_under_its_final_name(capture):
     assert run.returncode == 0, run.stdout + run.stderr
     names = sorted(p.name for p in out.iterdir() if not p.name.endswith((".duckdb", ".wal")))
     assert names == ["cpu.json", "cpu.nsys-rep", "cpu.ops.md", "cpu.pt.trace.json.gz", "cpu.sqlite"]
-    # The nsys pass got exactly the documented options.
-    assert (out / "cpu.nsys-rep").read_text().splitlines() == [*NSYS_PROFILE_OPTIONS, f"--output={out}/.cpu.tmp.nsys-rep"]
+    # The nsys pass got exactly the documented options, GPU metrics included (this nsys lists a GPU for them).
+    assert (out / "cpu.nsys-rep").read_text().splitlines() == [
+        *NSYS_PROFILE_OPTIONS, "--gpu-metrics-devices=all", "--gpu-metrics-frequency=2000",
+        f"--output={out}/.cpu.tmp.nsys-rep"]
     # One progress line per phase, with elapsed time.
     for phase in ("capture (nsys profile", "export (nsys export", "profiler pass (PyTorch profiler",
                   "analysis (dsocr-analyze)"):
         assert f"] {phase}" in run.stdout and "done in" in run.stdout
-    for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up (1 page(s)", "[torch pass] model load"):
+    for child_phase in ("[nsys pass] model load", "[nsys pass] warm-up (1 page(s), one per tile grid, 3 decode steps)",
+                        "[nsys pass] measured pages (2 request(s), 6 generated tokens)", "[torch pass] model load",
+                        "[torch pass] profiled page(s)", "[torch pass] Chrome trace", "[torch pass] operator table"):
         assert child_phase in run.stdout
+    # The closing time summary names every phase, the child's phases inside the launcher's.
+    summary = run.stdout[run.stdout.index("] time: total "):]
+    for line in ("  capture ", "(python + torch import ", "model load ", "warm-up ", "measured pages ", "  export ",
+                 "  profiler pass ", "profiled page(s) ", "  analysis ", "  checks and writing "):
+        assert line in summary, line
     assert "nsys 2099.1.1.0-fake at" in run.stdout
     assert "2 measured request(s) under nsys: mean" in run.stdout and "request 1 (page 0, repeat 1)" in run.stdout
     # The final analysis ran on the exported sqlite (the fixture: 5 matmuls in prefill).
@@ -141,7 +171,8 @@ def test_manifest_schema_and_numbers(capture):
     assert m["model"]["dtype"] == "float32" and m["model"]["config"]["decoder"]["hidden_size"] == 64
     assert m["model"]["engine"] == "faithful"
     assert m["capture"] == m["capture"] | {"warmup_pages": 1, "measured_pages": 1, "repeats": 2, "requests": 2,
-                                          "ignore_eos": True, "max_new_tokens": 3}
+                                          "ignore_eos": True, "max_new_tokens": 3, "warmup_decode_steps": 3}
+    assert m["capture"]["gpu_metrics"] == {"enabled": True, "devices": "all", "frequency_hz": 2000}
     env = m["environment"]
     assert env["nsys"] == "2099.1.1.0-fake" and env["torch"].startswith("2.")
     assert "--repeats 2" in env["command"] and env["command"].startswith("dsocr-trace ")
@@ -155,11 +186,13 @@ def test_torch_trace_and_operator_table(capture):
     assert {"request", "preprocess", "prefill", "sam", "clip", "projector", "llm_prefill", "decode",
             "decode_step"} <= names
     # The manifest rides in the trace metadata too.
-    # --torch-max-new-tokens 2: the profiler pass decodes 2 tokens (the nsys pass 3).
+    # --torch-decode-steps 2: the profiler pass decodes 2 tokens (the nsys pass 3).
     assert chrome["dsocr_manifest"]["workload"]["generated_tokens"] == 2   # stored as a JSON object
     ops = (out / "cpu.ops.md").read_text()
-    # Stage table: one request (the torch pass measures each page once), two decode steps.
+    # Stage table: one request (the torch pass measures each page once), two decode steps, and it says so.
     assert "| `request` | 1 |" in ops and "| `decode_step` | 2 |" in ops and "| `sam` | 1 |" in ops
+    assert "vision and prefill in full and the first 2 of 3 decode steps (decode steps 0-1" in ops
+    assert chrome["dsocr_manifest"]["capture"]["decode_steps_profiled"] == 2
     assert "## Stage `sam`" in ops and "aten::" in ops
 
 
@@ -268,6 +301,16 @@ def test_name_is_checked():
         cli.parse_args(["--name", "../escape"])
     args = cli.parse_args([])
     assert args.random_weights and args.ignore_eos and args.image.endswith("sample_page.png")
+
+
+def test_torch_decode_steps_option(capsys):
+    assert cli.parse_args([]).torch_decode_steps == cli.TORCH_DECODE_STEPS == 8
+    assert cli.parse_args(["--torch-decode-steps", "all"]).torch_decode_steps is None
+    assert cli.parse_args(["--torch-max-new-tokens", "3"]).torch_decode_steps == 3   # the older name
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--torch-decode-steps", bad])
+        assert "give a number of steps (at least 1) or 'all'" in capsys.readouterr().err
 
 
 def test_sigterm_keeps_the_partial_capture(tmp_path, nsys_bin):

@@ -107,3 +107,15 @@ def test_folder_errors(tmp_path, checkpoint):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 1280, "vocab_size": 129280}))
     with pytest.raises(WeightsError, match="does not describe preset 'tiny': hidden_size 1280 != 64"):
         load_model(load_preset("tiny"), tmp_path, "cpu", torch.float32)
+
+
+def test_meta_build_makes_no_random_numbers():
+    """Building on the meta device skips random init: the first random op there imports torch's compiler stack
+    (seconds of every capture's model load). A fresh interpreter shows whether that import happened."""
+    import subprocess
+    import sys
+    probe = ("import sys; from dsocr_perf.dsocr.config import load_preset; from dsocr_perf.dsocr.weights import "
+             "meta_model; m = meta_model(load_preset('tiny')); print(m.model.image_newline.device, "
+             "'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["meta", "False"]
