@@ -64,8 +64,8 @@ ol.opps li { border: 1px solid #d0d7de; border-left: 4px solid #bf8700; border-r
 .opp-facts { display: flex; flex-wrap: wrap; gap: 2px 22px; margin: 2px 0; }
 .scroll { overflow-x: auto; max-width: 100%; margin: 6px 0 10px; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; font-weight: 600; }
+th, td { border: 1px solid #d0d7de; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #f6f8fa; font-weight: 600; white-space: normal; vertical-align: bottom; }
 th.l, td.l { text-align: left; }
 td.wrap { white-space: normal; min-width: 16em; overflow-wrap: anywhere; }
 td.tree-mid, td.tree-end { padding-left: 22px; }
@@ -75,7 +75,7 @@ dl.defs { font-size: 13px; color: #454c54; margin: 4px 0 12px; }
 dl.defs dt { font-weight: 600; display: inline; } dl.defs dt::after { content: ": "; }
 dl.defs dd { display: inline; margin: 0; } dl.defs dd::after { content: ""; display: block; margin-bottom: 3px; }
 .figure { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; margin: 10px 0; }
-.figure svg, .figure img { width: 100%; height: auto; display: block; }
+.figure svg, .figure img { width: 100%; max-width: 880px; height: auto; display: block; margin: 0 auto; }
 .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 12px; }
 .figures .figure { margin: 0; }
 .muted { color: #656d76; } .warn li { color: #9a6700; }
@@ -99,7 +99,8 @@ def _esc(x) -> str:
 
 def _table(header: list[str] | None, rows: list[list], left: int = 1, classes: list[list[str]] | None = None) -> str:
     """An HTML table in its own scrolling box; cells are escaped here, the first `left` columns align left."""
-    head = "".join(f'<th class="l">{_esc(h)}</th>' if i < left else f"<th>{_esc(h)}</th>"
+    left_cols = {i for i in range(len(header or [])) if i < left or (classes and "l" in classes[0][i].split())}
+    head = "".join(f'<th class="l">{_esc(h)}</th>' if i in left_cols else f"<th>{_esc(h)}</th>"
                    for i, h in enumerate(header or []))
     body = []
     for r, row in enumerate(rows):
@@ -119,7 +120,8 @@ def _stage_table(data: dict, build) -> str:
     shown = [r for r in rows if build is not efficiency_table or r["flops"] is not None or r["bytes"] is not None]
     header, cells = build(rows, [stage_name(r, data.get("dsocr_stages")) for r in rows])
     tree = [marks[m] for m, r in zip(tree_marks(rows), rows) if r in shown]
-    return _table(header, cells, classes=[[t] + [""] * (len(header) - 1) for t in tree])
+    last = "l" if header[-1] == "bound" else ""      # words, not numbers
+    return _table(header, cells, classes=[[t] + [""] * (len(header) - 2) + [last] for t in tree])
 
 
 def _definitions(pairs: list[tuple[str, str]]) -> str:
@@ -138,7 +140,7 @@ def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+    plt.rcParams.update({"font.size": 9.5, "axes.spines.top": False, "axes.spines.right": False,
                          "svg.fonttype": "none", "figure.dpi": 100, "savefig.dpi": 150})
     return plt
 
