@@ -397,7 +397,7 @@ def _cards(data: dict) -> str:
     cards = [(f"GPU busy, first → last op ({_fmt_ms(t['gpu_span_ns'], 0)} ms)", _fmt_pct(t["gpu_busy_frac"])),
              ("GPU kernel time", f"{_fmt_ms(t['kernel_ns'], 1)} ms")]
     if summary.get("steps"):
-        cards.insert(0, ("decode, measured under tracing", f"{_fmt_rate(summary['tokens_per_s_under_tracing'])} tokens/s"))
+        cards.insert(0, ("decode steps, measured under tracing", f"{_fmt_rate(summary['tokens_per_s_under_tracing'])} tokens/s"))
         cards.append(("decode step, median wall", f"{_fmt_ms(summary['median_wall_ns'], 1)} ms"))
     return "<div class='cards'>" + "".join(f"<div class='card'><div class='k'>{_esc(k)}</div><div class='v'>{_esc(v)}"
                                            "</div></div>" for k, v in cards) + "</div>"
