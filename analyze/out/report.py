@@ -100,6 +100,7 @@ STAGE_ORDER = [stages.REQUEST, stages.PREPROCESS, stages.PREFILL, stages.SAM, st
 # Disjoint parts of a DeepSeek-OCR page's kernel time (prefill's children, then prefill's rest).
 LEAVES = [stages.PREPROCESS, stages.SAM, stages.CLIP, stages.PROJECTOR, stages.LLM_PREFILL, stages.DECODE]
 TOP_KERNELS = 5
+SUMMARY_STAGES = 3      # the summary names the top-level stages with the longest wall time, at most this many
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -311,45 +312,58 @@ LANE_OF_CALL = {"launch": "launch", "memset": "launch", "sync": "sync", "memcpy"
 
 def _step_timeline(trace, doc: dict) -> dict | None:
     """The decode step of median wall time as lanes: its GPU ops' intervals and its thread's CUDA calls."""
-    steps = doc["steps"]
-    if not steps:
+    if not doc["steps"]:
         return None
     median = doc["step_summary"]["median_wall_ns"]
-    step = min(steps, key=lambda s: (abs(s["wall_ns"] - median), s["start_ns"]))
-    con = trace.con
+    step = min(doc["steps"], key=lambda s: (abs(s["wall_ns"] - median), s["start_ns"]))
+    rng = _step_range(trace.con, step)
+    if rng is None:
+        return None
+    start, end = rng["start_ns"], rng["end_ns"]
+    kernels, copies = _step_ops(trace.con, rng["range_id"])
+    calls = _thread_calls(trace.con, rng)
+    resolution = max(1, step["wall_ns"] // TIMELINE_RESOLUTION)
+    lanes = {"kernels": kernels, "copies": copies, **calls}
+    every_call = [iv for lane in calls.values() for iv in lane]
+    return {"step": step["step"], "request": step["request"], "kv_length": step["kv_length"],
+            "range_id": rng["range_id"], "start_ns": start, "end_ns": end, "wall_ns": step["wall_ns"],
+            "busy_ns": _covered(kernels), "kernels": len(kernels), "copies": len(copies),
+            "idle_causes_ns": step["idle_causes_ns"],
+            "host": {lane: {"calls": len(iv), "ns": sum(e - s for s, e in iv)} for lane, iv in calls.items()},
+            "outside_cuda_ns": max(0, end - start - _covered(every_call)),
+            "resolution_ns": resolution,
+            "lanes": {name: [[s - start, e - start] for s, e in _merged(iv, resolution)] for name, iv in lanes.items()}}
+
+
+def _step_range(con, step: dict) -> dict | None:
     found = _rows(con, """
         -- the step's range instance
         SELECT range_id, pid, tid, start_ns, end_ns FROM ranges
         WHERE name IN (?, ?) AND start_ns = ? ORDER BY range_id LIMIT 1""",
                   [stages.DECODE_STEP, f"{stages.DOMAIN}:{stages.DECODE_STEP}", step["start_ns"]])
-    if not found:
-        return None
-    rng = found[0]
-    start, end = rng["start_ns"], rng["end_ns"]
+    return found[0] if found else None
+
+
+def _step_ops(con, range_id: int) -> tuple[list, list]:
+    """(kernel intervals, copy and memset intervals) of the GPU ops launched inside the range."""
     ops = con.execute("""
         -- the GPU ops launched inside the step
         SELECT k.kind, k.start_ns, k.end_ns FROM kernel_ranges kr JOIN kernels k USING (op_id)
-        WHERE kr.range_id = ? ORDER BY k.start_ns""", [rng["range_id"]]).fetchall()
+        WHERE kr.range_id = ? ORDER BY k.start_ns""", [range_id]).fetchall()
+    return [(s, e) for kind, s, e in ops if kind == "kernel"], [(s, e) for kind, s, e in ops if kind != "kernel"]
+
+
+def _thread_calls(con, rng: dict) -> dict[str, list]:
+    """The CUDA calls the range's thread starts inside it (cut at its end), by lane: launch, sync, memcpy, other."""
     calls = con.execute("""
         -- the CUDA calls its thread starts inside it
         SELECT kind, start_ns, least(end_ns, ?) FROM cuda_api
         WHERE pid = ? AND tid = ? AND start_ns BETWEEN ? AND ? ORDER BY start_ns""",
-                        [end, rng["pid"], rng["tid"], start, end]).fetchall()
-    kernels = [(s, e) for kind, s, e in ops if kind == "kernel"]
-    copies = [(s, e) for kind, s, e in ops if kind != "kernel"]
-    by_lane: dict[str, list] = {lane: [] for lane in ("launch", "sync", "memcpy", "other")}
+                        [rng["end_ns"], rng["pid"], rng["tid"], rng["start_ns"], rng["end_ns"]]).fetchall()
+    lanes: dict[str, list] = {lane: [] for lane in ("launch", "sync", "memcpy", "other")}
     for kind, s, e in calls:
-        by_lane[LANE_OF_CALL.get(kind, "other")].append((s, e))
-    resolution = max(1, step["wall_ns"] // TIMELINE_RESOLUTION)
-    lanes = {"kernels": kernels, "copies": copies, **by_lane}
-    return {"step": step["step"], "request": step["request"], "kv_length": step["kv_length"],
-            "range_id": rng["range_id"], "start_ns": start, "end_ns": end, "wall_ns": step["wall_ns"],
-            "busy_ns": _covered(kernels), "kernels": len(kernels), "copies": len(copies),
-            "idle_causes_ns": step["idle_causes_ns"],
-            "host": {lane: {"calls": len(iv), "ns": sum(e - s for s, e in iv)} for lane, iv in by_lane.items()},
-            "outside_cuda_ns": max(0, end - start - _covered([(s, e) for _, s, e in calls])),
-            "resolution_ns": resolution,
-            "lanes": {name: [[s - start, e - start] for s, e in _merged(iv, resolution)] for name, iv in lanes.items()}}
+        lanes[LANE_OF_CALL.get(kind, "other")].append((s, e))
+    return lanes
 
 
 def _merged(intervals: list[tuple[int, int]], gap: int = 0) -> list[list[int]]:
@@ -477,7 +491,7 @@ def render_markdown(data: dict) -> str:
 
 def _md_opportunities(data: dict, terms: dict) -> list[str]:
     if not data["opportunities"]:
-        return []
+        return ["## Biggest opportunity", "", data["opportunity"]["text"], ""] if data.get("opportunity") else []
     lines = ["## Top opportunities", "",
              "Ranked by the time each fix could recover; each fix assumed alone, then with those ranked above it.", ""]
     for o in data["opportunities"]:
@@ -622,6 +636,9 @@ def _measured(data: dict) -> str:
 def _where_time_goes(data: dict) -> list[str]:
     lines = []
     top = [r for r in data["stages"] if not r.get("parent") and r["wall_ns"]]
+    if len(top) > SUMMARY_STAGES:
+        longest = sorted(top, key=lambda r: -r["wall_ns"])[:SUMMARY_STAGES]
+        top = [r for r in top if r in longest]
     if top:
         lines.append("**Where the wall time goes.** " + "; ".join(_wall_words(r) for r in top) + ".")
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
