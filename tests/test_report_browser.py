@@ -69,3 +69,23 @@ def test_table_text_is_selectable(page):
     assert selected[0] == "llm_prefill" and selected[1] != "none"
     # the figures' words are SVG text, not pixels
     assert page.locator("svg text").count() > 50
+
+
+def test_long_names_wrap_instead_of_widening_the_page(browser, report_page, tmp_path):
+    """A range or kernel name of 300 characters without a space (real traces have them) wraps."""
+    import json
+
+    from dsocr_perf.analyze.out.html import render_html
+
+    data = json.loads((report_page.parent / "metrics.json").read_text())
+    long_name = "range_" + "x" * 300
+    data["opportunities"][0]["title"] = f"{long_name}: the GPU waits"
+    data["top_kernels"] = {long_name: data["top_kernels"]["dsocr:decode"]}
+    data["warnings"] = [f"a warning about {long_name}"]
+    page_path = tmp_path / "long.html"
+    page_path.write_text(render_html(data))
+    for width in WIDTHS:
+        view = browser.new_page(viewport={"width": width, "height": 900})
+        view.goto(page_path.as_uri())
+        assert view.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+        view.close()

@@ -50,6 +50,7 @@ h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 32px 0 10px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 p { margin: 6px 0 10px; }
+h1, h2, h3, p, li, dd, .card { overflow-wrap: anywhere; }   /* long range and kernel names wrap, the page stays put */
 code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-wrap: anywhere; }
 .sub { color: #656d76; margin-bottom: 12px; overflow-wrap: anywhere; }
 nav { font-size: 13px; margin: 8px 0 4px; display: flex; flex-wrap: wrap; gap: 4px 14px; }
