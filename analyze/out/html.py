@@ -137,6 +137,12 @@ def _figure(svg: str | None, caption: str = "") -> str:
 
 # ------------------------------------------------------------------------------------------- figures
 
+def _ms_label(ns) -> str:
+    """Milliseconds for a figure's words: three significant digits or more (3,912.2, 43.8, 0.290)."""
+    value = ns / 1e6
+    return f"{value:,.{1 if value >= 10 else 2 if value >= 1 else 3}f}"
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -183,7 +189,7 @@ def plot_wall_time(data: dict) -> str | None:
             ax.barh(names, values, left=left, color=COLORS[key], label=label, height=0.62)
             left = [a + b for a, b in zip(left, values)]
         for y, r in enumerate(rows[::-1]):
-            ax.text(max(r["wall_ns"], r["busy_ns"]) / 1e6, y, f"  {_fmt_ms(r['wall_ns'], 1)} ms, "
+            ax.text(max(r["wall_ns"], r["busy_ns"]) / 1e6, y, f"  {_ms_label(r['wall_ns'])} ms, "
                     f"idle {_fmt_pct(r['idle_frac'], 0)}", va="center", fontsize=8)
         ax.set_xlim(0, max(max(r["wall_ns"], r["busy_ns"]) for r in rows) / 1e6 * 1.32)
         ax.set_title(title, loc="left", fontsize=9)
@@ -215,8 +221,8 @@ def plot_steps(data: dict) -> str | None:
         at = shift["at_step"]
         ax.axvline(at - 0.5, color=COLORS["shift"], ls="--", lw=1)
         ax.hlines([shift["before_mean_ns"] / 1e6, shift["after_mean_ns"] / 1e6], [first, at - 0.5], [at - 0.5, last],
-                  color=COLORS["shift"], lw=2, label=f"level shift at step {at}: {_fmt_ms(shift['before_mean_ns'], 1)} "
-                  f"→ {_fmt_ms(shift['after_mean_ns'], 1)} ms")
+                  color=COLORS["shift"], lw=2, label=f"level shift at step {at}: {_ms_label(shift['before_mean_ns'])} "
+                  f"→ {_ms_label(shift['after_mean_ns'])} ms")
     tl = data.get("step_timeline")
     if tl:
         ax.plot([tl["step"]], [tl["wall_ns"] / 1e6], "o", mfc="none", mec="black", ms=7,
@@ -242,33 +248,41 @@ FEW = 150       # a lane with more intervals than this in view is shaded, not dr
 
 def plot_step_timeline(data: dict) -> str | None:
     """One decode step: the GPU lanes (its kernels, its copies) over the host thread's CUDA calls by kind;
-    the whole step, then a zoom around its first synchronising call. Lanes are images (rasterised), the
-    text stays text."""
+    the whole step and, when it is too dense to see single calls, a zoom around its first synchronising
+    call. Lanes are images (rasterised), the text stays text."""
     tl = data.get("step_timeline")
     if not tl:
         return None
     plt = _pyplot()
+    wall = tl["wall_ns"] / 1e6
     end = max([tl["wall_ns"]] + [e for lane in tl["lanes"].values() for _, e in lane[-1:]]) / 1e6
-    width = tl["wall_ns"] / 1e6 / ZOOM
-    sync = tl["lanes"]["sync"]
-    start = max(0.0, sync[0][0] / 1e6 - width / 3) if sync else 0.0
-    fig, axes = plt.subplots(2, 1, figsize=(8.6, 4.9))
-    for ax, (lo, hi) in zip(axes, ((0.0, end), (start, start + width))):
+    windows = [(0.0, end, f"decode step {tl['step']}: {_ms_label(tl['wall_ns'])} ms wall, GPU busy "
+                          f"{_fmt_pct(tl['busy_ns'] / tl['wall_ns'] if tl['wall_ns'] else None)}")]
+    if max(len(lane) for lane in tl["lanes"].values()) > FEW:
+        windows.append(_zoom_window(tl, wall))
+    fig, axes = plt.subplots(len(windows), 1, figsize=(8.6, 2.45 * len(windows)), squeeze=False)
+    for ax, (lo, hi, title) in zip(axes[:, 0], windows):
         for i, (key, _, color) in enumerate(TIMELINE_LANES):
             shown = [(s / 1e6, e / 1e6) for s, e in tl["lanes"][key] if e / 1e6 >= lo and s / 1e6 <= hi]
             _draw_lane(ax, len(TIMELINE_LANES) - 1 - i, shown, color, lo, hi)
         ax.set_yticks(range(len(TIMELINE_LANES)), [label for _, label, _ in TIMELINE_LANES][::-1])
-        ax.axvline(tl["wall_ns"] / 1e6, color="black", ls=":", lw=1)
+        ax.axvline(wall, color="black", ls=":", lw=1)
         ax.set_xlim(lo, hi)
         ax.set_ylim(-0.6, len(TIMELINE_LANES) - 0.4)
         ax.tick_params(axis="y", length=0)
         ax.set_xlabel("ms from the step's start")
-    axes[0].set_title(f"decode step {tl['step']}: {_fmt_ms(tl['wall_ns'], 2)} ms wall, GPU busy "
-                      f"{_fmt_pct(tl['busy_ns'] / tl['wall_ns'] if tl['wall_ns'] else None)}", loc="left", fontsize=9)
-    axes[1].set_title(f"zoom: {width:,.2f} ms" + (" around the step's first sync call" if sync else ""), loc="left",
-                      fontsize=9)
+        ax.set_title(title, loc="left", fontsize=9)
     fig.tight_layout()
     return _svg(fig)
+
+
+def _zoom_window(tl: dict, wall: float) -> tuple[float, float, str]:
+    """1/ZOOM of the step: from just before its first sync call, else around its middle."""
+    width = wall / ZOOM
+    sync = tl["lanes"]["sync"]
+    start = max(0.0, sync[0][0] / 1e6 - width / 3) if sync else (wall - width) / 2
+    where = "around the step's first sync call" if sync else "in the middle of the step"
+    return start, start + width, f"zoom: {_ms_label(width * 1e6)} ms {where}"
 
 
 def _draw_lane(ax, y: float, intervals: list[tuple[float, float]], color: str, lo: float, hi: float) -> None:
