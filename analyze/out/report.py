@@ -1,48 +1,53 @@
 """`dsocr-analyze report TRACE --out DIR`: the report files people read, and the numbers behind them.
 
-Files written to DIR (nothing is overwritten without --force):
-  report.md               setup, workload, stage table (with FLOPs/MFU/MBU when the metrics apply),
-                          dataset statistics, top kernels per stage, kernel category mix, decode step
-                          time vs context length, warnings
-  report.html             the same, self-contained (inline CSS and SVG plots, no network): stage
-                          breakdown, decode step time over steps, category mix per stage, roofline
-  stakeholder_summary.md  one page in plain words: where the GPU time goes, the biggest opportunity
-  metrics.json            every number of the report (schema below)
+Every number the reports show is in metrics.json: the analysis document of `--json`
+(analyze.out.document, schema dsocr-analysis/1) plus what only the report shows. Files written to DIR
+(nothing is overwritten without --force):
+  report.md               the top three opportunities; the stage hierarchy (wall, busy, GPU time); where
+                          each stage's wall time goes (busy + idle causes); FLOPs, MFU/MBU over busy and
+                          over wall time, roof %, the limiter; the decode steps (summary, the median
+                          step's timeline, the steps); kernel time by part, top kernels, category mix;
+                          pages and repeats; setup; warnings. Definitions under each table.
+  report.html             the same, self-contained (inline CSS and SVG figures, no scripts, no network):
+                          idle-cause bars per stage, wall and busy time per decode step, the timeline of
+                          the median decode step, roofline, category mix, spread over requests
+  stakeholder_summary.md  one page in plain words: where the time goes, how close to the hardware, the
+                          top three opportunities
+  metrics.json            every number of the report (below)
   env.json                the analysis environment (python, packages, platform) and the capture's
   inputs.yaml             what went in: the trace (path, size, sha256), options, manifest pages
   assumptions.md          definitions and modelling assumptions behind the numbers
 
-metrics.json schema ("schema": "dsocr-report/1"; times in integer ns on the trace clock, shares in
-[0, 1], null where a number does not apply):
-  trace        {path, source ('nsys'|'kineto'), size_bytes, sha256, exporter}
-  generated_utc
-  dsocr_stages true when the trace has DeepSeek-OCR stage ranges (else the stages are generic ranges)
-  gpu          {name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory, peak_tflops, peak_gbs,
-                source, dtype}
-  model        the manifest's model object (preset, weights, seed, dtype, attention), config left out
-  workload     the manifest's workload object (mode, tile_grid, views, image_tokens, prompt_tokens,
-               generated_tokens, decode_kv_lengths) or null
-  totals       {kernel_ns (all kernels), gpu_op_ns (kernels+memcpy+memset), kernels, gpu_ops,
-                first_ns, last_ns, wall_ns (first GPU op start -> last end), busy_share}
-  stages       list, one per stage (DeepSeek-OCR stages in pipeline order, else the busiest
-               top-level ranges): {name, stage, instances, inclusive_ns, exclusive_ns, busy_ns,
-               span_ns, cpu_ns, kernels, gpu_ops, launches, share (inclusive_ns / totals.kernel_ns),
-               gpu_idle_share (max(0, 1 - busy_ns / cpu_ns)), flops, bytes, tflops, mfu, gbs, mbu,
-               intensity, bound} (analyze.metrics: tflops 1e12 FLOP/s over busy time, gbs 1e9 B/s,
-               mfu and mbu in PERCENT of the peaks, intensity FLOP/byte, bound 'compute'|'memory')
-  breakdown    list of {part, ns, share}: kernel time split into disjoint parts (leaf stages, the
-               rest of prefill, outside every stage) that sum to totals.kernel_ns
-  model_mfu    analyze.metrics' model level over prefill + decode: {stages, flops, bytes, busy_ns, tflops,
-               mfu, gbs, mbu, intensity, bound}, or null
-  top_kernels  {stage: [{name, short_name, label, category, instances, total_ns, share}]} (top 5 each;
-               label = short_name, with the template's functor when two rows share a short name)
-  category_mix {stage: {category: ns}} GPU-op time per kernel category, plus "(all)" for the trace
-  decode       {steps: [{request, step, kv_length, gpu_ns, wall_ns, kernels}],
-                by_step: [{step, kv_length, n, mean_gpu_ns, mean_wall_ns}],
-                fit: {x ('kv_length'|'step'), slope_ns, intercept_ns, r2}} or null
-  dataset      analyze.dataset.DatasetStats.to_dict() or null
-  opportunity  {kind ('idle'|'headroom'|'largest'), stage, ns, share, text}
-  warnings     list of strings
+metrics.json = the document (schema, trace_info, totals, ranges, steps, step_summary, opportunities,
+workload, gpu, model_level, attention_policy, warnings, notes) plus ("report_schema": "dsocr-report/2";
+times in integer ns on the trace clock, shares in [0, 1], null where a number does not apply):
+  trace_info    the document's, plus size_bytes and sha256 of the trace file
+  generated_utc, dsocr_stages (true when the trace has DeepSeek-OCR stage ranges)
+  model_info    the manifest's model object (preset, weights, seed, dtype, attention), config left out
+  workload_full the manifest's workload object (mode, tile_grid, views, tokens, decode_kv_lengths) or null
+  capture, environment  the manifest's
+  stages        the rows the stage tables show: the document's range entries (DeepSeek-OCR stages in
+                tree order; else the busiest ranges of one nesting level), each with share
+                (= inclusive_frac) and gpu_idle_share (= idle_frac) kept for old readers
+  breakdown     [{part, ns, share}]: kernel time split into disjoint parts (leaf stages, the rest of
+                prefill, outside every stage) that sum to totals.kernel_ns
+  model_mfu     = model_level (kept for old readers)
+  top_kernels   {stage: [{name, short_name, label, category, instances, total_ns, share}]} (top 5 each;
+                label = analyze.out.stages.kernel_label when two rows share a short name)
+  category_mix  {stage: {category: ns}} GPU-op time per kernel category, plus "(all)" for the trace
+  decode        {steps: [{request, step, kv_length, gpu_ns, wall_ns, kernels}], by_step: [{step,
+                kv_length, n, mean_gpu_ns, mean_wall_ns}], fit: {x, slope_ns, intercept_ns, r2}} or null
+                (gpu_ns = summed kernel time of the step)
+  step_timeline the decode step of median wall time, from the canonical tables: {step, request,
+                kv_length, range_id, start_ns, end_ns, wall_ns, busy_ns (union of its kernels, = the
+                step's busy_ns), kernels, copies, idle_causes_ns (the step's), host {launch, sync, memcpy,
+                other: {calls, ns}} (CUDA calls of its thread, memsets counted as launches),
+                outside_cuda_ns, resolution_ns, lanes {kernels, copies, launch, sync, memcpy, other:
+                [[start, end] ns from the step's start, intervals closer than resolution_ns merged]}}
+                or null
+  dataset       analyze.out.dataset.DatasetStats.to_dict() or null
+  opportunity   {kind ('idle'|'headroom'|'host'|'largest'), stage, ns, share, text}: the first of
+                `opportunities` in the old shape (kept for old readers)
 """
 from __future__ import annotations
 
@@ -56,7 +61,34 @@ from pathlib import Path
 import click
 
 from dsocr_perf.analyze.errors import OutputError
-from dsocr_perf.analyze.out.table import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
+from dsocr_perf.analyze.out.table import (
+    CAUSES,
+    _fmt_ms,
+    _fmt_num,
+    _fmt_pct,
+    _plural,
+    _short,
+    category_rows,
+    dataset_rows,
+    dataset_sentence,
+    definitions,
+    efficiency_table,
+    fit_sentence,
+    headline,
+    model_sentence,
+    opportunity_parts,
+    peaks_sentence,
+    setup_rows,
+    shown_name,
+    stage_name,
+    stage_table,
+    step_rows,
+    step_sentences,
+    timeline_sentence,
+    timeline_table,
+    tree_marks,
+    wall_table,
+)
 from dsocr_perf.analyze.paths import atomic_output, derived
 from dsocr_perf.dsocr import stages
 
@@ -68,6 +100,7 @@ STAGE_ORDER = [stages.REQUEST, stages.PREPROCESS, stages.PREFILL, stages.SAM, st
 # Disjoint parts of a DeepSeek-OCR page's kernel time (prefill's children, then prefill's rest).
 LEAVES = [stages.PREPROCESS, stages.SAM, stages.CLIP, stages.PROJECTOR, stages.LLM_PREFILL, stages.DECODE]
 TOP_KERNELS = 5
+SUMMARY_STAGES = 3      # the summary names the top-level stages with the longest wall time, at most this many
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -164,31 +197,15 @@ def _top_kernels(con, names: list[str]) -> dict[str, list[dict]]:
     return out
 
 
-_NOISE = {"int", "unsigned", "long", "char", "float", "double", "bool", "void", "const", "at", "native", "std", "array",
-          "c10", "BFloat16", "Half", "lambda", "instance", "operator", "unnamed", "anonymous", "namespace", "T1", "T2",
-          "T3", "T4", "detail", "memory", "TrivialOffsetCalculator", "cuda"}
-
-
-def kernel_label(name: str, short_name: str | None) -> str:
-    """short_name, plus the first meaningful identifier of the template arguments (the functor), which tells
-    apart e.g. the several `vectorized_elementwise_kernel` instances."""
-    import re
-
-    base = short_name or name
-    args = name.split("<", 1)[1] if "<" in name else ""
-    for word in re.findall(r"[A-Za-z_]\w*", args):
-        if word not in _NOISE and word != base and not word.isdigit():
-            return f"{base} [{word}]"
-    return base
-
-
 def _label_duplicates(kernels: list[dict]) -> None:
+    from dsocr_perf.analyze.out.stages import kernel_label
+
     counts: dict[str, int] = {}
     for k in kernels:
         counts[k["short_name"] or k["name"]] = counts.get(k["short_name"] or k["name"], 0) + 1
     for k in kernels:
         base = k["short_name"] or k["name"]
-        k["label"] = kernel_label(k["name"], k["short_name"]) if counts[base] > 1 else base
+        k["label"] = kernel_label(k["name"] or "", k["short_name"]) if counts[base] > 1 else base
 
 
 def _category_mix(con, names: list[str]) -> dict[str, dict[str, int]]:
@@ -267,57 +284,102 @@ def _line_fit(xs: list[float], ys: list[float]) -> dict | None:
     return {"slope_ns": slope, "intercept_ns": intercept, "r2": (1 - ss_res / ss_tot) if ss_tot else None}
 
 
-def _opportunity(stage_rows: list[dict], breakdown: list[dict], total_ns: int) -> dict | None:
-    """The largest time that could be saved, judged from the numbers:
-    - host: wall time of `preprocess` in which the GPU does nothing (CPU-side image work);
-    - idle: wall time of prefill / decode in which the GPU does nothing (cpu_ns - busy_ns), when
-      more than 20% of the stage's wall time;
-    - headroom: a leaf stage's busy time beyond what its roofline bound needs (busy * (1 - max(MFU, MBU)));
-    - otherwise the largest part of the kernel-time breakdown."""
-    candidates = []
-    leaves = {p["part"] for p in breakdown}
-    for r in stage_rows:
-        name = r["stage"]
-        idle = (r["cpu_ns"] or 0) - (r["busy_ns"] or 0)
-        if name == stages.PREPROCESS and idle > 0:
-            candidates.append({"kind": "host", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
-        if name in (stages.PREFILL, stages.DECODE) and idle > 0 and (r["gpu_idle_share"] or 0) > 0.2:
-            candidates.append({"kind": "idle", "stage": name, "ns": int(idle), "share": r["gpu_idle_share"]})
-        utilisation = max(r.get("mfu") or 0, r.get("mbu") or 0) / 100  # percent -> fraction
-        if name in leaves and utilisation > 0:
-            candidates.append({"kind": "headroom", "stage": name, "ns": int(r["busy_ns"] * (1 - min(utilisation, 1))),
-                               "share": 1 - min(utilisation, 1), "utilisation": utilisation, "bound": r.get("bound")})
-    if candidates:
-        best = max(candidates, key=lambda c: c["ns"])
-    else:
-        parts = [p for p in breakdown if p["part"] not in ("outside stages", "other ranges")] or breakdown
-        if not parts or not total_ns:
-            return None
-        top = max(parts, key=lambda p: p["ns"])
-        best = {"kind": "largest", "stage": top["part"], "ns": top["ns"], "share": top["share"]}
-    best["text"] = _opportunity_text(best)
-    return best
+OLD_KINDS = {"gpu_idle": "idle", "roofline": "headroom", "host_overlap": "host"}
 
 
-def _ms(ns) -> str:
-    return "-" if ns is None else f"{ns / 1e6:,.2f} ms"
+def _old_opportunity(doc: dict, breakdown: list[dict]) -> dict | None:
+    """The first ranked opportunity in the shape of the old single `opportunity` key (kept for old
+    readers); without ranked ones, the largest part of the kernel time."""
+    if doc["opportunities"]:
+        o = doc["opportunities"][0]
+        parts = opportunity_parts(o)
+        return {"kind": OLD_KINDS.get(o["kind"], o["kind"]), "stage": o["stage"], "ns": o["recoverable_ns"],
+                "share": o["recoverable_frac"], "text": f"{parts['title']}: recover {parts['recover']}."}
+    parts = [p for p in breakdown if p["part"] not in ("outside stages", "other ranges") and p["ns"] > 0]
+    if not parts:
+        return None
+    top = max(parts, key=lambda p: p["ns"])
+    return {"kind": "largest", "stage": top["part"], "ns": top["ns"], "share": top["share"],
+            "text": f"{top['part']} takes the largest share of the kernel time ({_fmt_pct(top['share'], 0)}, "
+                    f"{_fmt_ms(top['ns'])} ms)."}
 
 
-def _opportunity_text(o: dict) -> str:
-    if o["kind"] == "host":
-        return (f"Preprocessing keeps the GPU waiting for {_ms(o['ns'])}: it runs on the CPU while the GPU "
-                "has nothing to do. Preparing the next page while the GPU works on the current one "
-                "(a two-stage pipeline) would hide most of it.")
-    if o["kind"] == "idle":
-        return (f"The GPU sits idle for {100 * o['share']:.0f}% of `{o['stage']}` ({_ms(o['ns'])} of its wall time): "
-                "it waits on the host (Python, kernel launches, synchronisation). Fewer, larger kernels "
-                "(CUDA graphs, fused ops, torch.compile) and no host syncs inside the stage would reclaim most of it.")
-    if o["kind"] == "headroom":
-        bound = o.get("bound") or "roofline"
-        return (f"`{o['stage']}` runs at {100 * o['utilisation']:.0f}% of its {bound} limit; "
-                f"reaching the hardware's peak would save up to {_ms(o['ns'])} of GPU time.")
-    return (f"`{o['stage']}` takes the largest share of GPU kernel time ({100 * (o['share'] or 0):.0f}%, "
-            f"{_ms(o['ns'])}); it is where optimisation pays most.")
+# ----------------------------------------------------------------------- the median decode step's timeline
+
+TIMELINE_RESOLUTION = 20000    # lanes merge intervals closer than wall / 20000: below a pixel of a 10x zoom
+LANE_OF_CALL = {"launch": "launch", "memset": "launch", "sync": "sync", "memcpy": "memcpy", "other": "other"}
+
+
+def _step_timeline(trace, doc: dict) -> dict | None:
+    """The decode step of median wall time as lanes: its GPU ops' intervals and its thread's CUDA calls."""
+    if not doc["steps"]:
+        return None
+    median = doc["step_summary"]["median_wall_ns"]
+    step = min(doc["steps"], key=lambda s: (abs(s["wall_ns"] - median), s["start_ns"]))
+    rng = _step_range(trace.con, step)
+    if rng is None:
+        return None
+    start, end = rng["start_ns"], rng["end_ns"]
+    kernels, copies = _step_ops(trace.con, rng["range_id"])
+    calls = _thread_calls(trace.con, rng)
+    resolution = max(1, step["wall_ns"] // TIMELINE_RESOLUTION)
+    lanes = {"kernels": kernels, "copies": copies, **calls}
+    every_call = [iv for lane in calls.values() for iv in lane]
+    return {"step": step["step"], "request": step["request"], "kv_length": step["kv_length"],
+            "range_id": rng["range_id"], "start_ns": start, "end_ns": end, "wall_ns": step["wall_ns"],
+            "busy_ns": _covered(kernels), "kernels": len(kernels), "copies": len(copies),
+            "idle_causes_ns": step["idle_causes_ns"],
+            "host": {lane: {"calls": len(iv), "ns": sum(e - s for s, e in iv)} for lane, iv in calls.items()},
+            "outside_cuda_ns": max(0, end - start - _covered(every_call)),
+            "resolution_ns": resolution,
+            "lanes": {name: [[s - start, e - start] for s, e in _merged(iv, resolution)] for name, iv in lanes.items()}}
+
+
+def _step_range(con, step: dict) -> dict | None:
+    found = _rows(con, """
+        -- the step's range instance
+        SELECT range_id, pid, tid, start_ns, end_ns FROM ranges
+        WHERE name IN (?, ?) AND start_ns = ? ORDER BY range_id LIMIT 1""",
+                  [stages.DECODE_STEP, f"{stages.DOMAIN}:{stages.DECODE_STEP}", step["start_ns"]])
+    return found[0] if found else None
+
+
+def _step_ops(con, range_id: int) -> tuple[list, list]:
+    """(kernel intervals, copy and memset intervals) of the GPU ops launched inside the range."""
+    ops = con.execute("""
+        -- the GPU ops launched inside the step
+        SELECT k.kind, k.start_ns, k.end_ns FROM kernel_ranges kr JOIN kernels k USING (op_id)
+        WHERE kr.range_id = ? ORDER BY k.start_ns""", [range_id]).fetchall()
+    return [(s, e) for kind, s, e in ops if kind == "kernel"], [(s, e) for kind, s, e in ops if kind != "kernel"]
+
+
+def _thread_calls(con, rng: dict) -> dict[str, list]:
+    """The CUDA calls the range's thread starts inside it (cut at its end), by lane: launch, sync, memcpy, other."""
+    calls = con.execute("""
+        -- the CUDA calls its thread starts inside it
+        SELECT kind, start_ns, least(end_ns, ?) FROM cuda_api
+        WHERE pid = ? AND tid = ? AND start_ns BETWEEN ? AND ? ORDER BY start_ns""",
+                        [rng["end_ns"], rng["pid"], rng["tid"], rng["start_ns"], rng["end_ns"]]).fetchall()
+    lanes: dict[str, list] = {lane: [] for lane in ("launch", "sync", "memcpy", "other")}
+    for kind, s, e in calls:
+        lanes[LANE_OF_CALL.get(kind, "other")].append((s, e))
+    return lanes
+
+
+def _merged(intervals: list[tuple[int, int]], gap: int = 0) -> list[list[int]]:
+    """Sorted intervals merged where they overlap or lie at most `gap` apart."""
+    out: list[list[int]] = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1] + gap:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def _covered(intervals: list[tuple[int, int]]) -> int:
+    """The length of the union of the intervals."""
+    return sum(e - s for s, e in _merged(intervals))
 
 
 def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | None = None) -> dict:
@@ -377,7 +439,8 @@ def build_report(trace, *, peak_tflops: float | None = None, peak_gbs: float | N
         "dataset": stats.to_dict() if stats else None,
         "warnings": warnings,
     })
-    report["opportunity"] = _opportunity(stage_rows, breakdown, kernel_ns)
+    report["step_timeline"] = _step_timeline(trace, doc)
+    report["opportunity"] = _old_opportunity(doc, breakdown)
     return clean(report)
 
 
@@ -403,121 +466,158 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
     return lines
 
 
+def _definitions(pairs: list[tuple[str, str]]) -> list[str]:
+    return ["Definitions:", ""] + [f"- **{term}**: {text}" for term, text in pairs] + [""]
+
+
+def _stage_names_md(data: dict) -> list[str]:
+    rows = data["stages"]
+    return [mark + stage_name(r, data.get("dsocr_stages")) for r, mark in zip(rows, tree_marks(rows))]
+
+
 def render_markdown(data: dict) -> str:
     title = "DeepSeek-OCR trace report" if data.get("dsocr_stages") else "Trace report"
-    lines = [f"# {title}: {Path(data['trace_info']['path']).name}", ""]
-    lines += ["## Setup", ""]
-    g = data["gpu"]
-    info = data["trace_info"]
-    setup = [["trace", f"`{info['path']}` ({info['source']}, {info['size_bytes']:,} bytes)"],
-             ["exporter", data["trace_info"].get("exporter_version") or "-"],
-             ["GPU", f"{g.get('name') or 'unknown'}" + (f", {g['sm_count']} SMs" if g.get("sm_count") else "")],
-             ["peaks", (f"{_fmt_num(g.get('peak_tflops'))} TFLOP/s ({g.get('dtype')}), "
-                        f"{_fmt_num(g.get('peak_gbs'), '{:,.0f}')} GB/s -- {g.get('source')}")
-              if g.get("peak_tflops") or g.get("peak_gbs") else "unknown"]]
-    if data.get("model_info"):
-        m = data["model_info"]
-        setup.append(["model", ", ".join(f"{k} {v}" for k, v in m.items() if v is not None)])
-    if data.get("environment"):
-        e = data["environment"]
-        setup.append(["capture env", ", ".join(f"{k} {e[k]}" for k in ("driver", "cuda", "torch", "nsys") if e.get(k))])
-    lines += _table(["", ""], setup, "ll") + [""]
-
-    lines += ["## Workload", ""]
-    w = data.get("workload_full")
-    if w:
-        views = ", ".join(f"{v.get('count')}x {v.get('name')} {v.get('side')}px" for v in w.get("views") or [])
-        lines += _table(["", ""], [["mode", w.get("mode")], ["image", f"{w.get('image_width')}x{w.get('image_height')}"],
-                                   ["tile grid", w.get("tile_grid")], ["views", views or "-"],
-                                   ["image tokens", w.get("image_tokens")], ["prompt tokens", w.get("prompt_tokens")],
-                                   ["generated tokens", w.get("generated_tokens")]], "ll") + [""]
-    else:
-        lines += ["No workload in the trace's manifest (or no manifest): shapes, FLOPs and MFU are unknown.", ""]
-
-    t = data["totals"]
-    lines += ["## Stages", "",
-              f"GPU kernel time in the trace: {_fmt_ms(t['kernel_ns'])} ms in {t['kernels']:,} kernels; "
-              f"the GPU was busy {_fmt_pct(t['gpu_busy_frac'])} of the {_fmt_ms(t['gpu_span_ns'])} ms from first to last GPU op.",
-              "Inclusive = kernels launched inside the stage's ranges (nested stages count in their parents too); "
-              "busy = union of those kernels' intervals; CPU = wall time of the ranges.", ""]
-    header, rows = stage_table(data)
-    lines += _table(header, rows) + [""]
-    if data.get("model_mfu"):
-        mm = data["model_mfu"]
-        lines += [f"Model-level (prefill + decode): {_fmt_num((mm.get('flops') or 0) / 1e9)} GFLOP, "
-                  f"{_fmt_num(mm.get('tflops'))} TFLOP/s, MFU {_fmt_num(mm.get('mfu'), '{:.1f}%')}, "
-                  f"MBU {_fmt_num(mm.get('mbu'), '{:.1f}%')}.", ""]
-    lines += ["Where the kernel time goes (disjoint parts, summing to the trace's kernel time):", ""]
-    lines += _table(["part", "ms", "share"], [[p["part"], _fmt_ms(p["ns"]), _fmt_pct(p["share"])] for p in data["breakdown"]])
-    lines += [""]
-
-    if data.get("dataset"):
-        d = data["dataset"]
-        tp = d["throughput"]
-        lines += ["## Pages and repeats", "",
-                  f"{_plural(d['requests'], 'request')} over {_plural(d['pages'], 'page')}, "
-                  f"up to {_plural(d['max_repeats'], 'repeat')} each"
-                  + ("" if d["pages_known"] else " (no manifest: each request counted as its own page)") + ". "
-                  f"Throughput: {_fmt_num(tp.get('pages_per_s'), '{:,.2f}')} pages/s, "
-                  f"{_fmt_num(tp.get('tokens_per_s'), '{:,.1f}')} tokens/s end to end, "
-                  f"{_fmt_num(tp.get('decode_tokens_per_s'), '{:,.1f}')} tokens/s in decode.", "",
-                  "Stage GPU time per request (inclusive kernel time; cv = std/mean; repeat cv = pooled "
-                  "within-page std / mean, the run-to-run noise):", ""]
-        lines += _table(["stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv", "repeat cv"],
-                        [[o["stage"], o["n"], _fmt_ms(o["mean_ns"]), _fmt_ms(o["std_ns"]), _fmt_ms(o["min_ns"]),
-                          _fmt_ms(o["max_ns"]), _fmt_pct(o["cv"]), _fmt_pct(o.get("repeat_cv"))] for o in d["overall"]])
-        if d["pages_known"]:
-            lines += ["", "Per page:", ""]
-            lines += _table(["page", "stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv"],
-                            [[p["page"], p["stage"], p["n"], _fmt_ms(p["mean_ns"]), _fmt_ms(p["std_ns"]),
-                              _fmt_ms(p["min_ns"]), _fmt_ms(p["max_ns"]), _fmt_pct(p["cv"])] for p in d["per_page"]])
-        lines += [""]
-
-    lines += ["## Top kernels per stage", ""]
-    for stage, kernels in data["top_kernels"].items():
-        if not kernels:
-            continue
-        lines += [f"**{stage}**", ""]
-        lines += _table(["kernel", "category", "count", "total ms", "share of stage"],
-                        [[f"`{_short(k['label'])}`", k["category"], k["instances"], _fmt_ms(k["total_ns"]),
-                          _fmt_pct(k["share"])] for k in kernels]) + [""]
-
-    lines += ["## Kernel category mix", "", "Share of each stage's GPU-op time per kernel category:", ""]
-    mix = data["category_mix"]
-    categories = sorted({c for m in mix.values() for c in m}, key=lambda c: -mix["(all)"].get(c, 0))
-    rows = []
-    for stage, m in mix.items():
-        total = sum(m.values())
-        rows.append([stage] + [_fmt_pct(m.get(c, 0) / total if total else None, 0) for c in categories])
-    lines += _table(["stage"] + categories, rows) + [""]
-
-    lines += ["## Decode step time vs context length", ""]
-    dec = data.get("decode")
-    if dec:
-        if dec.get("fit"):
-            lines += [fit_sentence(dec), ""]
-        by = dec["by_step"]
-        shown = by if len(by) <= 12 else by[:6] + [None] + by[-5:]
-        rows = [["...", "", "", "", ""] if s is None else
-                [s["step"], _fmt_num(s["kv_length"], "{:,}") if s["kv_length"] is not None else "-", s["n"],
-                 _fmt_ms(s["mean_gpu_ns"]), _fmt_ms(s["mean_wall_ns"])] for s in shown]
-        lines += _table(["step", "KV length", "n", "mean GPU ms", "mean wall ms"], rows) + [""]
-    else:
-        lines += ["No decode_step ranges in this trace.", ""]
-
-    if data.get("opportunity"):
-        lines += ["## Biggest opportunity", "", data["opportunity"]["text"], ""]
+    lines = [f"# {title}: {Path(data['trace_info']['path']).name}", "", headline(data), ""]
+    terms = definitions(data)
+    for section in (_md_opportunities, _md_stages, _md_wall, _md_efficiency, _md_steps, _md_kernels, _md_dataset,
+                    _md_setup):
+        lines += section(data, terms)
     lines += ["## Warnings", ""]
     lines += [f"- {w}" for w in data["warnings"]] or ["- none"]
-    lines += ["", f"Generated {data['generated_utc']} by dsocr-analyze report; numbers in metrics.json.", ""]
+    lines += ["", f"Generated {data['generated_utc']} by dsocr-analyze report; every number is in metrics.json, "
+                  "the figures are in report.html.", ""]
     return "\n".join(lines)
 
+
+def _md_opportunities(data: dict, terms: dict) -> list[str]:
+    if not data["opportunities"]:
+        return ["## Biggest opportunity", "", data["opportunity"]["text"], ""] if data.get("opportunity") else []
+    lines = ["## Top opportunities", "",
+             "Ranked by the time each fix could recover; each fix assumed alone, then with those ranked above it.", ""]
+    for o in data["opportunities"]:
+        p = opportunity_parts(o)
+        lines += [f"{o['rank']}. **{p['title']}**: recover {p['recover']}; throughput, measured under "
+                  f"tracing: {p['throughput']}.",
+                  f"   - evidence: {p['evidence']}", f"   - query: `{p['query']}`"]
+    return lines + [""] + _definitions(terms["opportunities"])
+
+
+def _md_stages(data: dict, terms: dict) -> list[str]:
+    t = data["totals"]
+    header, rows = stage_table(data["stages"], _stage_names_md(data))
+    return (["## Stages", "",
+             f"GPU kernel time in the trace: {_fmt_ms(t['kernel_ns'])} ms in {t['kernels']:,} kernels; the GPU was "
+             f"busy {_fmt_pct(t['gpu_busy_frac'])} of the {_fmt_ms(t['gpu_span_ns'])} ms from its first to its last "
+             "operation.", ""]
+            + _table(header, rows) + [""] + _definitions(terms["stages"]))
+
+
+def _md_wall(data: dict, terms: dict) -> list[str]:
+    header, rows = wall_table(data["stages"], _stage_names_md(data))
+    return (["## Where the wall time goes", "",
+             "Each stage's wall time = busy + idle; idle split by cause (bars in report.html).", ""]
+            + _table(header, rows, "l" + "r" * (len(header) - 2) + "l") + [""] + _definitions(terms["wall"]))
+
+
+def _md_efficiency(data: dict, terms: dict) -> list[str]:
+    header, rows = efficiency_table(data["stages"], _stage_names_md(data))
+    lines = ["## How close to the hardware", ""]
+    if rows:
+        lines += _table(header, rows, "l" + "r" * (len(header) - 2) + "l") + ["", peaks_sentence(data)]
+        if data.get("model_level"):
+            lines += ["", model_sentence(data["model_level"])]
+        lines += [""] + _definitions(terms["efficiency"])
+    else:
+        lines += ["No FLOPs or bytes: the trace carries no workload manifest, so MFU, MBU and the roofline are not "
+                  "computed.", ""]
+    return lines + [f"Note: {n}" for n in data.get("notes") or []] + ([""] if data.get("notes") else [])
+
+
+def _md_steps(data: dict, terms: dict) -> list[str]:
+    summary = data["step_summary"]
+    if not summary.get("steps"):
+        return ["## Decode steps", "", "No decode_step ranges in this trace.", ""]
+    lines = ["## Decode steps", ""] + step_sentences(summary) + [""]
+    tl = data.get("step_timeline")
+    if tl:
+        header, rows = timeline_table(tl)
+        lines += ["### The median step", "", timeline_sentence(tl) + " (timeline figure in report.html)", ""]
+        lines += _table(header, rows) + [""]
+    header, rows = step_rows(data["steps"])
+    lines += ["### Steps", ""] + _table(header, rows) + [""]
+    if (data.get("decode") or {}).get("fit"):
+        lines += [fit_sentence(data["decode"]), ""]
+    return lines + _definitions(terms["steps"])
+
+
+def _md_kernels(data: dict, terms: dict) -> list[str]:
+    lines = ["## Kernel time by part", "", "Disjoint parts that sum to the trace's kernel time:", ""]
+    lines += _table(["part", "ms", "share"], [[p["part"], _fmt_ms(p["ns"]), _fmt_pct(p["share"])]
+                                             for p in data["breakdown"]]) + [""]
+    lines += ["## Top kernels per stage", ""]
+    for stage, kernels in data["top_kernels"].items():
+        if kernels:
+            lines += [f"**{shown_name(stage, data.get('dsocr_stages'))}**", ""]
+            lines += _table(["kernel", "category", "count", "total ms", "share of stage"],
+                            [[f"`{_short(k['label'], 90)}`", k["category"], f"{k['instances']:,}", _fmt_ms(k["total_ns"]),
+                              _fmt_pct(k["share"])] for k in kernels], "llrrr") + [""]
+    header, rows = category_rows(data["category_mix"], data.get("dsocr_stages"))
+    lines += ["## Kernel category mix", "", "Share of each stage's GPU-op time per kernel category:", ""]
+    return lines + _table(header, rows) + [""]
+
+
+def _md_dataset(data: dict, terms: dict) -> list[str]:
+    d = data.get("dataset")
+    if not d:
+        return []
+    lines = ["## Pages and repeats", "", dataset_sentence(d), "",
+             "Stage GPU time per request (inclusive kernel time; cv = std/mean; repeat cv = pooled within-page "
+             "std / mean, the run-to-run noise):", ""]
+    header, rows = dataset_rows(d)
+    lines += _table(header, rows)
+    if d["pages_known"]:
+        lines += ["", "Per page:", ""]
+        lines += _table(["page", "stage", "n", "mean ms", "std ms", "min ms", "max ms", "cv"],
+                        [[p["page"], p["stage"], p["n"], _fmt_ms(p["mean_ns"]), _fmt_ms(p["std_ns"]),
+                          _fmt_ms(p["min_ns"]), _fmt_ms(p["max_ns"]), _fmt_pct(p["cv"])]
+                         for p in d["per_page"] if p["stage"] != stages.DECODE_STEP], "llrrrrrr")
+    return lines + [""]
+
+
+def _md_setup(data: dict, terms: dict) -> list[str]:
+    return ["## Setup and workload", ""] + _table(["", ""], setup_rows(data), "ll") + [""]
+
+
+# ------------------------------------------------------------------------------------------ summary
 
 def render_summary(data: dict) -> str:
     """One page, plain words, every sentence computed from the numbers."""
     name = Path(data["trace_info"]["path"]).name
+    lines = [f"# Summary: {name}", "", _measured(data), ""]
+    lines += _where_time_goes(data)
+    lines += _hardware(data)
+    if data["opportunities"]:
+        lines += ["**Top opportunities** (measured under tracing; each fix alone, then with those above it):", ""]
+        for o in data["opportunities"]:
+            p = opportunity_parts(o)
+            lines.append(f"{o['rank']}. {p['title']}: recover {_fmt_ms(o['recoverable_ns'], 1)} ms; "
+                         f"{p['throughput']}.")
+        lines += [""]
+    elif data.get("opportunity"):
+        lines += [f"**Biggest opportunity.** {data['opportunity']['text']}", ""]
+    ds = data.get("dataset")
+    if ds and any(o.get("repeat_cv") is not None for o in ds["overall"]):
+        noisy = max((o for o in ds["overall"] if o.get("repeat_cv") is not None), key=lambda o: o["repeat_cv"])
+        lines += [f"**How reliable.** Across repeats of the same page the stage times vary by at most "
+                  f"{_fmt_pct(noisy['repeat_cv'])} (std/mean, {noisy['stage']}); differences smaller than about twice "
+                  "that are noise.", ""]
+    if data["warnings"]:
+        lines += [f"**Caveats.** {len(data['warnings'])} warning(s), listed in report.md.", ""]
+    return "\n".join(lines)
+
+
+def _measured(data: dict) -> str:
     t = data["totals"]
-    lines = [f"# Summary: {name}", ""]
     w = data.get("workload_full")
     what = (f"one {w.get('mode')}-mode page ({w.get('image_tokens')} image tokens, {w.get('generated_tokens')} "
             f"generated tokens)") if w else None
@@ -530,64 +630,69 @@ def render_summary(data: dict) -> str:
     gpu_line = (f" The GPU ran {t['kernels']:,} kernels for {_fmt_ms(t['kernel_ns'], 1)} ms and was busy "
                 f"{_fmt_pct(t['gpu_busy_frac'], 0)} of the time between its first and last operation."
                 if t["kernels"] else " The trace holds no GPU kernels, so there is no GPU time to explain.")
-    lines += [f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + gpu_line, ""]
+    return f"**What was measured.** {model} on {gpu}" + (f": {what}." if what else ".") + gpu_line
+
+
+def _where_time_goes(data: dict) -> list[str]:
+    lines = []
+    top = [r for r in data["stages"] if not r.get("parent") and r["wall_ns"]]
+    if len(top) > SUMMARY_STAGES:
+        longest = sorted(top, key=lambda r: -r["wall_ns"])[:SUMMARY_STAGES]
+        top = [r for r in top if r in longest]
+    if top:
+        lines.append("**Where the wall time goes.** " + "; ".join(_wall_words(r) for r in top) + ".")
     parts = sorted([p for p in data["breakdown"] if p["ns"] > 0], key=lambda p: -p["ns"])
     if parts:
-        top = parts[:3]
-        words = "; ".join(f"{p['part']} {_fmt_pct(p['share'], 0)} ({_fmt_ms(p['ns'], 1)} ms)" for p in top)
-        lines += [f"**Where the GPU time goes.** {words}."]
-        idle = [r for r in data["stages"] if r["stage"] in (stages.PREFILL, stages.DECODE) and r["gpu_idle_share"]]
-        for r in idle:
-            lines += [f"During {r['stage']} the GPU is idle {_fmt_pct(r['gpu_idle_share'], 0)} of the wall time "
-                      f"({_fmt_ms(r['cpu_ns'], 1)} ms wall, {_fmt_ms(r['busy_ns'], 1)} ms of kernels)."]
-        lines += [""]
-    with_mfu = [r for r in data["stages"] if r.get("mfu") is not None or r.get("mbu") is not None]
-    if with_mfu:
-        lines += ["**How close to the hardware.** " + "; ".join(
-            f"{r['stage']} reaches {_fmt_num(r.get('mfu'), '{:.0f}%')} of peak compute and "
-            f"{_fmt_num(r.get('mbu'), '{:.0f}%')} of peak "
-            f"memory bandwidth" + (f" ({r['bound']}-bound)" if r.get("bound") else "") for r in with_mfu) + ".", ""]
-    else:
-        lines += ["**How close to the hardware.** Not computed: the trace carries no workload manifest "
-                  "or the GPU's peaks are unknown.", ""]
-    if data.get("opportunity"):
-        lines += [f"**Biggest opportunity.** {data['opportunity']['text']}", ""]
-    if ds and any(o.get("repeat_cv") is not None for o in ds["overall"]):
-        noisy = max((o for o in ds["overall"] if o.get("repeat_cv") is not None), key=lambda o: o["repeat_cv"])
-        lines += [f"**How reliable.** Across repeats of the same page the stage times vary by at most "
-                  f"{_fmt_pct(noisy['repeat_cv'])} (std/mean, {noisy['stage']}); differences smaller than about twice "
-                  "that are noise.", ""]
-    if data["warnings"]:
-        lines += [f"**Caveats.** {len(data['warnings'])} warning(s), listed in report.md.", ""]
-    return "\n".join(lines)
+        words = "; ".join(f"{p['part']} {_fmt_pct(p['share'], 0)} ({_fmt_ms(p['ns'], 1)} ms)" for p in parts[:3])
+        lines.append(f"The GPU's kernel time splits into {words}.")
+    return lines + [""] if lines else []
+
+
+def _wall_words(r: dict) -> str:
+    text = f"{r['stage']} {_fmt_ms(r['wall_ns'], 1)} ms wall, GPU busy {_fmt_pct(1 - (r['idle_frac'] or 0), 0)}"
+    causes = {k: v for k, v in r["idle_causes_ns"].items() if v > 0}
+    if r["idle_ns"] and causes:
+        labels = dict(CAUSES)
+        top = sorted(causes.items(), key=lambda kv: -kv[1])[:2]
+        text += " (idle time: " + ", ".join(f"{labels[k]} {100 * v / r['idle_ns']:.0f}%" for k, v in top) + ")"
+    return text
+
+
+def _hardware(data: dict) -> list[str]:
+    modelled = [r for r in data["stages"] if r.get("mfu_busy_pct") is not None or r.get("mbu_busy_pct") is not None]
+    if not modelled:
+        return ["**How close to the hardware.** Not computed: the trace carries no workload manifest or the GPU's "
+                "peaks are unknown.", ""]
+    words = "; ".join(f"{r['stage']} {_fmt_num(r.get('mfu_busy_pct'), '{:.0f}%')} of peak compute and "
+                      f"{_fmt_num(r.get('mbu_busy_pct'), '{:.0f}%')} of peak memory bandwidth"
+                      + (f" ({r['bound']}-bound)" if r.get("bound") else "") for r in modelled)
+    return [f"**How close to the hardware** (while the kernels run). {words}.", ""]
 
 
 def render_assumptions(data: dict) -> str:
-    return "\n".join([
+    lines = [
         "# Assumptions behind the numbers", "",
         "- **Attribution** (NVIDIA's rule, as `nsys stats` nvtx_kern_sum): a GPU operation belongs to the CUDA API call "
         "with the same correlation id in the same process; a range contains it when that call lies inside the range "
         "on the same thread. When the kernel runs does not matter.",
-        "- **GPU time of a stage** = inclusive kernel time: the summed durations of the kernels launched inside any of "
-        "its ranges (memcpy/memset excluded). Nested stages (sam inside prefill) count in both; the breakdown table "
-        "splits the kernel time into disjoint parts instead.",
-        "- **Busy** = length of the union of a stage's kernel intervals (overlapping streams count once); "
-        "**GPU idle** = 1 - busy / wall time of the stage's ranges.",
         "- **Dataset statistics**: a stage's time in a request is the sum over its instances inside that request's "
         "range; std is the sample std (n-1); the repeat std pools the per-page variances (weights n-1).",
-        "- **Decode steps**: the step index is the range payload (else its order inside `decode`); the KV length "
-        "of a step comes from the manifest (`decode_kv_lengths`). The fit is ordinary least squares of the mean GPU "
-        "time per step index against KV length (or step index when KV lengths are unknown).",
+        "- **Decode steps**: the step index is the step's position inside its `decode` range; the KV length of a "
+        "step comes from the manifest (`decode_kv_lengths`). The fit is ordinary least squares of the mean kernel "
+        "time per step against KV length (or step index when KV lengths are unknown).",
         "- **FLOPs and bytes** come from the analytic model of `dsocr.flops` applied to the workload recorded in the "
-        "trace's manifest (see that module for the counting rules and the attention policy); MFU = achieved "
-        "TFLOP/s / peak, MBU = achieved GB/s / peak, both over busy time.",
+        "trace's manifest (see that module for the counting rules and the attention policy).",
         f"- **Peaks**: {data['gpu'].get('source') or 'unknown'} "
         f"({_fmt_num(data['gpu'].get('peak_tflops'))} TFLOP/s {data['gpu'].get('dtype') or ''}, "
         f"{_fmt_num(data['gpu'].get('peak_gbs'), '{:,.0f}')} GB/s).",
-        "- **Biggest opportunity**: the largest of (a) GPU idle time inside preprocess/prefill/decode when idle > 20% "
-        "of their wall time, (b) a stage's busy time x (1 - max(MFU, MBU)); without either, the largest part of "
-        "the kernel-time breakdown.",
-        "- Times are the trace's clock in ns; nothing is extrapolated beyond the traced run.", ""])
+        "- **Throughput** (tokens/s, pages/s) is measured under tracing: nsys adds host time to every CUDA call, so "
+        "an untraced run is faster, most where the host is the limiter.",
+        "- Times are the trace's clock in ns; nothing is extrapolated beyond the traced run.", ""]
+    for title, key in (("Stages", "stages"), ("Where the wall time goes", "wall"), ("How close to the hardware",
+                                                                                    "efficiency"),
+                       ("Decode steps", "steps"), ("Opportunities", "opportunities")):
+        lines += [f"## {title}", ""] + [f"- **{term}**: {text}" for term, text in definitions(data)[key]] + [""]
+    return "\n".join(lines)
 
 
 def environment() -> dict:
