@@ -104,12 +104,20 @@ def atomic_output(out: Path, mode: str = "w", **kwargs):
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+        _usual_mode(tmp)
         os.replace(tmp, out)
     except OSError as e:
         raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _usual_mode(tmp: Path) -> None:
+    """mkstemp makes 0600 files; an output gets what open() would have given it (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)
 
 
 @contextmanager
@@ -125,6 +133,7 @@ def atomic_path(out: Path):
     tmp = Path(name)
     try:
         yield tmp
+        _usual_mode(tmp)
         os.replace(tmp, out)
     except OSError as e:
         raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None

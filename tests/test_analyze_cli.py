@@ -292,3 +292,16 @@ def test_a_column_changing_type_mid_table_is_read_again_with_casts(tmp_path):
     # tiny-2025.3.reports: prefill 5 kernels, 1 708 541 ns; 984 API rows + the 70 000 added.
     assert trace.con.execute("SELECT kernels, inclusive_ns FROM stages WHERE name = 'prefill'").fetchone() == (5, 1_708_541)
     assert trace.con.execute("SELECT count(*) FROM launches").fetchone()[0] == 984 + 70_000
+
+
+def test_roofline_files_beside_the_stage_table(capsys, tmp_path):
+    example = REPO / "traces/examples/h100-gundam.sqlite.gz"
+    stem = tmp_path / "roofline"
+    code, out, err = run(capsys, example, "--roofline", stem)
+    assert code == 0, err
+    assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and "<svg" in stem.with_suffix(".svg").read_text()
+    assert "wrote" in err and "sam" in out
+    before = stem.with_suffix(".png").stat().st_mtime_ns
+    code, _, err = run(capsys, example, "--roofline", stem)
+    assert code == 4 and "exists: pass --force" in err and stem.with_suffix(".png").stat().st_mtime_ns == before
+    assert run(capsys, example, "--roofline", stem, "--force")[0] == 0
