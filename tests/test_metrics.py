@@ -228,3 +228,22 @@ def test_the_metrics_side_imports_neither_torch_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_step_summary_of_several_requests_names_request_and_step():
+    """Two requests of 40 steps: steps 0-19 at 40 ms, 20-39 at 20 ms; request 1's step 5 takes 100 ms."""
+    from dsocr_perf.analyze.out.document import step_summary
+    from dsocr_perf.analyze.out.table import step_names
+    steps = [{"request": r, "step": i, "wall_ns": (40 if i < 20 else 20) * 1_000_000, "busy_ns": 1_000_000}
+             for r in (0, 1) for i in range(40)]
+    steps[45]["wall_ns"] = 100_000_000
+    s = step_summary(steps, None)
+    assert s["requests"] == 2 and s["steps"] == 80
+    # the shift is looked for in the mean per step number: at step 20, not at an index of the joined sequence
+    assert s["level_shift"]["at_step"] == 20
+    assert s["level_shift"]["after_mean_ns"] == 20_000_000
+    assert s["level_shift"]["before_mean_ns"] == (19 * 40 + (40 + 100) / 2) / 20 * 1_000_000
+    assert s["slow_steps"] == [5] and s["slow_step_requests"] == [1]
+    assert step_names(s) == ["request 1 step 5"]
+    one = step_summary(steps[:40], None)
+    assert one["requests"] == 1 and one["level_shift"]["at_step"] == 20 and step_names(one) == []

@@ -70,7 +70,8 @@ def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, p
                    "gpu_busy_frac": _frac(busy, span)},
         "ranges": ranges,
         "steps": steps,
-        "step_summary": step_summary(steps, trace.manifest),
+        "step_summary": step_summary(steps, trace.manifest,
+                                     sum(r["wall_ns"] or 0 for r in all_rows if bare(r["name"]) == S.DECODE)),
         "workload": extras["workload"],
         "gpu": {**peaks, "sm_count": trace.gpu.sm_count, "clock_hz": trace.gpu.clock_hz,
                 "memory_bandwidth_Bps": trace.gpu.memory_bandwidth_Bps, "total_memory_bytes": trace.gpu.total_memory},
@@ -220,26 +221,36 @@ def _int_list(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) and all(isinstance(v, int) for v in value) else []
 
 
-def step_summary(steps: list[dict], manifest) -> dict:
-    """Mean and median per step, slow steps, a level shift, decode tokens/s (measured under tracing)."""
-    keys = ("steps", "mean_wall_ns", "median_wall_ns", "p90_wall_ns", "mean_busy_ns", "median_busy_ns",
-            "slow_steps", "level_shift", "tokens_per_s_under_tracing")
+def step_summary(steps: list[dict], manifest, decode_wall_ns: int = 0) -> dict:
+    """Mean and median per step, slow steps, a level shift, decode tokens/s (measured under tracing): steps over
+    the `decode` ranges' wall time (the denominator of the opportunities' tokens/s), or over the steps' own wall
+    time when there is no `decode` range."""
+    keys = ("steps", "requests", "mean_wall_ns", "median_wall_ns", "p90_wall_ns", "mean_busy_ns", "median_busy_ns",
+            "slow_steps", "slow_step_requests", "level_shift", "tokens_per_s_under_tracing")
     if not steps:
-        return dict.fromkeys(keys) | {"steps": 0, "slow_steps": []}
+        return dict.fromkeys(keys) | {"steps": 0, "requests": 0, "slow_steps": [], "slow_step_requests": []}
     wall = np.array([s["wall_ns"] for s in steps], np.float64)
     busy = np.array([s["busy_ns"] for s in steps], np.float64)
     median = float(np.median(wall))
-    slow = [s["step"] for s in steps if s["wall_ns"] > SLOW_STEP * median]
-    return {"steps": len(steps), "mean_wall_ns": round(float(wall.mean())), "median_wall_ns": round(median),
+    slow = [s for s in steps if s["wall_ns"] > SLOW_STEP * median]
+    # with several requests the shift is looked for in the mean wall per step number (the same KV length)
+    step_ids = sorted({s["step"] for s in steps})
+    requests = len({s["request"] for s in steps})
+    per_step = np.array([np.mean([s["wall_ns"] for s in steps if s["step"] == i]) for i in step_ids]) \
+        if requests > 1 else wall
+    return {"steps": len(steps), "requests": requests, "mean_wall_ns": round(float(wall.mean())), "median_wall_ns": round(median),
             "p90_wall_ns": round(float(np.percentile(wall, 90))), "mean_busy_ns": round(float(busy.mean())),
-            "median_busy_ns": round(float(np.median(busy))), "slow_steps": slow,
-            "level_shift": level_shift([s["step"] for s in steps], wall, median),
-            "tokens_per_s_under_tracing": len(steps) / (wall.sum() / 1e9) if wall.sum() else None}
+            "median_busy_ns": round(float(np.median(busy))), "slow_steps": [s["step"] for s in slow],
+            "slow_step_requests": [s["request"] for s in slow],
+            "level_shift": level_shift(step_ids if per_step is not wall else [s["step"] for s in steps], per_step,
+                                       median),
+            "tokens_per_s_under_tracing": len(steps) / ((decode_wall_ns or wall.sum()) / 1e9) if wall.sum() else None}
 
 
 def level_shift(step_ids: list[int], wall: np.ndarray, median: float) -> dict | None:
     """The split that best separates two levels of step time, when the levels differ by more than
-    SHIFT_SHARE of the median (e.g. steps 0-32 at 43.8 ms, 33-127 at 25.9 ms)."""
+    SHIFT_SHARE of the median (e.g. steps 0-32 at 43.8 ms, 33-127 at 25.9 ms). `wall` is in step order:
+    one page's steps, or the mean over requests per step number."""
     n = wall.size
     if n < 2 * MIN_SEGMENT:
         return None

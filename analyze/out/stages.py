@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from dsocr_perf.analyze.errors import TraceError, UsageError
-from dsocr_perf.analyze.out.table import middle, ms, num, pct, render
+from dsocr_perf.analyze.out.table import middle, ms, num, pct, render, step_names
 
 CAUSE_HEADERS = (("host", "host"), ("launch", "launch"), ("sync", "sync"), ("memcpy", "memcpy"),
                  ("other_api", "other API"), ("gpu_other", "GPU other"))
@@ -181,7 +181,7 @@ def step_line(s: dict) -> str:
         text += (f"; level shift at step {shift['at_step']}: {ms(shift['before_mean_ns'])} ms before, "
                  f"{ms(shift['after_mean_ns'])} ms after")
     if s["slow_steps"]:
-        shown = ", ".join(map(str, s["slow_steps"][:8])) + (", ..." if len(s["slow_steps"]) > 8 else "")
+        shown = ", ".join(step_names(s)[:8]) + (", ..." if len(s["slow_steps"]) > 8 else "")
         text += f"; {len(s['slow_steps'])} steps above 1.5x the median ({shown})"
     if s["tokens_per_s_under_tracing"]:
         text += f"; {s['tokens_per_s_under_tracing']:,.1f} tokens/s (measured under tracing)"

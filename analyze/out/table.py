@@ -289,7 +289,7 @@ def step_sentences(summary: dict) -> list[str]:
                      f"→ {_fmt_ms(shift['after_mean_ns'])} ms per step.")
     slow = summary.get("slow_steps") or []
     if slow:
-        shown = ", ".join(map(str, slow[:10])) + (f" and {len(slow) - 10} more" if len(slow) > 10 else "")
+        shown = ", ".join(step_names(summary)[:10]) + (f" and {len(slow) - 10} more" if len(slow) > 10 else "")
         lines.append(f"{len(slow)} slow steps (wall above {SLOW_STEP:g}× the median): {shown}.")
     if summary.get("tokens_per_s_under_tracing"):
         lines.append(f"Decode: {_fmt_rate(summary['tokens_per_s_under_tracing'])} tokens/s, measured under tracing.")
@@ -419,3 +419,10 @@ def setup_rows(data: dict) -> list[list[str]]:
         if captured:
             rows.append(["capture env", captured])
     return rows
+
+
+def step_names(summary: dict) -> list[str]:
+    """The slow steps as text: '12', or 'request 1 step 12' when the trace holds several requests."""
+    requests = summary.get("slow_step_requests") or [None] * len(summary["slow_steps"])
+    several = (summary.get("requests") or 1) > 1
+    return [f"request {r} step {s}" if several else str(s) for s, r in zip(summary["slow_steps"], requests)]
