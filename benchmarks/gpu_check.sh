@@ -9,12 +9,13 @@
 #   c2  `make trace`, default page and tokens (faithful engine, 256), timed end to end (target <= 90 s)
 #   c3  `make trace ENGINE=fast`, same page and tokens: decode wall per step under nsys (target <= 3 ms)
 #   c4  benchmarks/engine_check.py: teacher-forced agreement of the engines, untraced ms/token of both
-#   c5  the fast engine on the committed example's spec (128 tokens): traces/examples/h100-gundam-fast.*
+#   c5  the fast engine on the committed example's spec (128 tokens): traces/examples/<card>-gundam-fast.* (and, on
+#       another card than the H100 of the committed example, the faithful engine on that spec too)
 #   c6  `nsys export --type parquetdir` of c5's report (the Parquet reader's real input)
 #   c7  what GPU metrics and operator ranges cost decode: 64 tokens x 2 without metrics, then with both
 # ncu (about 9 minutes):
 #   n1  `make ncu` with 32 tokens (application-range replay): estimated and measured cost (target <= 2 min)
-#   n2  the committed example's spec under ncu (128 tokens, application-range): traces/examples/h100-gundam.ncu.*
+#   n2  the committed example's spec under ncu (128 tokens, application-range): traces/examples/<card>-gundam.ncu.*
 #   n3  kernel replay of vision, prefill and decode step 0 (1 token): per-kernel rows for the kernel-class split
 #
 # Each step runs under a timeout that fits what is left of $BUDGET seconds (default 540); a failing step is logged
@@ -39,6 +40,11 @@ else
   TOKENS=256 EXAMPLE_TOKENS=128 SHORT_TOKENS=64 NCU_TOKENS=32
   EXTRA="" MAKE_MODE=gundam CHECK_ARGS=""
 fi
+# the example traces are named by the card they ran on (h100-gundam, h200-gundam, ...)
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE '[a-z][0-9]{2,3}' | head -1 |
+       tr 'A-Z' 'a-z')
+CARD=${CARD:-cpu}
+EXAMPLE=$CARD-gundam
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 export WORK TRACE_CMD EXTRA MAKE_MODE
 
@@ -90,10 +96,14 @@ capture_part() {
   run_step "c3 make trace ENGINE=fast ($TOKENS tokens)" 150 60 env ENGINE=fast bash -c 'make_target "$@"' _ trace fast "$TOKENS"
   run_step "c4 engine check" 150 60 python3 benchmarks/engine_check.py --out "$WORK/engine_check.json" --force $CHECK_ARGS
   run_step "c5 example spec, fast engine ($EXAMPLE_TOKENS tokens)" 120 60 env ENGINE=fast bash -c 'make_target "$@"' _ trace \
-    h100-gundam-fast "$EXAMPLE_TOKENS"
-  if [ -f "$WORK/h100-gundam-fast.nsys-rep" ] && [ -z "${SMOKE:-}" ]; then
+    "$EXAMPLE-fast" "$EXAMPLE_TOKENS"
+  if [ "$CARD" != h100 ]; then   # the committed faithful example is from an H100: its twin on this card
+    run_step "c5b example spec, faithful engine ($EXAMPLE_TOKENS tokens)" 150 70 bash -c 'make_target "$@"' _ trace \
+      "$EXAMPLE" "$EXAMPLE_TOKENS"
+  fi
+  if [ -f "$WORK/$EXAMPLE-fast.nsys-rep" ] && [ -z "${SMOKE:-}" ]; then
     run_step "c6 nsys export parquetdir" 60 20 nsys export --type parquetdir --force-overwrite true \
-      --output "$WORK/h100-gundam-fast.parquetdir" "$WORK/h100-gundam-fast.nsys-rep"
+      --output "$WORK/$EXAMPLE-fast.parquetdir" "$WORK/$EXAMPLE-fast.nsys-rep"
   fi
   run_step "c7a $SHORT_TOKENS tokens x 2, no GPU metrics" 90 50 $TRACE_CMD launch/assets/sample_page.png \
     --max-new-tokens "$SHORT_TOKENS" --repeats 2 --no-gpu-metrics --no-torch-profiler --no-analyze --name m-off \
@@ -110,7 +120,7 @@ capture_part() {
 ncu_part() {
   run_step "n1 make ncu ($NCU_TOKENS tokens, app-range)" 200 90 bash -c 'make_target "$@"' _ ncu check "$NCU_TOKENS"
   run_step "n2 example spec under ncu ($EXAMPLE_TOKENS tokens, app-range)" 260 120 bash -c 'make_target "$@"' _ ncu \
-    h100-gundam "$EXAMPLE_TOKENS"
+    "$EXAMPLE" "$EXAMPLE_TOKENS"
   run_step "n3 kernel replay: vision, prefill, decode step 0" 330 180 bash -c 'make_target "$@"' _ ncu kernels 1 \
     --ncu-kernels --ncu-decode-steps first
   ls -la "$WORK"
@@ -135,10 +145,11 @@ pack() {
       --exclude='*.pt.trace.json.gz' --exclude='*.parquetdir' --exclude='*.ncu-rep' --exclude='*.gz' . )
   tar -tzvf "$OUT/results.tar.gz"
   if [ "$PART" = capture ]; then
-    big "$WORK/h100-gundam-fast.sqlite"
+    big "$WORK/$EXAMPLE-fast.sqlite"
+    [ "$CARD" != h100 ] && big "$WORK/$EXAMPLE.sqlite"
     big "$WORK/fast.sqlite"
     big "$WORK/faithful.sqlite"
-    big "$WORK/h100-gundam-fast.parquetdir"
+    big "$WORK/$EXAMPLE-fast.parquetdir"
     big "$WORK/m-on.ops-nvtx.sqlite"
   fi
   ls -la "$OUT"
