@@ -234,10 +234,12 @@ def step_summary(steps: list[dict], manifest, decode_wall_ns: int = 0) -> dict:
     median = float(np.median(wall))
     slow = [s for s in steps if s["wall_ns"] > SLOW_STEP * median]
     # with several requests the shift is looked for in the mean wall per step number (the same KV length)
-    step_ids = sorted({s["step"] for s in steps})
     requests = len({s["request"] for s in steps})
-    per_step = np.array([np.mean([s["wall_ns"] for s in steps if s["step"] == i]) for i in step_ids]) \
-        if requests > 1 else wall
+    by_step: dict[int, list[int]] = {}
+    for s in steps:
+        by_step.setdefault(s["step"], []).append(s["wall_ns"])
+    step_ids = sorted(by_step)
+    per_step = np.array([np.mean(by_step[i]) for i in step_ids]) if requests > 1 else wall
     return {"steps": len(steps), "requests": requests, "mean_wall_ns": round(float(wall.mean())), "median_wall_ns": round(median),
             "p90_wall_ns": round(float(np.percentile(wall, 90))), "mean_busy_ns": round(float(busy.mean())),
             "median_busy_ns": round(float(np.median(busy))), "slow_steps": [s["step"] for s in slow],
