@@ -18,7 +18,7 @@ TOP = 3
 LEAVES = (S.SAM, S.CLIP, S.PROJECTOR, S.LLM_PREFILL, S.DECODE)
 TOP_LEVEL = (S.PREPROCESS, S.PREFILL, S.DECODE)
 QUERIES = {"gpu_idle": "sql/idle_causes_per_stage.sql", "roofline": "sql/top_kernels_per_stage.sql",
-           "host_overlap": "sql/decode_step_timeline.sql"}
+           "host_overlap": "sql/idle_causes_per_stage.sql"}
 
 
 def opportunities(stages: dict, doc: dict, trace) -> list[dict]:

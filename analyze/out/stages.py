@@ -188,11 +188,18 @@ def step_line(s: dict) -> str:
     return text
 
 
+def rate(value) -> str:
+    """A throughput with three significant digits at least: 0.231, 32.7, 2,247.2."""
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
 def opportunity_line(o: dict) -> str:
     gain = ""
     if o["before_per_s"] is not None:
-        gain = (f"; {o['before_per_s']:,.1f} -> {num(o['after_per_s'], ',.1f')} {o['unit']}"
-                + (f" ({num(o['after_with_above_per_s'], ',.1f')} with the above)" if o["rank"] > 1 else ""))
+        gain = (f"; {rate(o['before_per_s'])} -> {rate(o['after_per_s'])} {o['unit']}"
+                + (f" ({rate(o['after_with_above_per_s'])} with the above)" if o["rank"] > 1 else ""))
     evidence = o["evidence"]
     if o["kind"] in ("gpu_idle", "host_overlap"):
         causes = evidence["idle_causes_ns"]
