@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dsocr_perf.dsocr.config import ENGINES
 from dsocr_perf.dsocr.errors import DsocrError
+from dsocr_perf.dsocr.extras import DefaultsHelpFormatter, capture_extra_hint, missing_capture_modules, package_version
 from dsocr_perf.dsocr.workload import MAX_TILES_HF, MODES
 
 DEFAULT_WEIGHTS = Path("models/deepseek-ocr")
@@ -16,19 +17,23 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "deepseek-ocr
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsocr", description="DeepSeek-OCR v1, segmented into NVTX stages")
+    p = argparse.ArgumentParser(prog="dsocr", description="DeepSeek-OCR v1, segmented into NVTX stages",
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="OCR one image: print the text and per-stage host times, write outputs")
+    run = sub.add_parser("run", help="OCR one image: print the text and per-stage host times, write outputs",
+                         formatter_class=DefaultsHelpFormatter)
     run.add_argument("image")
-    run.add_argument("--mode", default="gundam", choices=list(MODES))
+    run.add_argument("--mode", default="gundam", choices=list(MODES), help="image mode (gundam: 640-px tiles + a 1024-px view)")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--weights", metavar="DIR", help="checkpoint folder (default: models/deepseek-ocr/)")
     source.add_argument("--random-weights", action="store_true", help="seeded random weights (text is noise)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--preset", default="official", choices=["official", "tiny"])
+    run.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    run.add_argument("--preset", default="official", choices=["official", "tiny"],
+                    help="model size: official (DeepSeek-OCR) or tiny (tests)")
     run.add_argument("--prompt", default=None, help="default: the grounding markdown prompt")
-    run.add_argument("--max-new-tokens", type=int, default=256)
+    run.add_argument("--max-new-tokens", type=int, default=256, help="decode steps per page at most")
     run.add_argument("--max-tiles", type=int, default=MAX_TILES_HF, help="Gundam tile limit (9 HF, 6 vLLM)")
     run.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -38,8 +43,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="write raw.txt, result.mmd, overlay.png, images/ here")
     run.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
 
-    shapes = sub.add_parser("shapes", help="state-dict key -> shape as JSON (meta device, no memory)")
-    shapes.add_argument("--preset", default="official", choices=["official", "tiny"])
+    shapes = sub.add_parser("shapes", help="state-dict key -> shape as JSON (meta device, no memory)",
+                            formatter_class=DefaultsHelpFormatter)
+    shapes.add_argument("--preset", default="official", choices=["official", "tiny"],
+                    help="model size: official (DeepSeek-OCR) or tiny (tests)")
     return p
 
 
@@ -80,6 +87,9 @@ def cmd_run(args) -> int:
     if out is not None:
         check_out(out, args.force)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and args.device is None and args.preset == "official":
+        raise DsocrError("no CUDA GPU here: the official model on the CPU takes minutes and ~16 GB of memory per page; "
+                         "pass --device cpu to run it anyway, or --preset tiny for a quick check")
     weights = resolve_weights(args)
     print(f"loading {args.preset} model ({'random weights, seed %d' % args.seed if weights is None else weights}) "
           f"on {device}, {args.engine} engine ...", file=sys.stderr)
@@ -115,6 +125,10 @@ def cmd_shapes(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    missing = missing_capture_modules()
+    if missing:
+        print(f"Error: {capture_extra_hint('dsocr', missing)}", file=sys.stderr)
+        return 2
     try:
         return cmd_run(args) if args.command == "run" else cmd_shapes(args)
     except DsocrError as exc:

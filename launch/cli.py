@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dsocr_perf.dsocr.extras import DefaultsHelpFormatter, capture_extra_hint, missing_capture_modules, package_version
 from dsocr_perf.launch import command, gpu_metrics, ncu_pass, ops_nvtx
 from dsocr_perf.launch.errors import LaunchError
 from dsocr_perf.launch.images import resolve_pages
@@ -42,19 +43,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from dsocr_perf.dsocr.workload import MODES
 
     ap = argparse.ArgumentParser(
-        prog="dsocr-trace",
+        prog="dsocr-trace", formatter_class=DefaultsHelpFormatter,
         description="Capture one DeepSeek-OCR session under Nsight Systems and the PyTorch profiler.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     ap.add_argument("image", nargs="?", default=DEFAULT_IMAGE,
                     help="an image, a folder of images, or a .txt list of image paths "
                          "(default: the bundled sample page)")
-    ap.add_argument("--mode", default="gundam", choices=list(MODES))
+    ap.add_argument("--mode", default="gundam", choices=list(MODES), help="image mode (gundam: 640-px tiles + a 1024-px view)")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--weights", metavar="DIR", help="official checkpoint folder")
     source.add_argument("--random-weights", action="store_true",
                         help="seeded random weights (the default without --weights; implies --ignore-eos)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preset", default="official", choices=["official", "tiny"])
-    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    ap.add_argument("--preset", default="official", choices=["official", "tiny"],
+                    help="model size: official (DeepSeek-OCR) or tiny (tests)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="decode steps per page at most")
     ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     ap.add_argument("--repeats", type=int, default=1,
                     help="measured repeats of each page inside the one capture (default 1; 3 for spread)")
@@ -62,7 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--engine", default="faithful", choices=list(ENGINES),
                     help="decode engine: faithful (vendor-like, the default) or fast (static KV cache, CUDA graph)")
     ap.add_argument("--name", default="run", help="output base name (default run)")
-    ap.add_argument("--out-dir", default="traces")
+    ap.add_argument("--out-dir", default="traces", help="folder of the outputs")
     ap.add_argument("--no-torch-profiler", action="store_true", help="skip the PyTorch profiler pass")
     add_profiler_pass_arguments(ap)
     ap.add_argument("--no-analyze", action="store_true", help="skip the final dsocr-analyze stage table")
@@ -260,6 +263,10 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    missing = missing_capture_modules()
+    if missing:
+        print(f"Error: {capture_extra_hint('dsocr-trace', missing)}", file=sys.stderr, flush=True)
+        return 2
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 import click
 
@@ -43,6 +44,7 @@ def register(cli, common) -> None:
 def read_sql_file(path) -> str:
     from dsocr_perf.analyze.paths import check_input
 
+    path = bundled_query(path)
     check_input(path, "SQL file")
     try:
         if path.is_dir():
@@ -54,6 +56,16 @@ def read_sql_file(path) -> str:
         raise UsageError(f"{path} is not UTF-8 text: give a .sql file") from None
     except OSError as e:
         raise TraceError(f"{path}: cannot read the SQL file ({e.strerror or e})") from None
+
+
+def bundled_query(path):
+    """`sql/NAME.sql` (or `NAME.sql`) that is not a file here: the ready-made query of that name installed with
+    the tool, so the queries the output suggests work from any folder."""
+    if path.exists() or str(path.parent) not in (".", "sql") or path.suffix != ".sql":
+        return path
+    import dsocr_perf.sql as queries  # a namespace package: look in each of its folders
+
+    return next((Path(folder) / path.name for folder in queries.__path__ if (Path(folder) / path.name).is_file()), path)
 
 
 def run_query(trace, query: str) -> tuple[list[str], list[tuple]]:
