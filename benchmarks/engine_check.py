@@ -137,6 +137,7 @@ def agreement(check: Check, reference: list[int]) -> dict:
             h.remove()
     n = len(reference)
     return {"steps": n, "moe_layers": len(moe_layers), "fast_cuda_graph": static.graph is not None,
+            "fast_grouped_experts": static.decoder.grouped_experts,
             "capacity": static.capacity, "prefill_max_abs_logit_diff": prefill_diff,
             "argmax_agree": argmax_same, "argmax_agree_share": argmax_same / n,
             "routing_agree_steps": routing_same, "routing_agree_share": routing_same / n,
@@ -187,7 +188,8 @@ def run(args) -> dict:
     reference = check.greedy("faithful", args.tokens)
     a = agreement(check, reference)
     print(f"(a) teacher-forced, {a['steps']} steps of the faithful engine's greedy tokens (fast engine: "
-          f"{'one CUDA graph replay' if a['fast_cuda_graph'] else 'eager'} per step, {a['capacity']}-position cache):")
+          f"{'one CUDA graph replay' if a['fast_cuda_graph'] else 'eager'} per step, "
+          f"{'grouped' if a['fast_grouped_experts'] else 'gathered'} experts, {a['capacity']}-position cache):")
     print(f"    argmax agrees         {a['argmax_agree']}/{a['steps']} steps ({100 * a['argmax_agree_share']:.1f}%)")
     print(f"    top-k expert sets     {a['routing_agree_steps']}/{a['steps']} steps agree in all {a['moe_layers']} "
           f"MoE layers ({100 * a['routing_agree_share']:.1f}%); {a['routing_agree_layer_steps']}/"

@@ -8,8 +8,13 @@ host out of the step:
   rounded up to CAPACITY_STEP; every step attends over all of them through an additive mask that hides
   the keys after the current position, and that position lives in a device tensor;
 - routing without a host read: the router is the faithful one (`decoder.route`: fp32 logits, softmax,
-  top-k unsorted, raw probabilities), then the chosen experts' weights are gathered by index from
-  tensors stacked once at build, (E, 2I, C) gate|up and (E, C, I) down, and applied with two bmm;
+  top-k unsorted, raw probabilities); the chosen experts' weights, stacked once at build ((E, 2I, C)
+  gate|up, (E, C, I) down), are applied by torch._grouped_mm to the rows sorted by expert, reading each
+  chosen expert once where it is (CUDA sm90 bf16, or the CPU); elsewhere they are gathered by index and
+  applied with two bmm (the first H100 traces of this engine showed that gather, `indexSelectSmallIndex`,
+  as 32% of decode's kernel time);
+- attention of the one query as two fp32 batched products over the whole static cache (the fused SDPA
+  kernels took 55 us a layer for it, 24% of decode's kernel time, in those traces);
 - fewer kernels: q|k|v and the gate|up of the dense and shared MLPs are one matrix each, RoPE turns
   q and k together from tables built per capacity, RMSNorm is one F.rms_norm call and the scale (same
   rounding points as decoder.RMSNorm: fp32 normalise, cast back, then scale);
@@ -36,21 +41,17 @@ reads the filled ones); the analytic FLOP model counts the real KV lengths for b
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dsocr_perf.dsocr.decoder import MLP, Attention, DecoderLayer, KVCache, MoE, RMSNorm, rope_tables, route
 from dsocr_perf.dsocr.model import DeepseekOCR
 
 CAPACITY_STEP = 64    # static cache sizes are multiples of this: pages of one tile grid share a graph
 WARMUP_STEPS = 2      # eager steps on a side stream before capture (library handles, kernel choices)
-# Flash attention takes no mask; the memory-efficient kernel takes the additive one (math as a fallback).
-STATIC_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def static_capacity(tokens: int) -> int:
@@ -77,12 +78,32 @@ class FusedMLP(nn.Module):
         return F.linear(F.silu(gate) * up, self.down)
 
 
-class FastMoE(nn.Module):
-    """The MoE without a host sync: each (token, slot) gathers its expert's weights by index."""
+def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch._grouped_mm runs here for this dtype and gives the plain product (CUDA needs sm90 and
+    bf16; the CPU has a reference implementation); else the MoE gathers expert weights instead."""
+    grouped = getattr(torch, "_grouped_mm", None)
+    if grouped is None:
+        return False
+    try:
+        w = torch.randn(4, 32, 16, device=device).to(dtype)          # (E, out, in) as the stacked weights
+        x = torch.randn(3, 16, device=device).to(dtype)
+        offs = torch.tensor([0, 1, 1, 3], device=device, dtype=torch.int32)
+        got = grouped(x, w.transpose(-2, -1), offs=offs).float()
+        want = torch.cat([x[:1] @ w[1].T, x[1:3] @ w[3].T]).float()   # groups end at offs: 0 | 1 | 1 | 3
+        return bool(torch.allclose(got, want, rtol=2e-2, atol=2e-2))
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
 
-    def __init__(self, moe: MoE):
+
+class FastMoE(nn.Module):
+    """The MoE without a host sync. With `grouped` (torch._grouped_mm) the (token, slot) pairs are sorted by
+    expert and each expert's weights are read in place, once; without it each pair gathers its expert's
+    weights by index (a copy of top_k experts per layer and step) and two bmm apply them."""
+
+    def __init__(self, moe: MoE, grouped: bool = False):
         super().__init__()
         self.top_k = moe.top_k
+        self.grouped = grouped
         experts = moe.experts
         self.register_buffer("router", moe.gate.weight.detach().float(), persistent=False)
         self.register_buffer("gate_up", torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight])
@@ -99,12 +120,27 @@ class FastMoE(nn.Module):
         weights, expert_ids = route(x, self.router, self.top_k)               # (N, k) fp32, (N, k)
         self.expert_ids = expert_ids
         slots = expert_ids.reshape(-1)                                        # (N * k,), slot order
+        routed = (self._grouped if self.grouped else self._gathered)(x, slots).view(n, self.top_k, dim)
+        routed = (routed * weights[..., None]).sum(dim=1)                     # fp32 (promoted), as the faithful sum
+        return (routed.to(x.dtype) + self.shared(x)).view(shape)
+
+
+    def _gathered(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        n, dim = x.shape
         tokens = x.view(n, 1, dim, 1).expand(n, self.top_k, dim, 1).reshape(n * self.top_k, dim, 1)
         gate, up = torch.bmm(self.gate_up.index_select(0, slots), tokens).squeeze(-1).chunk(2, dim=-1)
         hidden = (F.silu(gate) * up).unsqueeze(-1)                            # (N * k, I, 1)
-        routed = torch.bmm(self.down.index_select(0, slots), hidden).view(n, self.top_k, dim)
-        routed = (routed * weights[..., None]).sum(dim=1)                     # fp32 (promoted), as the faithful sum
-        return (routed.to(x.dtype) + self.shared(x)).view(shape)
+        return torch.bmm(self.down.index_select(0, slots), hidden).squeeze(-1)   # (N * k, C), slot order
+
+    def _grouped(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by expert; `offs` ends each expert's group (computed on the device: no host read)."""
+        order = slots.argsort(stable=True)
+        rows = x.index_select(0, order // self.top_k)                         # (N * k, C), expert order
+        counts = torch.zeros(self.gate_up.shape[0], dtype=torch.int32, device=x.device)
+        offs = counts.scatter_add_(0, slots, torch.ones_like(slots, dtype=torch.int32)).cumsum(0, dtype=torch.int32)
+        gate, up = torch._grouped_mm(rows, self.gate_up.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+        out = torch._grouped_mm(F.silu(gate) * up, self.down.transpose(-2, -1), offs=offs)
+        return torch.empty_like(out).index_copy_(0, order, out)               # back to slot order
 
 
 class FastAttention(nn.Module):
@@ -126,17 +162,20 @@ class FastAttention(nn.Module):
         q, k, v = qk[0:1], qk[1:2], qkv[2:3]                                  # (1, H, 1, D) each
         k_cache.index_copy_(2, position, k)
         v_cache.index_copy_(2, position, v)
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        # Two batched products in fp32 rather than a fused kernel: for one query the fused kernels tile 64
+        # queries over H blocks and walk the whole cache (55 us a layer on the H100); these spread it out.
+        scores = torch.matmul(q.float() * self.head_dim ** -0.5, k_cache.float().transpose(-1, -2)) + mask
+        y = torch.matmul(scores.softmax(dim=-1), v_cache.float()).to(x.dtype)   # (1, H, 1, D)
         return F.linear(y.view(1, 1, -1), self.out)
 
 
 class FastLayer(nn.Module):
-    def __init__(self, layer: DecoderLayer):
+    def __init__(self, layer: DecoderLayer, grouped: bool = False):
         super().__init__()
         self.input_layernorm = layer.input_layernorm
         self.self_attn = FastAttention(layer.self_attn)
         self.post_attention_layernorm = layer.post_attention_layernorm
-        self.mlp = FastMoE(layer.mlp) if isinstance(layer.mlp, MoE) else FusedMLP(layer.mlp)
+        self.mlp = FastMoE(layer.mlp, grouped) if isinstance(layer.mlp, MoE) else FusedMLP(layer.mlp)
 
     def forward(self, x, cos, sin, k_cache, v_cache, position, mask):
         x = x + self.self_attn(rms_norm(x, self.input_layernorm), cos, sin, k_cache, v_cache, position, mask)
@@ -155,7 +194,7 @@ class StaticDecode:
         half = cfg.head_dim // 2
         self.cos, self.sin = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)   # (capacity, D)
         self.key_positions = torch.arange(capacity, device=device)
-        self.open_mask = torch.zeros(1, 1, 1, capacity, device=device, dtype=dtype)
+        self.open_mask = torch.zeros(1, 1, 1, capacity, device=device, dtype=torch.float32)   # added to fp32 scores
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -198,8 +237,9 @@ class FastDecoder:
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.grouped_experts = grouped_mm_works(self.device, self.dtype)
         with torch.no_grad():
-            self.layers = [FastLayer(layer) for layer in body.layers]
+            self.layers = [FastLayer(layer, self.grouped_experts) for layer in body.layers]
         self.embed = body.embed_tokens.weight.detach()
         self.norm = body.norm
         self.lm_head = model.lm_head.weight.detach()
@@ -233,9 +273,8 @@ class FastDecoder:
         sin = s.sin.index_select(0, s.position)
         mask = s.open_mask.masked_fill(s.key_positions > s.position, float("-inf"))
         h = F.embedding(s.token, self.embed)                                 # (1, 1, C)
-        with sdpa_kernel(STATIC_SDPA_BACKENDS) if self.device.type == "cuda" else contextlib.nullcontext():
-            for layer, k_cache, v_cache in zip(self.layers, s.cache.k, s.cache.v):
-                h = layer(h, cos, sin, k_cache, v_cache, s.position, mask)
+        for layer, k_cache, v_cache in zip(self.layers, s.cache.k, s.cache.v):
+            h = layer(h, cos, sin, k_cache, v_cache, s.position, mask)
         s.position.add_(1)
         s.expert_ids = [layer.mlp.expert_ids for layer in self.layers if isinstance(layer.mlp, FastMoE)]
         return F.linear(rms_norm(h, self.norm)[:, -1], self.lm_head).float()

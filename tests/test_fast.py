@@ -37,9 +37,10 @@ def sessions():
 
 @torch.no_grad()
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_fast_moe_equals_faithful_moe(scaled, tokens):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fast_moe_equals_faithful_moe(scaled, tokens, grouped):
     moe: MoE = scaled.model.layers[1].mlp
-    fast = FastMoE(moe)
+    fast = FastMoE(moe, grouped=grouped)
     x = torch.randn(1, tokens, 64, generator=torch.Generator().manual_seed(tokens))
     want = moe(x)
     got = fast(x)
@@ -48,6 +49,11 @@ def test_fast_moe_equals_faithful_moe(scaled, tokens):
     # the same experts, in the same slot order, as the faithful router picks
     assert fast.expert_ids.tolist() == route(x.reshape(-1, 64), moe.gate.weight, moe.top_k)[1].tolist()
     assert fast.expert_ids.shape == (tokens, 2)
+
+
+def test_grouped_experts_are_used_where_they_work():
+    from dsocr_perf.dsocr.fast import grouped_mm_works
+    assert grouped_mm_works(torch.device("cpu"), torch.float32) == hasattr(torch, "_grouped_mm")
 
 
 def test_static_capacity_rounds_up():
