@@ -13,6 +13,7 @@
 #       another card than the H100 of the committed example, the faithful engine on that spec too)
 #   c6  `nsys export --type parquetdir` of c5's report (the Parquet reader's real input)
 #   c7  what GPU metrics and operator ranges cost decode: 64 tokens x 2 without metrics, then with both
+# fast (about 3 minutes): c3-c6 again, after a change to the fast engine
 # ncu (about 9 minutes):
 #   n1  `make ncu` with 32 tokens (application-range replay): estimated and measured cost (target <= 2 min)
 #   n2  the committed example's spec under ncu (128 tokens, application-range): traces/examples/<card>-gundam.ncu.*
@@ -26,7 +27,7 @@
 #   SMOKE=1 bash benchmarks/gpu_check.sh capture
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: gpu_check.sh capture|ncu}
+PART=${1:?usage: gpu_check.sh capture|fast|ncu}
 START=$(date +%s)
 OUT=${OUT:-/tmp/dsocr-gpu-check}
 BUDGET=${BUDGET:-540}
@@ -117,6 +118,19 @@ capture_part() {
   ls -la "$WORK"
 }
 
+fast_part() {   # the fast engine again after a change: its GPU test, engine check, traces (c3, c4, c5, c6)
+  run_step "f1 GPU test of the fast engine" 60 30 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast.py
+  run_step "c3 make trace ENGINE=fast ($TOKENS tokens)" 150 60 env ENGINE=fast bash -c 'make_target "$@"' _ trace fast "$TOKENS"
+  run_step "c4 engine check" 150 60 python3 benchmarks/engine_check.py --out "$WORK/engine_check.json" --force $CHECK_ARGS
+  run_step "c5 example spec, fast engine ($EXAMPLE_TOKENS tokens)" 120 60 env ENGINE=fast bash -c 'make_target "$@"' _ trace \
+    "$EXAMPLE-fast" "$EXAMPLE_TOKENS"
+  if [ -f "$WORK/$EXAMPLE-fast.nsys-rep" ] && [ -z "${SMOKE:-}" ]; then
+    run_step "c6 nsys export parquetdir" 60 20 nsys export --type parquetdir --force-overwrite true \
+      --output "$WORK/$EXAMPLE-fast.parquetdir" "$WORK/$EXAMPLE-fast.nsys-rep"
+  fi
+  ls -la "$WORK"
+}
+
 ncu_part() {
   run_step "n1 make ncu ($NCU_TOKENS tokens, app-range)" 200 90 bash -c 'make_target "$@"' _ ncu check "$NCU_TOKENS"
   run_step "n2 example spec under ncu ($EXAMPLE_TOKENS tokens, app-range)" 260 120 bash -c 'make_target "$@"' _ ncu \
@@ -144,7 +158,7 @@ pack() {
   ( cd "$WORK" && tar -czf "$OUT/results.tar.gz" --ignore-failed-read --exclude='*.sqlite' --exclude='*.nsys-rep' \
       --exclude='*.pt.trace.json.gz' --exclude='*.parquetdir' --exclude='*.ncu-rep' --exclude='*.gz' . )
   tar -tzvf "$OUT/results.tar.gz"
-  if [ "$PART" = capture ]; then
+  if [ "$PART" != ncu ]; then
     big "$WORK/$EXAMPLE-fast.sqlite"
     [ "$CARD" != h100 ] && big "$WORK/$EXAMPLE.sqlite"
     big "$WORK/fast.sqlite"
@@ -160,6 +174,7 @@ main() {
   environment
   case "$PART" in
     capture) capture_part ;;
+    fast) fast_part ;;
     ncu) ncu_part ;;
     *) echo "unknown part $PART (capture or ncu)"; return 2 ;;
   esac
