@@ -706,9 +706,9 @@ def register(cli, common) -> None:
     @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
                   help="Folder for the report files (default: TRACE's stem + .report/ beside it).")
     @common.force_option
-    @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+    @click.option("--peak-tflops", type=common.positive_number, default=None,
                   help="Override the GPU's dense peak TFLOP/s.")
-    @click.option("--peak-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+    @click.option("--peak-gbs", type=common.positive_number, default=None,
                   help="Override the GPU's peak memory bandwidth in GB/s.")
     @common.no_cache_option
     def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs,
