@@ -16,6 +16,7 @@ VIEWS = ("kernels", "launches", "cuda_api", "ranges", "marks", "kernel_ranges", 
          "meta", "gpu_gaps", "decode_steps", "decode_model", "gpu_metrics", "ncu")
 DEPENDS = {"kernel_ranges": ("_op_lane_inner", "_op_startend", "_range_ancestors")}
 ALLOWED = ("SELECT", "EXPLAIN")
+MAX_SQL_BYTES = 64 << 10    # the longest ready-made query is 2 kB; DuckDB's planner grows quadratically on a huge one
 MEMORY_LIMIT = "3GB"
 SANDBOX_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
                   "autoload_known_extensions": False, "allow_community_extensions": False}
@@ -37,10 +38,13 @@ def statements(query: str) -> list:
 
     if not query or not query.strip():
         raise UsageError("the SQL is empty: give a query, e.g. \"SELECT count(*) FROM kernels\"")
+    if len(query.encode("utf-8", "surrogatepass")) > MAX_SQL_BYTES:
+        raise UsageError(f"the SQL is longer than {MAX_SQL_BYTES >> 10} kB: give a shorter query (a query reads the "
+                         "trace's views; it does not need to carry data)")
     try:
         parsed = duckdb.extract_statements(query)
     except duckdb.Error as e:
-        raise TraceError(f"SQL: {_one_line(e)}") from None
+        raise TraceError(f"SQL: {_one_line(e)}; {FIX}") from None
     if not parsed:
         raise UsageError("the SQL holds no statement (only comments?): give a query, e.g. "
                          "\"SELECT count(*) FROM kernels\"")
@@ -91,20 +95,45 @@ def lock(con):
     return con
 
 
+FIX = "fix the query (the views and their columns: `dsocr-analyze sql --help` and the README)"
+
+
 def run(con, query: str) -> tuple[list[str], list[tuple]]:
-    """(column names, rows) of the last statement of `query`."""
+    """(column names, rows) of the last statement of `query`. The query runs in a worker thread, so
+    that Ctrl-C stops it at once (DuckDB is interrupted) instead of when it finishes."""
+    import threading
+
     import duckdb
 
     parsed = statements(query)
+    outcome: dict = {}
+    done = threading.Event()
+
+    def work():
+        try:
+            result = None
+            for statement in parsed:
+                result = con.execute(statement)
+            columns = [d[0] for d in result.description] if result is not None and result.description else []
+            outcome["value"] = (columns, result.fetchall() if columns else [])
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True, name="dsocr-sql").start()
     try:
-        result = None
-        for statement in parsed:
-            result = con.execute(statement)
-        columns = [d[0] for d in result.description] if result is not None and result.description else []
-        rows = result.fetchall() if columns else []
-    except duckdb.Error as e:
-        raise TraceError(f"SQL: {_one_line(e)}") from None
-    return columns, rows
+        while not done.wait(0.1):
+            pass
+    except BaseException:
+        con.interrupt()
+        done.wait()
+        raise
+    if "error" in outcome:
+        if isinstance(outcome["error"], duckdb.Error):
+            raise TraceError(f"SQL: {_one_line(outcome['error'])}; {FIX}") from None
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _one_line(error) -> str:

@@ -10,8 +10,6 @@ import click
 from dsocr_perf.analyze.errors import TraceError, UsageError
 from dsocr_perf.analyze.out.table import render
 
-MAX_SQL_BYTES = 1 << 20
-
 
 def register(cli, common) -> None:
     @cli.command("sql")
@@ -42,19 +40,25 @@ def register(cli, common) -> None:
 
 
 def read_sql_file(path) -> str:
+    """The text of a query file: a regular UTF-8 file of at most sql.MAX_SQL_BYTES (else exit 3, bad input)."""
     from dsocr_perf.analyze.paths import check_input
+    from dsocr_perf.analyze.sql import MAX_SQL_BYTES
 
     check_input(path, "SQL file")
     try:
         if path.is_dir():
-            raise UsageError(f"{path} is a folder: give a .sql file")
+            raise TraceError(f"{path} is a folder: give a .sql file")
         if path.stat().st_size > MAX_SQL_BYTES:
-            raise UsageError(f"{path} is larger than 1 MB: not a query file")
-        return path.read_text(encoding="utf-8")
+            raise TraceError(f"{path} is larger than {MAX_SQL_BYTES >> 10} kB, not a query file: give a .sql file "
+                             "with one query")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SQL_BYTES + 1)
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text: give a .sql file") from None
+        raise TraceError(f"{path} is not UTF-8 text: give a .sql file saved as UTF-8") from None
     except OSError as e:
-        raise TraceError(f"{path}: cannot read the SQL file ({e.strerror or e})") from None
+        raise TraceError(f"{path}: cannot read the SQL file ({e.strerror or e}); check the path and its "
+                         "permissions") from None
 
 
 def run_query(trace, query: str) -> tuple[list[str], list[tuple]]:
