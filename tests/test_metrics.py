@@ -185,7 +185,7 @@ def test_decode_model_rows_of_the_manifest():
 
 
 def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
-    from dsocr_perf.analyze.errors import TraceError
+    from dsocr_perf.analyze.errors import OutputError, TraceError
     from dsocr_perf.analyze.out.roofline import plot_roofline
     rows, extras = metrics.stage_metrics(ranges(), manifest(), H100)
     paths = plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
@@ -193,7 +193,7 @@ def test_roofline_writes_png_and_svg_and_refuses_to_overwrite(tmp_path):
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = paths[1].read_text()
     assert "<svg" in svg and "llm_prefill" in svg and "decode_step" in svg
-    with pytest.raises(TraceError, match="already exists; pass --force"):
+    with pytest.raises(OutputError, match="exists: pass --force"):
         plot_roofline(rows, extras["gpu"], tmp_path / "roofline")
     none, _ = metrics.stage_metrics(ranges(), None, H100)
     with pytest.raises(TraceError, match="nothing to put on a roofline"):

@@ -57,7 +57,7 @@ import click
 
 from dsocr_perf.analyze.errors import OutputError
 from dsocr_perf.analyze.out.table import _fmt_ms, _fmt_num, _fmt_pct, _plural, _short, fit_sentence, stage_table
-from dsocr_perf.analyze.paths import atomic_output, derived
+from dsocr_perf.analyze.paths import atomic_output, derived, is_input
 from dsocr_perf.dsocr import stages
 
 REPORT_SCHEMA = "dsocr-report/2"
@@ -688,8 +688,13 @@ def check_report_folder(out_dir: Path, force: bool, trace_path: Path) -> Path:
     try:
         if out_dir.exists() and Path(trace_path).resolve().is_relative_to(out_dir.resolve()) and Path(trace_path).is_dir():
             raise OutputError(f"{out_dir} is the input trace's folder: pass --out another folder")
+        if out_dir.exists() and out_dir.resolve() in (Path(trace_path).resolve().parent, Path(trace_path).resolve()):
+            raise OutputError(f"{out_dir} holds the input trace: a report goes in a folder of its own (the default is "
+                              "NAME.report/ beside the trace); pass --out another folder")
     except OSError:
         pass
+    if is_input(out_dir, (trace_path,)) or any(is_input(out_dir / f, (trace_path,)) for f in FILES):
+        raise OutputError(f"{out_dir} is the input trace (or holds a file it uses): pass --out another folder")
     existing = [f for f in FILES if (out_dir / f).exists()]
     if existing and not force:
         raise OutputError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out "
