@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.read.raw import valid_text
+from dsocr_perf.analyze.read.raw import int_column, valid_text
 
 RANGE_TYPES = (59, 60, 70, 71)   # PushPop, StartEnd, NVTXT PushPop, NVTXT StartEnd
 PUSHPOP_TYPES = (59, 70)
@@ -74,7 +74,7 @@ def read_nvtx(source, strings) -> Nvtx:
             data = src.select(table, payload_columns, where_in=kinds)
         finally:
             src.close()
-        text = valid_text(pc.coalesce(*[pc.cast(c, pa.string()) for c in data.columns]).combine_chunks())
+        text = pc.coalesce(*[valid_text(c) for c in data.columns])
         if keep is not None:
             text = text.filter(keep)
         return text.take(nvtx.range_rows), text.take(nvtx.mark_rows)
@@ -111,9 +111,9 @@ def _normalise(events: pa.Table) -> pa.Table:
     out = {}
     for name in ("start", "end", "eventType", "globalTid", "endGlobalTid", "textId", "domainId"):
         column = events.column(name) if name in events.column_names else pa.nulls(n, pa.int64())
-        out[name] = pc.cast(column, pa.int64(), safe=False) if column.type != pa.int64() else column
+        out[name] = int_column(column)
     text = events.column("text") if "text" in events.column_names else pa.nulls(n, pa.string())
-    out["text"] = valid_text(pc.cast(text, pa.string()).combine_chunks())
+    out["text"] = valid_text(text)
     return pa.table(out)
 
 
