@@ -117,7 +117,8 @@ class Trace:
         from dsocr_perf.analyze.metrics.flops import DECODE_MODEL_SCHEMA, MANIFEST_ERRORS, decode_model_rows
 
         if self.manifest is None:
-            raise TraceError(f"{self.path} carries no dsocr manifest, so there is no decode_model view")
+            raise TraceError(f"{self.path} carries no dsocr manifest, so there is no decode_model view; put the "
+                             "capture's manifest beside the trace as NAME.json, or query the other views")
         try:
             rows = decode_model_rows(self.manifest)
         except MANIFEST_ERRORS:
@@ -190,6 +191,7 @@ def compute(path: Path, fmt: str) -> Trace:
     from dsocr_perf.analyze.tables import Tables
 
     raw, open_source = read(path, fmt)
+    _check_clock(path, raw)
     try:
         att = attribute(raw)
     except ValueError as e:
@@ -212,6 +214,23 @@ def read(path: Path, fmt: str):
     target = _gunzipped(path) if fmt == "sqlite.gz" else path
     opener, kind = open_export(target, str(path))
     return read_nsys(opener, str(path), kind), opener
+
+
+MAX_SPAN_NS = 1 << 46      # ~19.5 hours: what the engine's packed keys hold, and sums of times stay far from int64
+
+
+def _check_clock(path: Path, raw) -> None:
+    """Every timestamp of the trace within MAX_SPAN_NS of the others: a damaged export (a time near
+    2**63, a clock jump) is refused with one line rather than overflowing sums into wrong numbers."""
+    columns = (raw.ops.start, raw.ops.end, raw.calls.start, raw.calls.end,
+               raw.nvtx.ranges.column("start_ns").to_numpy(), raw.nvtx.ranges.column("end_ns").to_numpy())
+    present = [c for c in columns if len(c)]
+    if not present:
+        return
+    lo, hi = min(int(c.min()) for c in present), max(int(c.max()) for c in present)
+    if hi - lo >= MAX_SPAN_NS:
+        raise TraceError(f"{path}: its timestamps span {(hi - lo) / 3.6e12:,.0f} hours ({lo} to {hi} ns), more than a "
+                         "trace holds (19 h): the export is damaged; re-export it or capture again")
 
 
 def _trace(path: Path, fmt: str, raw, att, tables) -> Trace:
@@ -267,8 +286,10 @@ def _content_warnings(raw, att) -> list[str]:
 
 
 def _gunzipped(path: Path) -> Path:
-    """A gzipped export decompressed into a private temporary file, removed with the process."""
-    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix="dsocr-")
+    """A gzipped export decompressed into a private temporary file, removed with the process (and,
+    when the process was killed, by the next one: the file name carries the pid)."""
+    _remove_orphans()
+    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix=f"dsocr-{os.getpid()}-")
     target = Path(name)
     os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
     try:
@@ -288,6 +309,19 @@ def _gunzipped(path: Path) -> Path:
 
 
 _TEMPORARY: list[Path] = []
+
+
+def _remove_orphans() -> None:
+    """Decompressed exports left by processes that were killed (SIGKILL skips atexit)."""
+    from dsocr_perf.analyze.cache import _process_exists
+
+    for orphan in Path(tempfile.gettempdir()).glob("dsocr-*-*.sqlite"):
+        try:
+            pid = int(orphan.name.split("-")[1])
+            if pid != os.getpid() and not _process_exists(pid) and orphan.stat().st_uid == os.getuid():
+                orphan.unlink()
+        except (ValueError, OSError):
+            pass
 
 
 def _remove_temporary() -> None:
