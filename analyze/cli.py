@@ -139,9 +139,12 @@ def main(argv=None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         _fail("interrupted; nothing was written, run the command again to finish", E.EXIT_INTERRUPTED)
     except click.exceptions.NoSuchOption as e:
-        _fail(f"{_sentence(e.format_message())}; see `dsocr-analyze --help`", E.EXIT_USAGE)
+        hint = "see `dsocr-analyze --help`"
+        if any(ch.isspace() for ch in e.option_name):   # a query that starts with a -- comment
+            hint = "a query that starts with `--` needs `--` before it: dsocr-analyze sql TRACE -- \"-- ...\""
+        _fail(f"{_sentence(e.format_message())}; {hint}", E.EXIT_USAGE)
     except click.ClickException as e:
-        hint = f"; see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) is not None else ""
+        hint = f"; see `{e.ctx.command_path if getattr(e, 'ctx', None) is not None else 'dsocr-analyze'} --help`"
         _fail(f"{_sentence(e.format_message())}{hint}", E.EXIT_USAGE)
     except BrokenPipeError:
         _quiet_stdout()

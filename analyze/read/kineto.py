@@ -121,12 +121,14 @@ def _read(path: Path):
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise TraceError(f"{path}: cannot read the gzip trace ({e}); the file is damaged, copy it again") from None
     except UnicodeDecodeError:
-        raise TraceError(f"{path}: not UTF-8 text, so not a PyTorch profiler JSON trace") from None
+        raise TraceError(f"{path}: not UTF-8 text, so not a PyTorch profiler JSON trace; give the file "
+                         "prof.export_chrome_trace(...) wrote") from None
     except json.JSONDecodeError as e:
         raise TraceError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                          "the trace is truncated or damaged: export it again") from None
     except RecursionError:
-        raise TraceError(f"{path}: JSON nested too deeply, not a PyTorch profiler trace") from None
+        raise TraceError(f"{path}: JSON nested too deeply, not a PyTorch profiler trace; give the file "
+                         "prof.export_chrome_trace(...) wrote") from None
 
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
