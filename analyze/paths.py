@@ -11,6 +11,7 @@ the input uses, or reached through a symlink; an existing one is replaced only w
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -127,8 +128,9 @@ def atomic_output(out: Path, mode: str = "w", **kwargs):
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
         os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    except (OSError, sqlite3.OperationalError) as e:   # sqlite3: 'database or disk is full'
+        raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
+                          "permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -148,8 +150,9 @@ def atomic_path(out: Path):
     try:
         yield tmp
         os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    except (OSError, sqlite3.OperationalError) as e:   # sqlite3: 'database or disk is full'
+        raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
+                          "permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -685,6 +685,9 @@ def check_report_folder(out_dir: Path, force: bool, trace_path: Path) -> Path:
         raise OutputError(f"{out_dir} is a symlink: reports are never written through one; pass --out a plain folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} is a file, not a folder: pass --out a folder")
+    existing_parent = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if existing_parent is not None and not existing_parent.is_dir():
+        raise OutputError(f"{existing_parent} is a file, not a folder: pass --out a path inside a folder")
     try:
         if out_dir.exists() and Path(trace_path).resolve().is_relative_to(out_dir.resolve()) and Path(trace_path).is_dir():
             raise OutputError(f"{out_dir} is the input trace's folder: pass --out another folder")
