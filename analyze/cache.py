@@ -96,10 +96,9 @@ def load(path: Path):
     """(facts, CachedTables) of a valid cache for the trace at `path`, or None."""
     file = cache_file(path)
     try:
-        if not os.path.lexists(file):
-            return None
-        _remove_stale_temporaries(file.parent)
-        if not _is_ours(file):
+        if file.parent.is_dir():
+            _remove_stale_temporaries(file.parent)
+        if not os.path.lexists(file) or not _is_ours(file):
             return None
         key = key_of(path)
     except (OSError, ValueError):

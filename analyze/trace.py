@@ -93,7 +93,7 @@ class Trace:
         if hasattr(self.tables, "connection"):          # a cache: its tables are already in DuckDB
             con = self.tables.connection()
             if "decode_model" in wanted:
-                con.register("decode_model", self.decode_model())
+                con.register("decode_model", self.decode_model(strict=query is not None))
             if not getattr(self.tables, "locked", False):
                 sql.lock(con)
                 self.tables.locked = True
@@ -103,15 +103,16 @@ class Trace:
             if name == "kernels" and query is not None and not sql.needs_kernel_details(query):
                 tables[name] = self.table("kernels_core")   # names and geometry are costly to read
             elif name == "decode_model":
-                tables[name] = self.decode_model()
+                tables[name] = self.decode_model(strict=query is not None)
             elif name in sql.DEPENDS:
                 tables.update({dep: self.table(dep) for dep in sql.DEPENDS[name]})
             elif name in self.tables.NAMES:
                 tables[name] = self.table(name)
         return sql.sandbox(tables)
 
-    def decode_model(self):
-        """Analytic FLOPs and bytes per decode step and decoder layer of the recorded workload."""
+    def decode_model(self, strict: bool = False):
+        """Analytic FLOPs and bytes per decode step and decoder layer of the recorded workload; with
+        `strict` (a query names the view) a manifest the model cannot use is an error, not 0 rows."""
         import pyarrow as pa
 
         from dsocr_perf.analyze.metrics.flops import DECODE_MODEL_SCHEMA, MANIFEST_ERRORS, decode_model_rows
@@ -121,7 +122,11 @@ class Trace:
                              "capture's manifest beside the trace as NAME.json, or query the other views")
         try:
             rows = decode_model_rows(self.manifest)
-        except MANIFEST_ERRORS:
+        except MANIFEST_ERRORS as e:
+            if strict:
+                raise TraceError(f"{self.path}: its manifest ({self.manifest_source}) cannot give the decode_model "
+                                 f"view ({' '.join(str(e).split())[:200]}); fix the manifest, or query the other "
+                                 "views") from None
             rows = []
         schema = pa.schema(DECODE_MODEL_SCHEMA)
         return pa.Table.from_pylist(rows, schema) if rows else schema.empty_table()
@@ -211,7 +216,7 @@ def read(path: Path, fmt: str):
                              "(prof.export_chrome_trace)") from None
     from dsocr_perf.analyze.read.nsys import open_export, read_nsys
 
-    target = _gunzipped(path) if fmt == "sqlite.gz" else path
+    target = _gunzipped(path) if fmt == "sqlite.gz" else _short_path(path) if fmt == "sqlite" else path
     opener, kind = open_export(target, str(path))
     return read_nsys(opener, str(path), kind), opener
 
@@ -272,6 +277,9 @@ def _content_warnings(raw, att) -> list[str]:
     ops, n_ranges = len(raw.ops), att.ranges.start.size
     if ops == 0:
         out.append("no GPU kernels in this trace: was CUDA traced? (nsys profile --trace=cuda,nvtx)")
+    elif not int((raw.ops.kind == 0).sum()):
+        out.append("no GPU kernels in this trace, only memcpy/memset operations: the kernel table is missing or "
+                   "empty (re-export the report, or capture with `nsys profile --trace=cuda,nvtx`)")
     if n_ranges == 0 and raw.source == "kineto":
         out.append("no record_function ranges (user_annotation) in this trace: nothing to attribute kernels to, "
                    "showing kernels only (wrap the stages in torch.profiler.record_function)")
@@ -309,6 +317,25 @@ def _gunzipped(path: Path) -> Path:
 
 
 _TEMPORARY: list[Path] = []
+SQLITE_MAX_PATH = 500   # SQLite opens no file whose absolute path (symlinks resolved) is over 512 bytes
+
+
+def _short_path(path: Path) -> Path:
+    """The export itself, or, when its path is too long for SQLite, a hard link to it in TMPDIR (same
+    file, no copy), removed with the process."""
+    if len(os.fsencode(os.path.realpath(path))) <= SQLITE_MAX_PATH:
+        return path
+    _remove_orphans()
+    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix=f"dsocr-{os.getpid()}-")
+    os.close(fd)
+    os.unlink(name)
+    try:
+        os.link(os.path.realpath(path), name)
+    except OSError as e:
+        raise TraceError(f"{path}: its path is longer than SQLite can open (512 bytes) and it cannot be linked from "
+                         f"{tempfile.gettempdir()} ({e.strerror or e}); move the trace to a shorter path") from None
+    _TEMPORARY.append(Path(name))
+    return Path(name)
 
 
 def _remove_orphans() -> None:
