@@ -200,7 +200,8 @@ def compute(path: Path, fmt: str) -> Trace:
     try:
         att = attribute(raw)
     except ValueError as e:
-        raise TraceError(f"{path}: {e}; it cannot be attributed") from None
+        raise TraceError(f"{path}: {e}; it cannot be attributed: capture it again (or report it if the capture is "
+                         "sound)") from None
     return _trace(path, fmt, raw, att, Tables(raw, att, open_source))
 
 

@@ -140,18 +140,26 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
     pool, text_code = _texts(events, registered)
     gpid = gtid & ~TID_MASK
 
-    # domain name per row: the domain-create event of the same (process, domainId)
+    # domain name per row: the domain-create event of the same (process, domainId); the first
+    # domain-create row of a key with a name names it (a dict pass: a pass over every row per create
+    # was quadratic in a hostile export's domain creates)
     domains = [""]
+    index_of = {"": 0}
     domain_code = np.zeros(n, np.int64)
-    for i in np.flatnonzero(kind == DOMAIN_CREATE):
-        if gtid_null[i] or domain_null[i]:
-            continue
+    keyed = ~gtid_null & ~domain_null
+    code_of_key: dict[tuple[int, int], int] = {}
+    for i in np.flatnonzero((kind == DOMAIN_CREATE) & keyed).tolist():
         name = pool[text_code[i]]
-        same = (gpid == gpid[i]) & (domain_id == domain_id[i]) & ~gtid_null & ~domain_null
-        if name not in domains:
+        if name not in index_of:
+            index_of[name] = len(domains)
             domains.append(name)
-        if not (domain_code[same] > 0).any():  # the first domain-create row of a key names it
-            domain_code[same] = domains.index(name)
+        if index_of[name]:
+            code_of_key.setdefault((int(gpid[i]), int(domain_id[i])), index_of[name])
+    if code_of_key:
+        rows = np.flatnonzero(keyed)
+        pairs, inverse = np.unique(np.stack([gpid[rows], domain_id[rows]], axis=1), axis=0, return_inverse=True)
+        codes = np.array([code_of_key.get((a, b), 0) for a, b in pairs.tolist()], np.int64)
+        domain_code[rows] = codes[inverse.reshape(-1)]
 
     # qualified name per row, computed once per distinct (domain, text) pair
     pair, pair_of_row = _unique(domain_code * (len(pool) + 1) + text_code)
