@@ -1016,6 +1016,11 @@ def _variant(edit) -> G.Export:
     return e
 
 
+def _wrappers(depth: int) -> list[dict]:
+    """`depth` push/pop ranges w0 > w1 > ... around everything, each its own name."""
+    return [G.nvtx_range(i - depth - 1, 20_000 + depth - i, None, text=f"w{i}") for i in range(depth)]
+
+
 NSYS_VARIANTS = {   # id: (edit, expected exit, expected numbers or None, a warning that must say so)
     "no_start_column": (lambda e: e.drop_column(K, "start"), INPUT, None, None),
     "no_end_column": (lambda e: e.drop_column(K, "end"), INPUT, None, None),
@@ -1080,6 +1085,13 @@ NSYS_VARIANTS = {   # id: (edit, expected exit, expected numbers or None, a warn
     "overlapping_kernels_on_a_stream": (lambda e: e.rows(K)[1].update(start=3200, end=3600), OK,
                                         truth(ranges={"outer": (1, 1900, 0, 1600, 3), "step_1": (1, 900, 900, 600, 2),
                                                       "stepX1": (1, 1000, 1000, 1000, 1)}), None),
+    "nesting_200_deep": (lambda e: e.rows(N).extend(_wrappers(200)), OK,
+                         truth(attributed_ns=2200, ranges={**truth()["ranges"], **{   # k_late is inside them
+                             f"w{i}": (1, 2200, 300 if i == 199 else 0, 2200, 4) for i in range(200)}}), None),
+    "nesting_300_deep": (lambda e: e.rows(N).extend(_wrappers(300)), INPUT, None, None),   # quadratic before: refused
+    "domain_creates_100k": (lambda e: e.rows(N).extend(
+        G.nvtx_range(-5000, None, None, event_type=75, text=f"d{i}", domainId=i + 1) for i in range(100_000)), OK,
+        truth(), None),
     "not_an_nsys_export": (lambda e: [e.without(t) for t in list(e.tables)] + [e.tables.__setitem__(
         "people", [{"name": "x"}])], INPUT, None, None),
 }
