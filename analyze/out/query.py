@@ -81,6 +81,11 @@ def print_rows(columns, rows, as_csv: bool, as_json: bool, echo) -> None:
 
 
 def _json_value(value):
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-        return None
+    """NaN and the infinities as null, also inside lists, structs and maps (DuckDB LIST/STRUCT/MAP)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
     return value
