@@ -36,8 +36,10 @@ BLOCK = 64 << 10
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dsocr-perf"
+    """$XDG_CACHE_HOME/dsocr-perf; a relative XDG_CACHE_HOME is ignored, as the XDG spec says (with
+    XDG_CACHE_HOME=. the cache would land beside the trace)."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    return Path(base if os.path.isabs(base) else Path.home() / ".cache") / "dsocr-perf"
 
 
 def cache_file(path: Path) -> Path:
@@ -92,15 +94,15 @@ def _is_ours(file: Path) -> bool:
     return stamp.read_text(encoding="ascii", errors="replace") == _stamp(file)
 
 
-def load(path: Path):
-    """(facts, CachedTables) of a valid cache for the trace at `path`, or None."""
+def load(path: Path, key: str | None = None):
+    """(facts, CachedTables) of a valid cache for the trace at `path` (whose key_of is `key`), or None."""
     file = cache_file(path)
     try:
         if file.parent.is_dir():
             _remove_stale_temporaries(file.parent)
         if not os.path.lexists(file) or not _is_ours(file):
             return None
-        key = key_of(path)
+        key = key or key_of(path)
     except (OSError, ValueError):
         return None
     import duckdb
@@ -173,7 +175,9 @@ def store(trace) -> None:
         if not _private(os.stat(folder), stat.S_ISDIR):    # others could swap files in it
             return
         _remove_stale_temporaries(folder)
-        key = key_of(trace.path)
+        key = getattr(trace, "cache_key", None)    # the trace as it was when it was read
+        if key is None or key != key_of(trace.path):  # it changed while it was analysed: a cache would lie
+            return
         fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
         os.close(fd)
         os.unlink(name)                 # DuckDB creates the file itself; the name stays ours

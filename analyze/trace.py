@@ -65,6 +65,7 @@ class Trace:
     totals: Totals
     tables: object            # analyze.tables.Tables or analyze.cache.CachedTables
     meta: dict = field(default_factory=dict)
+    cache_key: str | None = None   # analyze.cache.key_of the trace before it was read
     _con: object = field(default=None, repr=False)
 
     def table(self, name: str):
@@ -179,15 +180,24 @@ def open_trace(path, *, cache: bool = True) -> Trace:
     """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache."""
     path = Path(path)
     fmt = sniff(path)
+    if fmt == "sqlite":
+        _check_no_wal(path)        # before the cache: its key does not see the -wal file
     if cache:
         from dsocr_perf.analyze import cache as C
 
-        cached = C.load(path)
+        try:
+            key = C.key_of(path)
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions") from None
+        cached = C.load(path, key)
         if cached is not None:
             facts, tables = cached
             return Trace(path=path, format=fmt, source=facts["source"], version=facts["version"],
                          manifest=facts["manifest"], manifest_source=facts["manifest_source"], gpu=Gpu(**facts["gpu"]),
                          warnings=facts["warnings"], totals=Totals(**facts["totals"]), tables=tables, meta=facts["meta"])
+        trace = compute(path, fmt)
+        trace.cache_key = key
+        return trace
     return compute(path, fmt)
 
 
@@ -220,6 +230,29 @@ def read(path: Path, fmt: str):
     target = _gunzipped(path) if fmt == "sqlite.gz" else _short_path(path) if fmt == "sqlite" else path
     opener, kind = open_export(target, str(path))
     return read_nsys(opener, str(path), kind), opener
+
+
+def _check_no_wal(path: Path) -> None:
+    """An export in WAL mode with a non-empty PATH-wal beside it has committed changes the file itself
+    does not hold; a non-empty PATH-journal is a writer that crashed mid-transaction. The read-only,
+    immutable open (which writes nothing beside the trace) sees neither, so its numbers would be
+    wrong: refused."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+        wal, journal = Path(str(path) + "-wal"), Path(str(path) + "-journal")
+        pending = len(header) == 20 and header[18] == 2 and wal.is_file() and wal.stat().st_size > 0
+        hot = journal.is_file() and journal.stat().st_size > 0
+    except OSError:
+        return
+    if hot:
+        raise TraceError(f"{path} has a rollback journal beside it ({journal.name}): a program was writing it and "
+                         "stopped mid-way; open it once with sqlite3 (which rolls the journal back) or export it "
+                         "again, then run again")
+    if pending:
+        raise TraceError(f"{path} has changes in {wal.name} beside it that the file does not hold yet (SQLite WAL "
+                         f"mode); fold them in first: sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE)' (or copy both "
+                         "files and run that on the copy), then run again")
 
 
 MAX_SPAN_NS = 1 << 46      # ~19.5 hours: what the engine's packed keys hold, and sums of times stay far from int64
