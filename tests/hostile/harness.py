@@ -68,7 +68,9 @@ def escaped(text: str) -> str:
 
 
 def cache_litter() -> list[str]:
-    folder = Path(os.environ["XDG_CACHE_HOME"]) / "dsocr-perf"
+    from dsocr_perf.analyze.cache import cache_dir
+
+    folder = cache_dir()
     return sorted(p.name for p in folder.glob(".dsocr-cache-*")) if folder.is_dir() else []
 
 

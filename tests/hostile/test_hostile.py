@@ -204,6 +204,8 @@ def test_query_starting_with_a_comment_needs_the_double_dash(capsys, base):
     ("SELECT count(*) AS n FROM kernels /* ; COPY kernels TO 'x.csv' */", [{"n": 5}]),
     ("-- the kernel time\nSELECT sum(dur_ns) AS ns FROM kernels WHERE kind = 'kernel';", [{"ns": 2200}]),
     ("EXPLAIN ANALYZE SELECT 1 AS x", None),
+    ("SELECT ['nan'::DOUBLE, 1.0] AS l, {'a': 'inf'::DOUBLE} AS s, MAP {'k': '-inf'::DOUBLE} AS m",   # no NaN in JSON
+     [{"l": [None, 1.0], "s": {"a": None}, "m": {"k": None}}]),
     ("SELECT name FROM ranges WHERE name LIKE 'step_1' ORDER BY name", [{"name": "stepX1"}, {"name": "step_1"}]),
 ])
 def test_sql_that_only_reads_is_answered(capsys, monkeypatch, sandbox, query, expected):
@@ -370,6 +372,29 @@ def test_damaged_cache_gives_the_right_numbers(capsys, tmp_path, base, damage):
         from dsocr_perf.analyze import cache
 
         assert cache.load(base) is not None and not f.is_symlink()   # rewritten, usable again
+
+
+def test_trace_changed_while_it_was_analysed(capsys, base):
+    """The cache carries the key of the trace as it was read: an edit during the run leaves no cache
+    that would pass the new content off as the old."""
+    from dsocr_perf.analyze import cache
+    from dsocr_perf.analyze.trace import open_trace
+
+    trace = open_trace(base)
+    assert trace.totals.kernel_ns == 2200
+    _edit_kernel_end(base, 3100)
+    cache.store(trace)
+    assert cache.load(base) is None
+    assert _sql_total(capsys, base) == 1800
+
+
+def test_relative_cache_home_is_ignored(capsys, monkeypatch, tmp_path, base):
+    """XDG_CACHE_HOME=. run from the trace's folder would put the cache beside the trace."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", ".")
+    monkeypatch.chdir(base.parent)
+    assert _sql_total(capsys, base) == 2200           # check() watches the trace's folder
+    assert any((tmp_path / "home/.cache/dsocr-perf").glob("*.duckdb"))
 
 
 def test_stale_cache_same_size_restored_mtime(capsys, base):
@@ -1140,6 +1165,35 @@ def test_every_command_on_damaged_but_usable_input(capsys, tmp_path, corpus, cas
         rows = json.loads(result.out, parse_constant=_bad)
         assert all(r.get("name") for r in rows)                      # every op has a name
         assert all(r[k] >= 0 for r in rows for k in ("total_ns", "dur_ns") if k in r)
+
+
+@pytest.mark.parametrize("state", ["wal_pending", "wal_checkpointed", "hot_journal", "empty_journal"])
+def test_sqlite_side_files(capsys, tmp_path, state):
+    """A -wal beside a WAL-mode export holds changes the file does not; a -journal is a writer that
+    stopped mid-way: the immutable read sees neither, so those are refused, not answered with old numbers."""
+    p = G.base_export(tmp_path / "t.sqlite")
+    con = sqlite3.connect(p)
+    if state.startswith("wal"):
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        con.execute(f"UPDATE {K} SET end = 3100 WHERE start = 3000")
+        con.commit()
+        if state == "wal_pending":
+            keep = tmp_path / "keep"               # the -wal as a crashed or still-open writer leaves it
+            keep.mkdir()
+            for suffix in ("-wal", "-shm"):
+                shutil.copy(str(p) + suffix, keep / suffix)
+    con.close()                                    # checkpoints and removes the -wal
+    if state == "wal_pending":
+        for suffix in ("-wal", "-shm"):
+            shutil.copy(tmp_path / "keep" / suffix, str(p) + suffix)
+    elif state.endswith("journal"):
+        Path(str(p) + "-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" * 64 if state == "hot_journal" else b"")
+    if state in ("wal_pending", "hot_journal"):
+        check(capsys, "sql", p, "SELECT 1", code=INPUT, watch=[tmp_path], names=str(p))
+    else:
+        expected = 1800 if state == "wal_checkpointed" else 2200
+        assert _sql_total(capsys, p, watch=[tmp_path]) == expected
 
 
 def test_a_column_changing_type_after_the_first_batch(capsys, tmp_path):
