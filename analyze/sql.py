@@ -37,7 +37,11 @@ def statements(query: str) -> list:
 
     if not query or not query.strip():
         raise UsageError("the SQL is empty: give a query, e.g. \"SELECT count(*) FROM kernels\"")
-    if len(query.encode("utf-8", "surrogatepass")) > MAX_SQL_BYTES:
+    try:   # an argument decoded under LC_ALL=C keeps its non-ASCII bytes as surrogates: the UTF-8 they were
+        query = query.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        raise UsageError("the SQL is not UTF-8 text: give the query in UTF-8 (or only ASCII)") from None
+    if len(query.encode("utf-8")) > MAX_SQL_BYTES:
         raise UsageError(f"the SQL is longer than {MAX_SQL_BYTES >> 10} kB: give a shorter query (a query reads the "
                          "trace's views; it does not need to carry data)")
     try:
