@@ -1300,6 +1300,19 @@ def test_stdout_to_a_full_device(base, case):
     assert "No space left" in err
 
 
+@pytest.mark.parametrize("query, code", [("SELECT 'é' AS e", OK), (b"SELECT '\xff' AS e", USAGE)])
+def test_non_ascii_query_under_the_c_locale(base, query, code):
+    """LC_ALL=C decodes argv as ASCII: the query's UTF-8 bytes arrive as surrogates (an internal error before)."""
+    arg = query if isinstance(query, bytes) else query.encode()
+    p = subprocess.run([os.fsencode(a) for a in _analyze_cmd("sql", base)] + [arg, b"--json"], capture_output=True,
+                       env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}, timeout=120)
+    assert p.returncode == code and b"Traceback" not in p.stderr, p.stderr
+    if code == OK:
+        assert json.loads(p.stdout) == [{"e": "é"}]
+    else:
+        assert p.stderr.count(b"\n") == 1 and p.stderr.startswith(b"Error: ")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", ["query", "reading", "output"])
 def test_interrupt_during_a_long_run(tmp_path, base, big, sig, phase):
