@@ -21,6 +21,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -500,11 +501,30 @@ def _wait_for(predicate, timeout=60.0, step=0.002):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_signal_during_cache_write(capsys, tmp_path, big, sig):
+    _signal_during_cache_write(capsys, tmp_path, big, sig, 4 * BIG_STEPS)
+
+
+def test_sigkill_during_cache_write_of_gen_synthetic(capsys, tmp_path, shared):
+    """The same on benchmarks/gen_synthetic.py's export (its DDL comes from ../shared)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gen_synthetic
+
+    trace = tmp_path / "syn" / "syn100k.sqlite"
+    trace.parent.mkdir()
+    gen_synthetic.generate(100_000, trace, seed=0)
+    with sqlite3.connect(f"file:{trace}?mode=ro", uri=True) as db:
+        ops = sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in (K, "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET")
+                  if db.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (t,)).fetchone()[0])
+    _signal_during_cache_write(capsys, tmp_path, trace, signal.SIGKILL, ops)
+
+
+def _signal_during_cache_write(capsys, tmp_path, trace, sig, ops):
     xdg = tmp_path / "xdg"
     folder = xdg / "dsocr-perf"
     env = {**os.environ, "XDG_CACHE_HOME": str(xdg)}
-    before = snapshot(big.parent)
-    p = subprocess.Popen(_analyze_cmd("sql", big, "SELECT count(*) FROM kernels"), env=env,
+    before = snapshot(trace.parent)
+    p = subprocess.Popen(_analyze_cmd("sql", trace, "SELECT count(*) FROM kernels"), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     writing = _wait_for(lambda: folder.is_dir() and any(folder.glob(".dsocr-cache-*.tmp")))
     p.send_signal(sig)
@@ -516,11 +536,11 @@ def test_signal_during_cache_write(capsys, tmp_path, big, sig):
     else:
         assert p.returncode == INTERRUPTED and err.decode().count("\n") == 1 and err.startswith(b"Error: interrupted")
         assert not list(folder.glob(".dsocr-cache-*")), "an interrupted writer left its temporary file"
-    assert snapshot(big.parent) == before
+    assert snapshot(trace.parent) == before
     # the next run: the right answer, and the killed writer's litter gone
     with environ(XDG_CACHE_HOME=str(xdg)):
-        result = check(capsys, "sql", big, "SELECT count(*) AS n FROM kernels", "--json", watch=[big.parent])
-    assert json.loads(result.out) == [{"n": 4 * BIG_STEPS}]
+        result = check(capsys, "sql", trace, "SELECT count(*) AS n FROM kernels", "--json", watch=[trace.parent])
+    assert json.loads(result.out) == [{"n": ops}]
 
 
 def test_concurrent_runs(tmp_path, base):
@@ -1313,14 +1333,25 @@ def test_non_ascii_query_under_the_c_locale(base, query, code):
         assert p.stderr.count(b"\n") == 1 and p.stderr.startswith(b"Error: ")
 
 
+@pytest.fixture(scope="module")
+def big_gz(big) -> Path:
+    out = big.parent.parent / "bigz" / "big.sqlite.gz"
+    out.parent.mkdir()
+    out.write_bytes(gzip.compress(big.read_bytes(), compresslevel=1))
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("phase", ["query", "reading", "output"])
-def test_interrupt_during_a_long_run(tmp_path, base, big, sig, phase):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+@pytest.mark.parametrize("phase", ["query", "reading", "gunzip", "output"])
+def test_interrupt_during_a_long_run(tmp_path, base, big, big_gz, sig, phase):
+    (tmp_path / "tmp").mkdir()
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "TMPDIR": str(tmp_path / "tmp")}
     if phase == "query":
         args, trace = ["sql", base, "SELECT count(*) FROM range(100000000000)", "--no-cache"], base
     elif phase == "reading":
         args, trace = [big, "--no-cache"], big
+    elif phase == "gunzip":
+        args, trace = [big_gz, "--no-cache"], big_gz
     else:
         args, trace = ["export-perfetto", big, "-o", tmp_path / "out.json.gz", "--no-cache"], big
     before = snapshot(trace.parent)
@@ -1328,6 +1359,8 @@ def test_interrupt_during_a_long_run(tmp_path, base, big, sig, phase):
                          env={**os.environ, **env})
     if phase == "output":
         assert _wait_for(lambda: any(tmp_path.glob(".out.json.gz.*.part")) or p.poll() is not None)
+    elif phase == "gunzip":
+        assert _wait_for(lambda: any((tmp_path / "tmp").glob("dsocr-*.sqlite")) or p.poll() is not None)
     else:
         time.sleep(1.0 if phase == "query" else 0.3)
     sent = time.monotonic()
@@ -1342,6 +1375,23 @@ def test_interrupt_during_a_long_run(tmp_path, base, big, sig, phase):
     assert snapshot(trace.parent) == before
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
     assert not (tmp_path / "out.json.gz").exists()
+    assert not list((tmp_path / "tmp").iterdir()), "a temporary file was left"
+
+
+def test_sigkill_during_gunzip_leaves_what_the_next_run_removes(capsys, monkeypatch, tmp_path, big_gz):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    p = subprocess.Popen(_analyze_cmd(big_gz, "--no-cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "TMPDIR": str(tmp)})
+    assert _wait_for(lambda: any(tmp.glob("dsocr-*.sqlite")) or p.poll() is not None)
+    p.kill()
+    p.communicate(timeout=60)
+    orphans = set(tmp.glob("dsocr-*.sqlite"))
+    assert orphans, "the decompressed export was not seen"
+    check(capsys, big_gz, "--no-cache", watch=[big_gz.parent])
+    assert not orphans & set(tmp.glob("dsocr-*.sqlite"))      # this process's own goes at its exit
 
 
 # ==================================================================== 7. invariants on valid input
