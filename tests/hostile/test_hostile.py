@@ -1216,6 +1216,20 @@ def test_sqlite_side_files(capsys, tmp_path, state):
         assert _sql_total(capsys, p, watch=[tmp_path]) == expected
 
 
+def test_a_range_nested_in_one_of_its_own_name(capsys, tmp_path):
+    """The one exception to 'inclusive <= the trace's kernel time': a name whose instances nest sums them
+    per instance, as nsys nvtx_kern_sum does (outer counts its 1900 ns twice)."""
+    from harness import invariants
+
+    e = G.Export()
+    e.rows(N).append(G.nvtx_range(1500, 9500, 6))
+    p = e.write(tmp_path / "selfnest.sqlite")
+    result = check(capsys, p, "--json", "--ranges", "all", watch=[tmp_path])
+    doc = json.loads(result.out, parse_constant=_bad)
+    invariants(doc, self_nested=("outer",))
+    assert numbers(doc) == truth(ranges={**truth()["ranges"], "outer": (2, 3800, 0, 3800, 3)})
+
+
 def test_a_column_changing_type_after_the_first_batch(capsys, tmp_path):
     """Integer columns are read without CAST; a text value after 64k rows makes the driver fail on the
     type change, and the table is read again, the text counting as NULL (a row left out), not as 0."""
