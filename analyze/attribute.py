@@ -30,6 +30,7 @@ import numpy as np
 from dsocr_perf.analyze.read.raw import KERNEL, Raw
 
 TIME_BITS = 46      # packed (lane << 46 | time - t0): ~19.5 h of trace, 2**17 lanes
+MAX_DEPTH = 255     # push/pop nesting a trace may have (real ones: ~10; passes over levels cost depth x ranges)
 BIG = np.iinfo(np.int64).max
 
 
@@ -194,12 +195,10 @@ def build_lanes(r_start, r_end, r_thread, r_domain, pushpop, live, n_threads, wa
                         "their NVTX domain: they are listed but contain no GPU work")
         live[pp[bad]] = False
         pp = pp[~bad]
-    depth = np.zeros(pp.size, np.int64)
-    for _ in range(pp.size + 1):
-        new = np.where(parent >= 0, depth[np.maximum(parent, 0)] + 1, 0)
-        if (new == depth).all():
-            break
-        depth = new
+    depth = _depths(parent)
+    if depth.size and depth.max() > MAX_DEPTH:   # the passes over levels below would take depth x ranges
+        raise ValueError(f"NVTX push/pop ranges nest {int(depth.max()) + 1:,} deep on one thread, more than "
+                         f"{MAX_DEPTH + 1:,}")
     thread_lanes = np.zeros((n_threads, 2), np.int64)
     if pp.size:
         first_of_lane = np.r_[True, lane[1:] != lane[:-1]]
@@ -209,6 +208,20 @@ def build_lanes(r_start, r_end, r_thread, r_domain, pushpop, live, n_threads, wa
         thread_lanes[lane_thread[starts], 1] = np.diff(np.r_[starts, lane_thread.size])
     return Lanes(pp=pp, lane=lane, parent=parent, depth=depth, key=np.zeros(0, np.int64), start=r_start[pp],
                  end=r_end[pp], thread_lanes=thread_lanes, t0=0)
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Distance to the root of every entry of a forest (parent -1: a root), by pointer jumping:
+    log2(depth) passes (a level-by-level pass was depth passes: quadratic on a hostile nesting)."""
+    depth = (parent >= 0).astype(np.int64)
+    up = parent.copy()
+    for _ in range(64):   # 2**64 levels: parent links point back (index order), so no cycle keeps it going
+        has = up >= 0
+        if not has.any():
+            break
+        depth = depth + np.where(has, depth[np.maximum(up, 0)], 0)
+        up = np.where(has, up[np.maximum(up, 0)], -1)
+    return depth
 
 
 def packed(lane: np.ndarray, t: np.ndarray, t0: int) -> np.ndarray:

@@ -9,7 +9,11 @@ A cache is used only when all of these hold, else the trace is read again (and t
 - its key matches the trace now: cache format, size, mtime, ctime, inode and device, and a
   fingerprint of the content (first and last 64 KiB and 16 blocks between; for a Parquet folder,
   every file's name, size and times), so an edit that restores the timestamp still shows;
-- it belongs to this user and only this user can write it;
+- it belongs to this user and only this user can write it (the file, not a symlink, in a folder
+  only this user can write);
+- it is the very file this tool wrote: its stamp (NAME.stamp beside it: inode, size, mtime and
+  ctime of the cache file, recorded after the rename) still matches, so a cache edited, truncated,
+  replaced or copied in from elsewhere is never read, whatever it holds;
 - every table is there with the columns and the row count recorded when it was written.
 It is opened read-only in the SQL sandbox (analyze.sql). It is written to a temporary file created
 exclusively beside it and renamed when complete; temporary files of killed writers are removed.
@@ -32,8 +36,10 @@ BLOCK = 64 << 10
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dsocr-perf"
+    """$XDG_CACHE_HOME/dsocr-perf; a relative XDG_CACHE_HOME is ignored, as the XDG spec says (with
+    XDG_CACHE_HOME=. the cache would land beside the trace)."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    return Path(base if os.path.isabs(base) else Path.home() / ".cache") / "dsocr-perf"
 
 
 def cache_file(path: Path) -> Path:
@@ -61,19 +67,43 @@ def key_of(path: Path) -> str:
     return f"{CACHE_FORMAT}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:{digest.hexdigest()}"
 
 
+def _private(st: os.stat_result, kind) -> bool:
+    """Owned by this user, writable by no one else, of the kind asked for (stat.S_ISREG / S_ISDIR)."""
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and kind(st.st_mode)
+
+
 def _owned_by_me(file: Path) -> bool:
-    st = file.stat()
-    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and stat.S_ISREG(st.st_mode)
+    """A regular file (not a symlink) that only this user can write, in a folder only this user can write."""
+    return _private(os.lstat(file), stat.S_ISREG) and _private(os.stat(file.parent), stat.S_ISDIR)
 
 
-def load(path: Path):
-    """(facts, CachedTables) of a valid cache for the trace at `path`, or None."""
+def stamp_file(file: Path) -> Path:
+    return file.with_suffix(".stamp")
+
+
+def _stamp(file: Path) -> str:
+    st = os.lstat(file)
+    return f"{CACHE_FORMAT}:{st.st_ino}:{st.st_dev}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _is_ours(file: Path) -> bool:
+    """The file this tool wrote and nothing since: its stamp matches (see the module docstring)."""
+    stamp = stamp_file(file)
+    if not _owned_by_me(file) or not _owned_by_me(stamp) or os.lstat(stamp).st_size > 256:
+        return False
+    return stamp.read_text(encoding="ascii", errors="replace") == _stamp(file)
+
+
+def load(path: Path, key: str | None = None):
+    """(facts, CachedTables) of a valid cache for the trace at `path` (whose key_of is `key`), or None."""
     file = cache_file(path)
     try:
-        if not file.is_file() or not _owned_by_me(file):
+        if file.parent.is_dir():
+            _remove_stale_temporaries(file.parent)
+        if not os.path.lexists(file) or not _is_ours(file):
             return None
-        key = key_of(path)
-    except OSError:
+        key = key or key_of(path)
+    except (OSError, ValueError):
         return None
     import duckdb
 
@@ -142,22 +172,32 @@ def store(trace) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not _private(os.stat(folder), stat.S_ISDIR):    # others could swap files in it
+            return
         _remove_stale_temporaries(folder)
-        key = key_of(trace.path)
+        key = getattr(trace, "cache_key", None)    # the trace as it was when it was read
+        if key is None or key != key_of(trace.path):  # it changed while it was analysed: a cache would lie
+            return
         fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
         os.close(fd)
         os.unlink(name)                 # DuckDB creates the file itself; the name stays ours
     except OSError:
         return
     tmp = Path(name)
+    stamp_tmp = tmp.with_name(tmp.name.replace(".dsocr-cache-", ".dsocr-cache-stamp-", 1))
     try:
         _write(trace, tmp, key)
         os.chmod(tmp, 0o600)
-        os.replace(tmp, cache_file(trace.path))
+        final = cache_file(trace.path)
+        os.replace(tmp, final)
+        fd = os.open(stamp_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(_stamp(final))
+        os.replace(stamp_tmp, stamp_file(final))
     except Exception:  # noqa: BLE001 - the cache is optional; the answer was already printed
         pass
     finally:
-        for leftover in (tmp, Path(str(tmp) + ".wal")):
+        for leftover in (tmp, Path(str(tmp) + ".wal"), stamp_tmp):
             leftover.unlink(missing_ok=True)
 
 

@@ -32,9 +32,28 @@ class AnalyzeGroup(click.Group):
     """A group whose first argument may be a trace instead of a command (then: the stage table)."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in ("--help", "-h", "--version") and args[0] not in self.list_commands(ctx):
+        if not args:
+            raise E.UsageError("no trace given: run `dsocr-analyze TRACE` (an nsys SQLite export or a PyTorch "
+                               "profiler trace); see `dsocr-analyze --help` for the commands")
+        if args[0] not in ("--help", "-h", "--version") and args[0] not in self.list_commands(ctx):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number > 0 (FloatRange lets nan and inf through)."""
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a positive finite number", param, ctx)
+        return number
 
 
 @click.group(cls=AnalyzeGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -55,6 +74,7 @@ def cli():
 
 
 TO_CACHE: list = []      # traces whose tables are written to the cache once the command has answered
+WARNINGS: list = []      # printed once the command has answered: a failing command prints its one Error line only
 
 
 def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool = True):
@@ -71,8 +91,12 @@ def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool
 
 
 def print_warnings(trace) -> None:
-    for warning in trace.warnings:
-        click.echo(f"Warning: {warning}", err=True)
+    WARNINGS.extend(w for w in trace.warnings if w not in WARNINGS)
+
+
+def _flush_warnings() -> None:
+    while WARNINGS:
+        click.echo(f"Warning: {_one_line(WARNINGS.pop(0))}", err=True)
 
 
 def echo_json(value) -> None:
@@ -94,6 +118,7 @@ common = SimpleNamespace(
     warn=print_warnings,
     echo=click.echo,
     echo_json=echo_json,
+    positive_number=PositiveNumber(),
 )
 
 for module in COMMAND_MODULES:
@@ -103,34 +128,47 @@ for module in COMMAND_MODULES:
 def main(argv=None) -> None:
     """Entry point: errors become one `Error: ...` line and a documented exit status."""
     if threading_main():
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
+    INTERRUPTED.clear()
     TO_CACHE.clear()
+    WARNINGS.clear()
     try:
-        cli.main(args=argv, prog_name="dsocr-analyze", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        # not cli.main(): it turns a closed stdout into exit 1 and prints a blank line on Ctrl-C
+        with cli.make_context("dsocr-analyze", args) as ctx:
+            cli.invoke(ctx)
         sys.stdout.flush()
+        _flush_warnings()
         _store_caches()
+    except click.exceptions.Exit as e:
+        sys.stdout.flush()
+        sys.exit(e.exit_code)
     except E.AnalyzeError as e:
         _fail(str(e), e.status)
-    except click.exceptions.Abort:
-        _fail("interrupted; nothing was written", E.EXIT_INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted; nothing was written, run the command again to finish", E.EXIT_INTERRUPTED)
     except click.exceptions.NoSuchOption as e:
-        _fail(f"{e.format_message()}; see `dsocr-analyze --help`", E.EXIT_USAGE)
+        hint = "see `dsocr-analyze --help`"
+        if any(ch.isspace() for ch in e.option_name):   # a query that starts with a -- comment
+            hint = "a query that starts with `--` needs `--` before it: dsocr-analyze sql TRACE -- \"-- ...\""
+        _fail(f"{_sentence(e.format_message())}; {hint}", E.EXIT_USAGE)
     except click.ClickException as e:
-        hint = f"; see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) is not None else ""
-        _fail(f"{e.format_message()}{hint}", E.EXIT_USAGE)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", E.EXIT_INTERRUPTED)
+        hint = f"; see `{e.ctx.command_path if getattr(e, 'ctx', None) is not None else 'dsocr-analyze'} --help`"
+        _fail(f"{_sentence(e.format_message())}{hint}", E.EXIT_USAGE)
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(0)
-    except MemoryError:
-        _fail("out of memory while analysing the trace; close other programs or analyse it on a machine with more "
-              "memory", E.EXIT_INPUT)
-    except OSError as e:
-        _fail(f"cannot write the output ({e.strerror or e}); check free space and where the output goes",
-              E.EXIT_OUTPUT)
-    except Exception as e:  # a bug: one line, the traceback only when asked for
-        if os.environ.get("DSOCR_DEBUG"):
+    except Exception as e:
+        if INTERRUPTED:   # a library turned the signal into its own error (DuckDB: "Query interrupted")
+            _fail("interrupted; nothing was written, run the command again to finish", E.EXIT_INTERRUPTED)
+        if isinstance(e, MemoryError):
+            _fail("out of memory while analysing the trace; close other programs or analyse it on a machine with "
+                  "more memory", E.EXIT_INPUT)
+        if isinstance(e, OSError):
+            _fail(f"cannot write the output ({e.strerror or e}); check free space and where the output goes",
+                  E.EXIT_OUTPUT)
+        if os.environ.get("DSOCR_DEBUG"):  # a bug: one line, the traceback only when asked for
             raise
         _fail(f"internal error ({type(e).__name__}: {' '.join(str(e).split())[:300]}); rerun with DSOCR_DEBUG=1 "
               "for the traceback and report it", 70)
@@ -149,16 +187,39 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+INTERRUPTED: list = []
+
+
 def _interrupt(signum, frame):
+    INTERRUPTED.append(signum)
     raise KeyboardInterrupt
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a file name) escaped: a message stays one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for ch in str(text))
+
+
+def _sentence(text: str) -> str:
+    return text.rstrip().rstrip(".")
+
+
 def _fail(message: str, status: int) -> None:
+    _quiet_stdout_if_broken()
     try:
-        click.echo(f"Error: {message}", err=True)
-    except OSError:
+        click.echo(f"Error: {_one_line(message)}", err=True)
+    except (OSError, ValueError):
         pass
     sys.exit(status)
+
+
+def _quiet_stdout_if_broken() -> None:
+    """Output buffered for a stdout that cannot take it (a full disk) must not fail again at exit."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _quiet_stdout()
 
 
 def _quiet_stdout() -> None:

@@ -11,6 +11,7 @@ the input uses, or reached through a symlink; an existing one is replaced only w
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -64,14 +65,23 @@ def check_output(out: Path, force: bool, option: str, inputs: tuple[Path, ...] =
     """Refuse an output that would harm an input or an existing file; `option` names the flag that
     picks another file (e.g. '--out')."""
     out = Path(out)
+    try:
+        return _check_output(out, force, option, inputs)
+    except OSError as e:  # a name too long, a path through a file, a loop of symlinks
+        raise OutputError(f"{out}: cannot write there ({e.strerror or e}); pass {option} another path") from None
+
+
+def _check_output(out: Path, force: bool, option: str, inputs) -> Path:
     if out.is_symlink():
         raise OutputError(f"{out} is a symlink: outputs are never written through one; pass {option} a plain path")
-    for source in inputs:
-        if _same_file(out, source) or _inside(out, source):
-            raise OutputError(f"{out} is the input trace (or part of it): pass {option} another file")
+    if is_input(out, inputs):
+        raise OutputError(f"{out} is the input trace (or a file it uses): pass {option} another file")
     if out.exists():
         if out.is_dir():
             raise OutputError(f"{out} is a folder: pass {option} a file name")
+        if not out.is_file():   # a device, FIFO or socket: renaming over it would replace the node itself
+            raise OutputError(f"{out} is not a regular file (a device, FIFO or socket): outputs only replace files; "
+                              f"pass {option} a file path")
         if not force:
             raise OutputError(f"{out} exists: pass --force to overwrite it, or {option} another file")
     parent = out.parent
@@ -80,6 +90,19 @@ def check_output(out: Path, force: bool, option: str, inputs: tuple[Path, ...] =
     if not parent.is_dir():
         raise OutputError(f"{parent} is not a folder: pass {option} a path inside a folder")
     return out
+
+
+def protected(inputs) -> list[Path]:
+    """The inputs and the files they use: each trace's manifest beside it (NAME.json)."""
+    out = []
+    for source in map(Path, inputs):
+        out += [source, derived(source, ".json")]
+    return out
+
+
+def is_input(out: Path, inputs) -> bool:
+    """`out` is one of the inputs, a file they use, or inside an input folder."""
+    return any(_same_file(out, source) or _inside(out, source) for source in protected(inputs))
 
 
 def _inside(out: Path, source: Path) -> bool:
@@ -106,8 +129,9 @@ def atomic_output(out: Path, mode: str = "w", **kwargs):
             yield f
         _usual_mode(tmp)
         os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    except (OSError, sqlite3.OperationalError) as e:   # sqlite3: 'database or disk is full'
+        raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
+                          "permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -135,8 +159,9 @@ def atomic_path(out: Path):
         yield tmp
         _usual_mode(tmp)
         os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out} ({e.strerror or e}); check free space and permissions") from None
+    except (OSError, sqlite3.OperationalError) as e:   # sqlite3: 'database or disk is full'
+        raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
+                          "permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -111,6 +111,8 @@ class Tables:
         for column in ("name", "short_name", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
                        "registers", "shared_mem", "bytes"):
             out[column] = details.column(column) if details is not None else pa.nulls(n, pa.int64())
+        for column in ("name", "short_name"):   # a name id missing from StringIds (a damaged export)
+            out[column] = _named(out[column])
         out["graph_node"] = columns["graph_node"]
         out["category"] = _categories(out["name"], self.raw.ops.kind, categorize)
         out["innermost_range_id"] = columns["innermost_range_id"]
@@ -336,6 +338,18 @@ def _nullable(values: np.ndarray, dtype, mask: np.ndarray | None = None) -> pa.A
     return pa.array(np.where(mask, 0, values), dtype, mask=mask if mask.any() else None)
 
 
+UNKNOWN_NAME = "(name not in the export)"
+
+
+def _named(column):
+    """A name column without NULLs: every op has a name, UNKNOWN_NAME where the export lost it."""
+    if not column.null_count:
+        return column
+    if pa.types.is_null(column.type):
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(column), np.int32)), pa.array([UNKNOWN_NAME]))
+    return column.cast(pa.string()).fill_null(UNKNOWN_NAME).dictionary_encode()
+
+
 def _api_names(calls) -> pa.Array:
     code = calls.name_id
     return pa.DictionaryArray.from_arrays(pa.array(code, pa.int32(), mask=code < 0), pa.array(calls.names, pa.string()))
@@ -351,8 +365,7 @@ def _categories(name, kind: np.ndarray, categorize) -> pa.Array:
     if not pa.types.is_dictionary(name.type):
         name = name.cast(pa.string()).dictionary_encode()
     values = name.dictionary.to_pylist()
-    codes = name.indices.to_numpy(zero_copy_only=False)
-    codes = np.where(name.indices.is_null().to_numpy(zero_copy_only=False), -1, codes) if name.null_count else codes
+    codes = name.indices.fill_null(-1).to_numpy(zero_copy_only=False)   # NULL (a name id not in StringIds): -1
     index = {c: i for i, c in enumerate(CATEGORIES)}
     per_value = np.array([index[categorize(v, "kernel")] for v in values] + [index["other"]], np.int32)
     out = per_value[codes] if n else np.zeros(0, np.int32)

@@ -65,6 +65,7 @@ class Trace:
     totals: Totals
     tables: object            # analyze.tables.Tables or analyze.cache.CachedTables
     meta: dict = field(default_factory=dict)
+    cache_key: str | None = None   # analyze.cache.key_of the trace before it was read
     _con: object = field(default=None, repr=False)
 
     def table(self, name: str):
@@ -93,7 +94,7 @@ class Trace:
         if hasattr(self.tables, "connection"):          # a cache: its tables are already in DuckDB
             con = self.tables.connection()
             if "decode_model" in wanted:
-                con.register("decode_model", self.decode_model())
+                con.register("decode_model", self.decode_model(strict=query is not None))
             if not getattr(self.tables, "locked", False):
                 sql.lock(con)
                 self.tables.locked = True
@@ -103,24 +104,30 @@ class Trace:
             if name == "kernels" and query is not None and not sql.needs_kernel_details(query):
                 tables[name] = self.table("kernels_core")   # names and geometry are costly to read
             elif name == "decode_model":
-                tables[name] = self.decode_model()
+                tables[name] = self.decode_model(strict=query is not None)
             elif name in sql.DEPENDS:
                 tables.update({dep: self.table(dep) for dep in sql.DEPENDS[name]})
             elif name in self.tables.NAMES:
                 tables[name] = self.table(name)
         return sql.sandbox(tables)
 
-    def decode_model(self):
-        """Analytic FLOPs and bytes per decode step and decoder layer of the recorded workload."""
+    def decode_model(self, strict: bool = False):
+        """Analytic FLOPs and bytes per decode step and decoder layer of the recorded workload; with
+        `strict` (a query names the view) a manifest the model cannot use is an error, not 0 rows."""
         import pyarrow as pa
 
         from dsocr_perf.analyze.metrics.flops import DECODE_MODEL_SCHEMA, MANIFEST_ERRORS, decode_model_rows
 
         if self.manifest is None:
-            raise TraceError(f"{self.path} carries no dsocr manifest, so there is no decode_model view")
+            raise TraceError(f"{self.path} carries no dsocr manifest, so there is no decode_model view; put the "
+                             "capture's manifest beside the trace as NAME.json, or query the other views")
         try:
             rows = decode_model_rows(self.manifest)
-        except MANIFEST_ERRORS:
+        except MANIFEST_ERRORS as e:
+            if strict:
+                raise TraceError(f"{self.path}: its manifest ({self.manifest_source}) cannot give the decode_model "
+                                 f"view ({' '.join(str(e).split())[:200]}); fix the manifest, or query the other "
+                                 "views") from None
             rows = []
         schema = pa.schema(DECODE_MODEL_SCHEMA)
         return pa.Table.from_pylist(rows, schema) if rows else schema.empty_table()
@@ -173,15 +180,24 @@ def open_trace(path, *, cache: bool = True) -> Trace:
     """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache."""
     path = Path(path)
     fmt = sniff(path)
+    if fmt == "sqlite":
+        _check_no_wal(path)        # before the cache: its key does not see the -wal file
     if cache:
         from dsocr_perf.analyze import cache as C
 
-        cached = C.load(path)
+        try:
+            key = C.key_of(path)
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions") from None
+        cached = C.load(path, key)
         if cached is not None:
             facts, tables = cached
             return Trace(path=path, format=fmt, source=facts["source"], version=facts["version"],
                          manifest=facts["manifest"], manifest_source=facts["manifest_source"], gpu=Gpu(**facts["gpu"]),
                          warnings=facts["warnings"], totals=Totals(**facts["totals"]), tables=tables, meta=facts["meta"])
+        trace = compute(path, fmt)
+        trace.cache_key = key
+        return trace
     return compute(path, fmt)
 
 
@@ -190,10 +206,12 @@ def compute(path: Path, fmt: str) -> Trace:
     from dsocr_perf.analyze.tables import Tables
 
     raw, open_source = read(path, fmt)
+    _check_clock(path, raw)
     try:
         att = attribute(raw)
     except ValueError as e:
-        raise TraceError(f"{path}: {e}; it cannot be attributed") from None
+        raise TraceError(f"{path}: {e}; it cannot be attributed: capture it again (or report it if the capture is "
+                         "sound)") from None
     return _trace(path, fmt, raw, att, Tables(raw, att, open_source))
 
 
@@ -209,9 +227,49 @@ def read(path: Path, fmt: str):
                              "(prof.export_chrome_trace)") from None
     from dsocr_perf.analyze.read.nsys import open_export, read_nsys
 
-    target = _gunzipped(path) if fmt == "sqlite.gz" else path
+    target = _gunzipped(path) if fmt == "sqlite.gz" else _short_path(path) if fmt == "sqlite" else path
     opener, kind = open_export(target, str(path))
     return read_nsys(opener, str(path), kind), opener
+
+
+def _check_no_wal(path: Path) -> None:
+    """An export in WAL mode with a non-empty PATH-wal beside it has committed changes the file itself
+    does not hold; a non-empty PATH-journal is a writer that crashed mid-transaction. The read-only,
+    immutable open (which writes nothing beside the trace) sees neither, so its numbers would be
+    wrong: refused."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+        wal, journal = Path(str(path) + "-wal"), Path(str(path) + "-journal")
+        pending = len(header) == 20 and header[18] == 2 and wal.is_file() and wal.stat().st_size > 0
+        hot = journal.is_file() and journal.stat().st_size > 0
+    except OSError:
+        return
+    if hot:
+        raise TraceError(f"{path} has a rollback journal beside it ({journal.name}): a program was writing it and "
+                         "stopped mid-way; open it once with sqlite3 (which rolls the journal back) or export it "
+                         "again, then run again")
+    if pending:
+        raise TraceError(f"{path} has changes in {wal.name} beside it that the file does not hold yet (SQLite WAL "
+                         f"mode); fold them in first: sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE)' (or copy both "
+                         "files and run that on the copy), then run again")
+
+
+MAX_SPAN_NS = 1 << 46      # ~19.5 hours: what the engine's packed keys hold, and sums of times stay far from int64
+
+
+def _check_clock(path: Path, raw) -> None:
+    """Every timestamp of the trace within MAX_SPAN_NS of the others: a damaged export (a time near
+    2**63, a clock jump) is refused with one line rather than overflowing sums into wrong numbers."""
+    columns = (raw.ops.start, raw.ops.end, raw.calls.start, raw.calls.end,
+               raw.nvtx.ranges.column("start_ns").to_numpy(), raw.nvtx.ranges.column("end_ns").to_numpy())
+    present = [c for c in columns if len(c)]
+    if not present:
+        return
+    lo, hi = min(int(c.min()) for c in present), max(int(c.max()) for c in present)
+    if hi - lo >= MAX_SPAN_NS:
+        raise TraceError(f"{path}: its timestamps span {(hi - lo) / 3.6e12:,.0f} hours ({lo} to {hi} ns), more than a "
+                         "trace holds (19 h): the export is damaged; re-export it or capture again")
 
 
 def _trace(path: Path, fmt: str, raw, att, tables) -> Trace:
@@ -253,6 +311,9 @@ def _content_warnings(raw, att) -> list[str]:
     ops, n_ranges = len(raw.ops), att.ranges.start.size
     if ops == 0:
         out.append("no GPU kernels in this trace: was CUDA traced? (nsys profile --trace=cuda,nvtx)")
+    elif not int((raw.ops.kind == 0).sum()):
+        out.append("no GPU kernels in this trace, only memcpy/memset operations: the kernel table is missing or "
+                   "empty (re-export the report, or capture with `nsys profile --trace=cuda,nvtx`)")
     if n_ranges == 0 and raw.source == "kineto":
         out.append("no record_function ranges (user_annotation) in this trace: nothing to attribute kernels to, "
                    "showing kernels only (wrap the stages in torch.profiler.record_function)")
@@ -267,8 +328,10 @@ def _content_warnings(raw, att) -> list[str]:
 
 
 def _gunzipped(path: Path) -> Path:
-    """A gzipped export decompressed into a private temporary file, removed with the process."""
-    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix="dsocr-")
+    """A gzipped export decompressed into a private temporary file, removed with the process (and,
+    when the process was killed, by the next one: the file name carries the pid)."""
+    _remove_orphans()
+    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix=f"dsocr-{os.getpid()}-")
     target = Path(name)
     os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
     try:
@@ -288,6 +351,38 @@ def _gunzipped(path: Path) -> Path:
 
 
 _TEMPORARY: list[Path] = []
+SQLITE_MAX_PATH = 500   # SQLite opens no file whose absolute path (symlinks resolved) is over 512 bytes
+
+
+def _short_path(path: Path) -> Path:
+    """The export itself, or, when its path is too long for SQLite, a hard link to it in TMPDIR (same
+    file, no copy), removed with the process."""
+    if len(os.fsencode(os.path.realpath(path))) <= SQLITE_MAX_PATH:
+        return path
+    _remove_orphans()
+    fd, name = tempfile.mkstemp(suffix=".sqlite", prefix=f"dsocr-{os.getpid()}-")
+    os.close(fd)
+    os.unlink(name)
+    try:
+        os.link(os.path.realpath(path), name)
+    except OSError as e:
+        raise TraceError(f"{path}: its path is longer than SQLite can open (512 bytes) and it cannot be linked from "
+                         f"{tempfile.gettempdir()} ({e.strerror or e}); move the trace to a shorter path") from None
+    _TEMPORARY.append(Path(name))
+    return Path(name)
+
+
+def _remove_orphans() -> None:
+    """Decompressed exports left by processes that were killed (SIGKILL skips atexit)."""
+    from dsocr_perf.analyze.cache import _process_exists
+
+    for orphan in Path(tempfile.gettempdir()).glob("dsocr-*-*.sqlite"):
+        try:
+            pid = int(orphan.name.split("-")[1])
+            if pid != os.getpid() and not _process_exists(pid) and orphan.stat().st_uid == os.getuid():
+                orphan.unlink()
+        except (ValueError, OSError):
+            pass
 
 
 def _remove_temporary() -> None:

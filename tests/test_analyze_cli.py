@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 from cli_helper import run_analyze as run
+from conftest import SHARED
 
 from dsocr_perf.analyze import cache
 from dsocr_perf.analyze.trace import open_trace
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "traces/examples/nvtx-features-2025.3.sqlite"
-SHARED = REPO.parent / "shared"
+# ../shared: used only by the tests that take the `shared` fixture (skipped without it)
 TINY = SHARED / "fixtures/nsys/tiny-2025.3.sqlite"
 NO_KERNELS = SHARED / "traces/nsys-sqlite/nsys-2021.3.2_dynamicvit_empty_nsys_profile.sqlite"
 NO_NVTX = SHARED / "traces/nsys-sqlite/nsys-2023.2.3_cutlass_benchmark_report1.sqlite"
@@ -108,7 +109,7 @@ def test_a_damaged_or_foreign_cache_is_never_used(capsys, example, cache_home):
     assert not isinstance(open_trace(example).tables, cache.CachedTables)
 
 
-def test_stage_table_writes_no_cache_but_reads_one(capsys, tmp_path, cache_home):
+def test_stage_table_writes_no_cache_but_reads_one(capsys, tmp_path, cache_home, shared):
     trace = tmp_path / TINY.name
     shutil.copy(TINY, trace)
     trace.chmod(0o644)
@@ -120,7 +121,7 @@ def test_stage_table_writes_no_cache_but_reads_one(capsys, tmp_path, cache_home)
     assert code == 0 and cached == computed
 
 
-def test_read_only_trace_folder(cache_home):
+def test_read_only_trace_folder(cache_home, shared):
     # ../shared is read-only: the analysis only reads it, the cache is the user's.
     trace = open_trace(TINY)
     assert trace.sandbox("SELECT count(*) FROM kernels").execute("SELECT count(*) FROM kernels").fetchall() == [(7,)]
@@ -132,7 +133,7 @@ def test_no_cache_writes_nothing(capsys, example, cache_home):
     assert not (cache_home / "dsocr-perf").exists()
 
 
-def test_gzipped_export(capsys, tmp_path, cache_home):
+def test_gzipped_export(capsys, tmp_path, cache_home, shared):
     gz = tmp_path / "tiny.sqlite.gz"
     gz.write_bytes(gzip.compress(TINY.read_bytes()))
     code, out, err = run(capsys, "--json" if False else gz, "--json")
@@ -174,7 +175,7 @@ def test_sql_command_csv_json_and_file(capsys, example, tmp_path):
     assert (code, out) == (0, "instances\n8\n")
 
 
-def test_graph_mode_export_warns(capsys, cache_home):
+def test_graph_mode_export_warns(capsys, cache_home, shared):
     code, out, err = run(capsys, GRAPH_MODE, "--no-cache")
     assert "--cuda-graph-trace=node" in err and "2 graph launches" in err
 
@@ -220,12 +221,12 @@ def test_random_bytes(capsys, tmp_path):
     assert "neither an SQLite database nor a JSON trace" in _one_error_line(capsys, tmp_path / "noise.sqlite")
 
 
-def test_truncated_sqlite(capsys, tmp_path):
+def test_truncated_sqlite(capsys, tmp_path, shared):
     (tmp_path / "cut.sqlite").write_bytes(TINY.read_bytes()[:200_000])
     assert "truncated or corrupt" in _one_error_line(capsys, tmp_path / "cut.sqlite", "--no-cache")
 
 
-def test_sqlite_damaged_inside_a_table(capsys, tmp_path):
+def test_sqlite_damaged_inside_a_table(capsys, tmp_path, shared):
     # The catalogue and NVTX read fine; the kernel table's leaf pages do not (the sweep's readers hit them).
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gen_synthetic
@@ -250,11 +251,11 @@ def test_sqlite_that_is_not_an_nsys_export(capsys, tmp_path):
     assert "not an Nsight Systems export" in _one_error_line(capsys, tmp_path / "other.sqlite", "--no-cache")
 
 
-def test_export_without_kernels(capsys, cache_home):
+def test_export_without_kernels(capsys, cache_home, shared):
     assert "no GPU kernels" in _one_error_line(capsys, NO_KERNELS)
 
 
-def test_export_without_nvtx_still_shows_kernels(capsys, cache_home):
+def test_export_without_nvtx_still_shows_kernels(capsys, cache_home, shared):
     code, out, err = run(capsys, NO_NVTX, "--no-cache")
     assert code == 0 and "no NVTX ranges" in err
     # cuda_gpu_kern_sum.csv of that export: one CUTLASS kernel name.
@@ -275,7 +276,7 @@ def test_unknown_range_for_kernels(capsys, example):
     assert "no range named" in _one_error_line(capsys, "kernels", example, "--range", "nope", status=2)
 
 
-def test_a_column_changing_type_mid_table_is_read_again_with_casts(tmp_path):
+def test_a_column_changing_type_mid_table_is_read_again_with_casts(tmp_path, shared):
     # Columns declared INTEGER are read without CAST (faster); a REAL value after the first 64k-row
     # batch makes the reader fail on the type change: the table is then read again with CASTs.
     path = tmp_path / "mixed.sqlite"

@@ -24,10 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from dsocr_perf.analyze.trace import open_trace
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces/examples"
 REPORTED = sorted(p.with_suffix(".sqlite") for p in SHARED.glob("**/*.reports")) if SHARED.is_dir() else []
 # Real DeepSeek-OCR captures committed with their reference CSVs (NAME.sqlite or NAME.sqlite.gz).
@@ -125,7 +125,7 @@ def test_matches_nsys_stats(path: Path, fmt: str, traces):
         {n: (s["span_ns"], s["launches"]) for n, s in stages.items() if s["launches"]}
 
 
-def test_nvtx_features_worked_numbers(traces):
+def test_nvtx_features_worked_numbers(shared, traces):
     """Hand-checkable numbers of the fixture (../shared/fixtures/nsys/nvtx-features-2025.3.reports)."""
     con = traces(SHARED / "fixtures/nsys/nvtx-features-2025.3.sqlite")
     rows = {r[0]: r[1:] for r in con.execute(

@@ -116,7 +116,9 @@ def capture(tmp_path_factory, nsys_bin, shared_dir):
 
 @pytest.fixture(scope="module")
 def shared_dir():
-    d = REPO.parent / "shared"
+    from conftest import SHARED
+
+    d = SHARED
     if not d.is_dir():
         pytest.skip("../shared is not beside the repository")
     return d

@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from dsocr_perf.analyze.trace import open_trace
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 DATA = REPO / "tests/data/nsys_analyze"
 TRACES = sorted((SHARED / "traces/nsys-sqlite").glob("*.sqlite")) + sorted((SHARED / "fixtures/nsys").glob("*.sqlite")) \
     if SHARED.is_dir() else []

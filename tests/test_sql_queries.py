@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from dsocr_perf.dsocr.stages import REPORTED_STAGES
 
@@ -22,7 +23,7 @@ STAGES_IN_FIXTURE = ["prefill", "decode", "sam", "clip", "projector"]  # in file
 def con():
     from dsocr_perf.analyze.trace import open_trace
 
-    path = EXAMPLE if EXAMPLE.exists() else REPO.parent / "shared/fixtures/nsys/nvtx-features-2025.3.sqlite"
+    path = EXAMPLE if EXAMPLE.exists() else SHARED / "fixtures/nsys/nvtx-features-2025.3.sqlite"
     return open_trace(path, cache=False).con
 
 
@@ -174,7 +175,7 @@ def test_cli_runs_a_file(capsys):
     """The way the header says to run them: dsocr-analyze sql TRACE -f sql/FILE.sql --csv."""
     from dsocr_perf.analyze.cli import main
 
-    path = EXAMPLE if EXAMPLE.exists() else REPO.parent / "shared/fixtures/nsys/nvtx-features-2025.3.sqlite"
+    path = EXAMPLE if EXAMPLE.exists() else SHARED / "fixtures/nsys/nvtx-features-2025.3.sqlite"
     main(["sql", str(path), "-f", str(SQL_DIR / "kernels_per_stage.sql"), "--csv", "--no-cache"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "stage,instances,kernels,gpu_ops,kernel_ns,kernel_ms,kernels_per_instance"

@@ -129,7 +129,7 @@ def _workload(d: dict) -> tuple[Workload, list[int] | None]:
 
 
 # A manifest of the right schema can still hold values of the wrong type or size.
-MANIFEST_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError)
+MANIFEST_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError, RecursionError)
 
 
 def _why(error: Exception) -> str:

@@ -156,7 +156,7 @@ def resolve_peaks(gpu_name: str | None, dtype: str | None = "bfloat16", *, peak_
     if dtype not in PEAK_COLUMN:
         raise ValueError(f"unknown dtype {dtype!r} for peak lookup; expected one of {', '.join(PEAK_COLUMN)}")
     for label, value in (("--peak-tflops", peak_tflops), ("--peak-gbs", peak_gbs)):
-        if value is not None and not value > 0:
+        if value is not None and not 0 < value < float("inf"):
             raise ValueError(f"{label} must be a positive number, got {value}")
     row = find_gpu(gpu_name, total_memory_bytes)
     sources = []

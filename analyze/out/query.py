@@ -10,8 +10,6 @@ import click
 from dsocr_perf.analyze.errors import TraceError, UsageError
 from dsocr_perf.analyze.out.table import render
 
-MAX_SQL_BYTES = 1 << 20
-
 
 def register(cli, common) -> None:
     @cli.command("sql")
@@ -42,20 +40,26 @@ def register(cli, common) -> None:
 
 
 def read_sql_file(path) -> str:
+    """The text of a query file: a regular UTF-8 file of at most sql.MAX_SQL_BYTES (else exit 3, bad input)."""
     from dsocr_perf.analyze.paths import check_input
+    from dsocr_perf.analyze.sql import MAX_SQL_BYTES
 
     path = bundled_query(path)
     check_input(path, "SQL file")
     try:
         if path.is_dir():
-            raise UsageError(f"{path} is a folder: give a .sql file")
+            raise TraceError(f"{path} is a folder: give a .sql file")
         if path.stat().st_size > MAX_SQL_BYTES:
-            raise UsageError(f"{path} is larger than 1 MB: not a query file")
-        return path.read_text(encoding="utf-8")
+            raise TraceError(f"{path} is larger than {MAX_SQL_BYTES >> 10} kB, not a query file: give a .sql file "
+                             "with one query")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SQL_BYTES + 1)
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text: give a .sql file") from None
+        raise TraceError(f"{path} is not UTF-8 text: give a .sql file saved as UTF-8") from None
     except OSError as e:
-        raise TraceError(f"{path}: cannot read the SQL file ({e.strerror or e})") from None
+        raise TraceError(f"{path}: cannot read the SQL file ({e.strerror or e}); check the path and its "
+                         "permissions") from None
 
 
 def bundled_query(path):
@@ -87,6 +91,11 @@ def print_rows(columns, rows, as_csv: bool, as_json: bool, echo, echo_json) -> N
 
 
 def _json_value(value):
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-        return None
+    """NaN and the infinities as null, also inside lists, structs and maps (DuckDB LIST/STRUCT/MAP)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
     return value

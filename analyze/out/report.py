@@ -89,7 +89,7 @@ from dsocr_perf.analyze.out.table import (
     tree_marks,
     wall_table,
 )
-from dsocr_perf.analyze.paths import atomic_output, derived
+from dsocr_perf.analyze.paths import atomic_output, derived, is_input
 from dsocr_perf.dsocr import stages
 
 REPORT_SCHEMA = "dsocr-report/2"
@@ -790,11 +790,19 @@ def check_report_folder(out_dir: Path, force: bool, trace_path: Path) -> Path:
         raise OutputError(f"{out_dir} is a symlink: reports are never written through one; pass --out a plain folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} is a file, not a folder: pass --out a folder")
+    existing_parent = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if existing_parent is not None and not existing_parent.is_dir():
+        raise OutputError(f"{existing_parent} is a file, not a folder: pass --out a path inside a folder")
     try:
         if out_dir.exists() and Path(trace_path).resolve().is_relative_to(out_dir.resolve()) and Path(trace_path).is_dir():
             raise OutputError(f"{out_dir} is the input trace's folder: pass --out another folder")
+        if out_dir.exists() and out_dir.resolve() in (Path(trace_path).resolve().parent, Path(trace_path).resolve()):
+            raise OutputError(f"{out_dir} holds the input trace: a report goes in a folder of its own (the default is "
+                              "NAME.report/ beside the trace); pass --out another folder")
     except OSError:
         pass
+    if is_input(out_dir, (trace_path,)) or any(is_input(out_dir / f, (trace_path,)) for f in FILES):
+        raise OutputError(f"{out_dir} is the input trace (or holds a file it uses): pass --out another folder")
     existing = [f for f in FILES if (out_dir / f).exists()]
     if existing and not force:
         raise OutputError(f"{out_dir} already holds {', '.join(existing)}: pass --force to overwrite, or --out "
@@ -811,9 +819,9 @@ def register(cli, common) -> None:
     @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
                   help="Folder for the report files (default: TRACE's stem + .report/ beside it).")
     @common.force_option
-    @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+    @click.option("--peak-tflops", type=common.positive_number, default=None,
                   help="Override the GPU's dense peak TFLOP/s.")
-    @click.option("--peak-gbs", type=click.FloatRange(min=0, min_open=True), default=None,
+    @click.option("--peak-gbs", type=common.positive_number, default=None,
                   help="Override the GPU's peak memory bandwidth in GB/s.")
     @common.no_cache_option
     def report_command(trace_path: Path, out_dir: Path | None, force: bool, peak_tflops, peak_gbs,

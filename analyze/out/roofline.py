@@ -21,21 +21,22 @@ def roofline_points(rows: list[dict]) -> list[dict]:
 
 
 def plot_roofline(rows: list[dict], gpu: dict, out_stem, *, title: str | None = None,
-                  force: bool = False, inputs: tuple[Path, ...] = ()) -> list[Path]:
+                  force: bool = False, inputs: tuple = ()) -> list[Path]:
     """Write OUT_STEM.png and OUT_STEM.svg; return their paths.
 
     `gpu`: the `gpu` object of `stage_metrics` extras (name, peak_tflops, peak_gbs). Without peaks the
-    points are drawn without roofs. Raises TraceError when there is nothing to plot or a file exists
-    and `force` is False, OutputError when a path would harm one of `inputs`.
+    points are drawn without roofs. Raises TraceError when there is nothing to plot, OutputError when
+    a file exists and `force` is False, or would be one of `inputs`, or its folder does not exist
+    (the rules of analyze.paths.check_output); each file is written through a temporary file.
     """
     points = roofline_points(rows)
     if not points:
-        raise TraceError("no stage has both FLOPs and GPU time, so there is nothing to put on a roofline "
-                         "(does the trace carry a dsocr manifest?)")
+        raise TraceError("no stage has both FLOPs and GPU time, so there is nothing to put on a roofline: "
+                         "give a trace with a dsocr manifest (inside it or NAME.json beside it)")
     out_stem = Path(out_stem)
     paths = [out_stem.with_name(f"{out_stem.name}.{ext}") for ext in FORMATS]
     for path in paths:
-        check_output(path, force, "--roofline", inputs)
+        check_output(path, force, "--roofline", inputs=inputs)
 
     import matplotlib
     matplotlib.use("Agg")
@@ -70,8 +71,10 @@ def plot_roofline(rows: list[dict], gpu: dict, out_stem, *, title: str | None = 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     fig.tight_layout()
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=150 if path.suffix == ".png" else None)
-    plt.close(fig)
+    try:
+        for path in paths:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=path.suffix[1:], dpi=150 if path.suffix == ".png" else None)
+    finally:
+        plt.close(fig)
     return paths

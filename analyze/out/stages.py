@@ -16,9 +16,9 @@ def register(cli, common) -> None:
     @click.option("--ranges", "which", type=click.Choice(["stages", "all"]), default="stages", show_default=True,
                   help="stages: the DeepSeek-OCR stages when present, else the top-level ranges; all: every range name.")
     @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (schema dsocr-analysis/1).")
-    @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True),
+    @click.option("--peak-tflops", type=common.positive_number,
                   help="Override the GPU's dense bf16 peak (TFLOP/s) used for MFU.")
-    @click.option("--peak-gbs", type=click.FloatRange(min=0, min_open=True),
+    @click.option("--peak-gbs", type=common.positive_number,
                   help="Override the GPU's memory bandwidth (GB/s) used for MBU.")
     @click.option("--attention-policy", type=click.Choice(["full", "causal-half"]), default=None,
                   help="How causal attention FLOPs are counted (default full: as torch's flop counter does).")

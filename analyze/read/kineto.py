@@ -60,16 +60,21 @@ def _load(path: Path) -> dict[str, pa.Table]:
 
     kernels, launches, annotations = [], [], []
     cpu_end_ns = None  # the last CPU-side timestamp: where a range still open at the end stops
+    unusable, backwards = 0, 0   # complete events left out: no usable time / a negative duration
     for e in events:
         if not isinstance(e, dict) or e.get("ph") != "X":
             continue
         category = str(e.get("cat", "")).lower()
         start = _ns(e.get("ts"))
-        if start is None:
-            continue
-        start = _fits(start + base_ns)
-        end = _fits(start + max(_ns(e.get("dur")) or 0, 0)) if start is not None else None
+        dur = _ns(e.get("dur")) if "dur" in e else 0
+        if start is not None:
+            start = _fits(start + base_ns)
+        end = _fits(start + dur) if start is not None and dur is not None else None
         if start is None or end is None:
+            unusable += 1
+            continue
+        if dur < 0:
+            backwards += 1
             continue
         args = e.get("args") if isinstance(e.get("args"), dict) else {}
         kind = GPU_OP_KINDS.get(category)
@@ -87,6 +92,11 @@ def _load(path: Path) -> dict[str, pa.Table]:
             annotations.append((start, end, e))
 
     warnings: list[str] = []
+    if unusable:
+        warnings.append(f"{unusable:,} events whose ts or dur is not a number of microseconds within int64 ns (text, "
+                        "NaN, Infinity, 1e30) left out")
+    if backwards:
+        warnings.append(f"{backwards:,} events with a negative duration left out")
     launch_table, pid_of_correlation = _launches(launches)
     tables = {
         "kernels": _kernels(kernels, pid_of_correlation),
@@ -111,12 +121,14 @@ def _read(path: Path):
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise TraceError(f"{path}: cannot read the gzip trace ({e}); the file is damaged, copy it again") from None
     except UnicodeDecodeError:
-        raise TraceError(f"{path}: not UTF-8 text, so not a PyTorch profiler JSON trace") from None
+        raise TraceError(f"{path}: not UTF-8 text, so not a PyTorch profiler JSON trace; give the file "
+                         "prof.export_chrome_trace(...) wrote") from None
     except json.JSONDecodeError as e:
         raise TraceError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                          "the trace is truncated or damaged: export it again") from None
     except RecursionError:
-        raise TraceError(f"{path}: JSON nested too deeply, not a PyTorch profiler trace") from None
+        raise TraceError(f"{path}: JSON nested too deeply, not a PyTorch profiler trace; give the file "
+                         "prof.export_chrome_trace(...) wrote") from None
 
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -285,8 +297,9 @@ def _gpus(properties, ops):
         if not isinstance(p, dict) or _int(p.get("id")) is None:
             continue
         major, minor = p.get("computeMajor"), p.get("computeMinor")
+        name = p.get("name")
         rows[_int(p["id"])] = (
-            p.get("name"), _int(p.get("numSms")), _int(p.get("totalGlobalMem")),
+            name if isinstance(name, str) else None, _int(p.get("numSms")), _int(p.get("totalGlobalMem")),
             f"{major}.{minor}" if major is not None and minor is not None else None)
     for _, _, _, e, args in ops:  # a device that ran work but is missing from deviceProperties
         device = _int(args.get("device"))

@@ -112,8 +112,8 @@ class Strings:
         if "id" not in c or "value" not in c:
             raise TraceError(f"{src.name}: StringIds lacks its id or value column; {REEXPORT}")
         data = src.select(table, [c["id"], c["value"]])
-        ids = data.column(0).cast(pa.int64(), safe=False).fill_null(-1).to_numpy()
-        self.values = R.valid_text(data.column(1).cast(pa.string()).combine_chunks()).to_pylist()
+        ids = R.int_column(data.column(0)).fill_null(-1).to_numpy()
+        self.values = R.valid_text(data.column(1)).to_pylist()
         order = np.argsort(ids, kind="stable")
         self.ids, self.values = ids[order], [self.values[i] for i in order]
 
@@ -327,8 +327,8 @@ def read_meta(src, warnings: list[str]) -> list[tuple[str, str]]:
         if "name" not in c or "value" not in c:
             continue
         data = src.select(table, [c["name"], c["value"]])
-        keys = R.valid_text(data.column(0).cast(pa.string()).combine_chunks()).to_pylist()
-        values = R.valid_text(data.column(1).cast(pa.string()).combine_chunks()).to_pylist()
+        keys = R.valid_text(data.column(0)).to_pylist()
+        values = R.valid_text(data.column(1)).to_pylist()
         meta += [(k, v) for k, v in zip(keys, values) if k is not None and "ENVIRONMENT_VARIABLE" not in k]
     meta.append(("source", "nsys"))
     return meta

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.read.raw import valid_text
+from dsocr_perf.analyze.read.raw import int_column, valid_text
 
 RANGE_TYPES = (59, 60, 70, 71)   # PushPop, StartEnd, NVTXT PushPop, NVTXT StartEnd
 PUSHPOP_TYPES = (59, 70)
@@ -74,7 +74,7 @@ def read_nvtx(source, strings) -> Nvtx:
             data = src.select(table, payload_columns, where_in=kinds)
         finally:
             src.close()
-        text = valid_text(pc.coalesce(*[pc.cast(c, pa.string()) for c in data.columns]).combine_chunks())
+        text = pc.coalesce(*[valid_text(c) for c in data.columns])
         if keep is not None:
             text = text.filter(keep)
         return text.take(nvtx.range_rows), text.take(nvtx.mark_rows)
@@ -111,9 +111,9 @@ def _normalise(events: pa.Table) -> pa.Table:
     out = {}
     for name in ("start", "end", "eventType", "globalTid", "endGlobalTid", "textId", "domainId"):
         column = events.column(name) if name in events.column_names else pa.nulls(n, pa.int64())
-        out[name] = pc.cast(column, pa.int64(), safe=False) if column.type != pa.int64() else column
+        out[name] = int_column(column)
     text = events.column("text") if "text" in events.column_names else pa.nulls(n, pa.string())
-    out["text"] = valid_text(pc.cast(text, pa.string()).combine_chunks())
+    out["text"] = valid_text(text)
     return pa.table(out)
 
 
@@ -140,18 +140,26 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
     pool, text_code = _texts(events, registered)
     gpid = gtid & ~TID_MASK
 
-    # domain name per row: the domain-create event of the same (process, domainId)
+    # domain name per row: the domain-create event of the same (process, domainId); the first
+    # domain-create row of a key with a name names it (a dict pass: a pass over every row per create
+    # was quadratic in a hostile export's domain creates)
     domains = [""]
+    index_of = {"": 0}
     domain_code = np.zeros(n, np.int64)
-    for i in np.flatnonzero(kind == DOMAIN_CREATE):
-        if gtid_null[i] or domain_null[i]:
-            continue
+    keyed = ~gtid_null & ~domain_null
+    code_of_key: dict[tuple[int, int], int] = {}
+    for i in np.flatnonzero((kind == DOMAIN_CREATE) & keyed).tolist():
         name = pool[text_code[i]]
-        same = (gpid == gpid[i]) & (domain_id == domain_id[i]) & ~gtid_null & ~domain_null
-        if name not in domains:
+        if name not in index_of:
+            index_of[name] = len(domains)
             domains.append(name)
-        if not (domain_code[same] > 0).any():  # the first domain-create row of a key names it
-            domain_code[same] = domains.index(name)
+        if index_of[name]:
+            code_of_key.setdefault((int(gpid[i]), int(domain_id[i])), index_of[name])
+    if code_of_key:
+        rows = np.flatnonzero(keyed)
+        pairs, inverse = np.unique(np.stack([gpid[rows], domain_id[rows]], axis=1), axis=0, return_inverse=True)
+        codes = np.array([code_of_key.get((a, b), 0) for a, b in pairs.tolist()], np.int64)
+        domain_code[rows] = codes[inverse.reshape(-1)]
 
     # qualified name per row, computed once per distinct (domain, text) pair
     pair, pair_of_row = _unique(domain_code * (len(pool) + 1) + text_code)

@@ -99,13 +99,53 @@ class Raw:
 
 
 def valid_text(column):
-    """An Arrow string column whose every value is valid UTF-8: bytes that are not (a damaged or
-    hostile export) are replaced with U+FFFD instead of failing later, far from the file."""
+    """Any Arrow column (chunked or not; text, binary, numbers, NULL) as one string Array whose every
+    value is valid UTF-8: bytes that are not (a damaged or hostile export, a BLOB where text belongs)
+    are replaced with U+FFFD instead of failing later, far from the file."""
     import pyarrow as pa
 
-    try:
-        column.validate(full=True)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        column = column.cast(pa.string()) if column.type != pa.string() else column
+        try:
+            column.validate(full=True)
+            return column
+        except pa.ArrowInvalid:
+            column = column.cast(pa.binary())
+    return pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()], pa.string())
+
+
+def int_column(column):
+    """Any Arrow column as int64 with NULL where a value is not an integer: text, a fractional or
+    non-finite REAL, a number beyond int64 (a damaged export; SQLite keeps whatever a row holds). A
+    column that mixes integers and text arrives as text: its integer-looking values are kept."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind = column.type
+    if kind == pa.int64():
         return column
-    except pa.ArrowInvalid:
-        values = column.cast(pa.binary()).to_pylist()
-        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.int64())
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        try:
+            return column.cast(pa.int64())
+        except pa.ArrowInvalid:            # uint64 beyond int64
+            big = pc.greater(column, pa.scalar(np.iinfo(np.int64).max, kind))
+            return pc.if_else(big, pa.scalar(None, kind), column).cast(pa.int64())
+    if pa.types.is_floating(kind):
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(values) & (np.abs(values) < 2.0 ** 63) & (values == np.floor(values))
+        return pa.array(np.where(ok, values, 0).astype(np.int64), pa.int64(), mask=~ok)
+    text = valid_text(column)
+    integral = pc.fill_null(pc.match_substring_regex(text, r"^\s*-?[0-9]{1,18}\s*$"), False)
+    return pc.if_else(integral, pc.utf8_trim_whitespace(text), pa.scalar(None, pa.string())).cast(pa.int64())

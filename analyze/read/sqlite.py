@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.read.raw import int_column
 
 BATCH_ROWS = "65536"
 REEXPORT = "copy it again or re-export it with `nsys export --type sqlite`"
@@ -136,9 +137,9 @@ class SqliteFile:
     def _ints(self, table, columns, rows_hint, cast: bool) -> dict[str, np.ndarray]:
         def expr(c):
             if isinstance(c, tuple):
-                a, b = (f"CAST({_quote(x)} AS INTEGER)" if cast else _quote(x) for x in c)
+                a, b = (_integer(x) if cast else _quote(x) for x in c)
                 return f"(({a} << {PACK_BITS}) | ({b} & {(1 << PACK_BITS) - 1}))"
-            return f"CAST({_quote(c)} AS INTEGER)" if cast else _quote(c)
+            return _integer(c) if cast else _quote(c)
 
         exprs = [expr(c) for c in columns.values()]
         sql = f'SELECT {", ".join(exprs)} FROM {_quote(table)}'
@@ -171,11 +172,12 @@ PACK_BITS = 40
 
 
 def to_int64(column: pa.Array) -> np.ndarray:
-    """An Arrow integer (or null-typed) array as int64 NumPy, NULL -> INT_NULL."""
+    """An Arrow integer (or null-typed) array as int64 NumPy, NULL -> INT_NULL; a value that is not an
+    integer (text or a fractional REAL in a damaged export) counts as NULL (analyze.read.raw.int_column)."""
     if pa.types.is_null(column.type):
         return np.full(len(column), INT_NULL, np.int64)
     if column.type != pa.int64():
-        column = column.cast(pa.int64(), safe=False)
+        column = int_column(column)
     if column.null_count:
         column = column.fill_null(INT_NULL)
     return column.to_numpy(zero_copy_only=False)
@@ -192,6 +194,13 @@ class ReadError(Exception):
 def _empty_result(db: SqliteFile, sql: str) -> pa.Table:
     """A query that returned no batch at all (the driver may do that for an empty table)."""
     return pa.table({})
+
+
+def _integer(column: str) -> str:
+    """The column's integers, NULL for anything else (CAST('abc' AS INTEGER) would be 0: a time of 0)."""
+    c = _quote(column)
+    return (f"(CASE WHEN typeof({c}) = 'integer' THEN {c} WHEN typeof({c}) = 'real' AND {c} = CAST({c} AS INTEGER) "
+            f"THEN CAST({c} AS INTEGER) END)")
 
 
 def _quote(identifier: str) -> str:
