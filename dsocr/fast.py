@@ -79,10 +79,14 @@ class FusedMLP(nn.Module):
 
 
 def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch._grouped_mm runs here for this dtype and gives the plain product (CUDA needs sm90 and
-    bf16; the CPU has a reference implementation); else the MoE gathers expert weights instead."""
+    """Whether torch._grouped_mm runs here for this dtype and gives the plain product (CUDA: sm90 and bf16;
+    the CPU has a reference implementation); else the MoE gathers expert weights instead."""
     grouped = getattr(torch, "_grouped_mm", None)
     if grouped is None:
+        return False
+    # On CUDA only the sm90 bf16 kernel is graph-safe: other dtypes take a fallback that copies from the
+    # host, which a CUDA graph capture refuses (seen on the H100 with the tiny preset in float32).
+    if device.type == "cuda" and (dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) < (9, 0)):
         return False
     try:
         w = torch.randn(4, 32, 16, device=device).to(dtype)          # (E, out, in) as the stacked weights
