@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import duckdb
 import pytest
 from cli_helper import run_analyze as run
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELS_OF_THE_FAST_EXAMPLE = (84_307, 307_873_065)
 
 
 def _kern_sum(shared, name):
@@ -58,3 +62,27 @@ def test_nsys_parquet_folder_opens_like_the_sqlite(shared, tmp_path, name):
     assert a.format == "parquet" and b.format == "sqlite"
     for table in ("stages", "range_stats", "ranges", "cuda_api", "gpu_gaps"):
         assert a.table(table).equals(b.table(table)), table
+
+
+def test_nsys_own_parquetdir_export_gives_the_numbers_of_its_sqlite_export(tmp_path):
+    """The same H100 capture exported twice by nsys 2025.3 (`nsys export --type parquetdir` and `--type sqlite`,
+    the committed fast-engine example): every canonical table and the JSON document agree."""
+    import tarfile
+
+    from dsocr_perf.analyze.out.document import document
+    from dsocr_perf.analyze.trace import open_trace
+
+    with tarfile.open(REPO / "tests/data/nsys_parquetdir/h100-gundam-fast.parquetdir.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    folder = tmp_path / "h100-gundam-fast.parquetdir"
+    a = open_trace(folder, cache=False)
+    b = open_trace(REPO / "traces/examples/h100-gundam-fast.sqlite.gz", cache=False)
+    assert a.format == "parquet" and b.format == "sqlite.gz"
+    for table in ("kernels", "stages", "range_stats", "ranges", "cuda_api", "gpu_gaps", "gpu_metrics"):
+        assert a.table(table).equals(b.table(table)), table
+    da, db = document(a), document(b)
+    for doc in (da, db):
+        doc.pop("trace"), doc.pop("trace_info")
+    assert da == db
+    # the SQLite export's own count: SELECT count(*), sum("end" - start) FROM CUPTI_ACTIVITY_KIND_KERNEL
+    assert (da["totals"]["kernels"], da["totals"]["kernel_ns"]) == KERNELS_OF_THE_FAST_EXAMPLE
