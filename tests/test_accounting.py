@@ -153,3 +153,48 @@ def test_gpu_metrics_averaged_over_each_range(tmp_path, trace):
 
     (entry,) = document(opened, "all")["ranges"]
     assert entry["sm_active_wall_pct"] == pytest.approx(31.818, abs=1e-3) and entry["dram_write_wall_pct"] is None
+
+
+@pytest.fixture(scope="module")
+def operators_trace(tmp_path_factory):
+    """The export above with the range in domain dsocr (`decode_step`) and PyTorch operator ranges inside it,
+    in the default domain, as `--torch-ops-nvtx` records them:
+        aten::mm, seq = 1    [1050, 1330]   gaps inside: [1300, 1330] = 30
+        aten::item, seq = 2  [1335, 1720]   gaps inside: [1335, 1650] = 315, [1690, 1720] = 30
+        aten::mm, seq = 3    [1790, 2000]   gaps inside: [1790, 1830] = 40
+    GPU gaps [1300, 1650] (350) and [1690, 1830] (140): 490 in all, 75 of it between operators."""
+    path = tmp_path_factory.mktemp("operators") / "ops.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(DDL)
+    db.executemany("INSERT INTO StringIds VALUES (?, ?)", [(1, "cudaLaunchKernel_v7000"),
+                   (2, "cudaStreamSynchronize_v3020"), (3, "cudaMemcpyAsync_v3020"), (4, "k1"), (5, "k2")])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_RUNTIME VALUES (?, ?, 0, ?, ?, ?, 0, NULL)",
+                   [(1100, 1110, T, 1, 1), (1310, 1500, T, 2, 2), (1600, 1700, T, 3, 3), (1800, 1820, T, 4, 1)])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_KERNEL (start, end, deviceId, streamId, correlationId, globalPid, "
+                   "demangledName, shortName) VALUES (?, ?, 0, 7, ?, ?, ?, ?)",
+                   [(1120, 1300, 1, GPID, 4, 4), (1830, 1990, 4, GPID, 5, 5)])
+    db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_MEMCPY (start, end, deviceId, streamId, correlationId, globalPid, "
+               "bytes, copyKind) VALUES (1650, 1690, 0, 7, 3, ?, 4096, 2)", [GPID])
+    db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_SYNCHRONIZATION VALUES (1310, 1500, 0, 1, 7, 2, ?, 3, NULL)", [GPID])
+    db.execute("INSERT INTO NVTX_EVENTS (start, eventType, text, globalTid, domainId) VALUES (0, 75, 'dsocr', ?, 1)", [T])
+    db.execute("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
+               "VALUES (1000, 2000, 59, 'decode_step', ?, 1)", [T])
+    db.executemany("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid) VALUES (?, ?, 59, ?, ?)",
+                   [(1050, 1330, "aten::mm, seq = 1", T), (1335, 1720, "aten::item, seq = 2", T),
+                    (1790, 2000, "aten::mm, seq = 3", T)])
+    db.commit()
+    db.close()
+    return open_trace(path, cache=False)
+
+
+def test_host_operators_per_stage_query(operators_trace):
+    from pathlib import Path
+
+    query = (Path(__file__).resolve().parents[1] / "sql/host_operators_per_stage.sql").read_text()
+    con = operators_trace.sandbox(query)
+    rows = con.execute(query).fetchall()
+    got = [(stage, op, calls, gap_ns) for stage, op, calls, _, _, gap_ns, _ in rows]
+    assert got == [("decode_step", "aten::item", 1, 345), ("decode_step", "(between operators)", None, 75),
+                   ("decode_step", "aten::mm", 2, 70)]
+    assert [r[3] for r in rows] == [0.0, None, 0.0] and [r[6] for r in rows] == [70.4, 15.3, 14.3]
+    assert sum(gap for *_, gap in got) == 350 + 140
