@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The capture side on the GPU machine, one device call per part (issues 15, 16, 17):
 #
-#   source .device/device-setup.sh && pip install -q --no-deps --no-build-isolation -e . && bash benchmarks/gpu_check.sh capture
-#   ... && bash benchmarks/gpu_check.sh ncu
+#   source .device/device-setup.sh; export DSOCR_TOKENIZER=$PWD/.device/tokenizer.json
+#   python3 -m pip install -q --no-deps --no-build-isolation -e .
+#   DSOCR_TRACE="python3 -m dsocr_perf.launch.cli" bash benchmarks/gpu_check.sh capture|fast|ncu
+#
+# (as run on 2026-12-07: `python3 -m pip`, since the GPU machine's `pip` belongs to another interpreter than the
+# one with torch; the tokenizer copied from ../shared/data/deepseek-ocr/tokenizer/ into .device, since the
+# offline fallback package is a 90 MB wheel; the launcher through python3 -m for the same interpreter reason.)
 #
 # capture (about 9 minutes):
 #   c1  the GPU-marked tests (fast engine, session, a tiny capture under nsys)
