@@ -3,7 +3,9 @@
 Plain multi-head attention (no MLA) with rotate-half RoPE over the full head dim, RMSNorm computed in
 fp32, layer 0 a dense SwiGLU MLP, later layers a mixture of experts: a fp32 softmax router picks the
 top-k routed SwiGLU experts (weights are the raw probabilities: no renormalisation, scale 1.0) and a
-shared SwiGLU expert is always added. Facts: docs/deepseek-ocr-v1.md §1.2, §3.3, §7.
+shared SwiGLU expert is always added. Facts: the checkpoint's config.json and the vendor's
+modeling_deepseekv2.py (MoE gate, moe_infer), read for facts only; tests/test_crosscheck_decoder.py compares
+this decoder with transformers' port.
 
 Parameter names follow the official checkpoint (`embed_tokens`, `layers.L.self_attn.q_proj`, ...).
 """

@@ -2,8 +2,8 @@
 
 Torch-free: the analysis side imports this module. Every shape comes from a `ModelConfig`
 (dsocr.config) and a `Workload` (dsocr.workload, as recorded in the trace's manifest) plus the
-KV length of each decode step; nothing is assumed. Formulas and worked numbers:
-docs/deepseek-ocr-v1.md §9.
+KV length of each decode step; nothing is assumed. The formulas below are checked against
+torch.utils.flop_counter and fvcore on the project's own model (tests/test_flops_torch.py, test_flops_fvcore.py).
 
 FLOPs (one multiply-add = 2 FLOPs, counted the way `torch.utils.flop_counter.FlopCounterMode`
 counts them): matmuls, linears and convolutions only; biases, norms, activations, softmax, RoPE,

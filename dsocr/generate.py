@@ -1,4 +1,5 @@
-"""Greedy decoding with a KV cache, EOS stop and the vendor's no-repeat n-gram rule (docs §6).
+"""Greedy decoding with a KV cache, EOS stop and the vendor's no-repeat n-gram rule (its
+process/ngram_norepeat.py).
 
 Step i (one `decode_step` range, payload i) picks token i from the current logits (banned n-gram
 completions masked, argmax, one device->host read) and runs the decoder on it, so every step has the

@@ -2,7 +2,8 @@
 
 `DeepseekOCR.model` holds every checkpoint tensor under `model.` (sam_model, vision_model, projector,
 image_newline, view_seperator, embed_tokens, layers, norm); `lm_head` sits beside it, as in the
-official state dict (docs/deepseek-ocr-v1.md §2). Embedding assembly: §3.2.
+official checkpoint (deepseek-ai/DeepSeek-OCR, one safetensors file: 2,710 tensors, 3,336,106,240 parameters;
+`dsocr shapes` prints the table). Image embeddings are assembled as the vendor's deepseek_ocr.py does.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Post-processing of the model's text: grounding markup -> boxes, result.mmd, overlay, crops (docs §6).
+"""Post-processing of the model's text: grounding markup -> boxes, result.mmd, overlay, crops (the markup the
+vendor's run_dpsk_ocr scripts parse).
 
 Markup: `<|ref|>LABEL<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>` followed by the element's content;
 coordinates are integers on a 0-999 grid over the ORIGINAL image: pixel = v / 999 * width (or height).

@@ -1,4 +1,5 @@
-"""Image loading and pixel preprocessing for DeepSeek-OCR v1 (doc §4.2, §4.3).
+"""Image loading and pixel preprocessing for DeepSeek-OCR v1 (the vendor's process/image_process.py:
+resize and pad, normalisation, `dynamic_preprocess` tiling).
 
 `load_image` turns a path or PIL image into an upright 8-bit RGB image, or raises `ImageError` with one
 line saying what is wrong. `prepare` cuts it into the views that `dsocr.workload.workload_shapes` decides

@@ -24,7 +24,6 @@ DECODE_STEP = "decode_step"  # one generated token (payload: step index)
 # The stage table of `dsocr-analyze`: what a user sees first, in this order.
 REPORTED_STAGES = (PREFILL, DECODE, SAM, CLIP, PROJECTOR)
 # Nesting the session guarantees (child -> parent); the tests check it on real traces.
-PARENT = {SAM: PREFILL, CLIP: PREFILL, PROJECTOR: PREFILL, LLM_PREFILL: PREFILL, DECODE_STEP: DECODE}
 
 # The workload manifest rides inside the trace as one NVTX mark in DOMAIN whose text is a JSON object
 # with "schema": MANIFEST_SCHEMA, so a .sqlite alone is enough for the analysis.

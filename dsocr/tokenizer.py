@@ -1,4 +1,5 @@
-"""The DeepSeek-OCR tokenizer and the 'plain' prompt template (docs/deepseek-ocr-v1.md §5).
+"""The DeepSeek-OCR tokenizer and the 'plain' prompt template (as the vendor's HF `infer()` and
+conversation.py lay the prompt out).
 
 Where tokenizer.json comes from, first match wins:
 1. the checkpoint folder (`--weights DIR/tokenizer.json`);
@@ -17,7 +18,6 @@ from pathlib import Path
 from dsocr_perf.dsocr.errors import DsocrError
 
 BOS_ID = 0
-EOS_ID = 1
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_ID = 128815
 TOKENIZER_ENV = "DSOCR_TOKENIZER"

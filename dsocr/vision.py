@@ -1,6 +1,7 @@
 """DeepSeek-OCR v1 vision side: SAM ViT-B encoder, CLIP-L on SAM features, linear projector.
 
-Written from the facts in ../shared/docs/deepseek-ocr-v1.md (§1.3, §3.1, §7, §11). Parameter names match
+Written from the facts of the vendor's deepencoder (sam_vary_sdpa.py, clip_sdpa.py, build_linear.py), read for
+facts only; tests/test_crosscheck_vision.py compares it with transformers' port. Parameter names match
 the official checkpoint with the prefixes `model.sam_model.`, `model.vision_model.` and `model.projector.`
 removed, so `load_state_dict` takes the checkpoint's tensors after stripping the prefix.
 

@@ -19,7 +19,7 @@ from dsocr_perf.dsocr.model import DeepseekOCR
 
 DEFAULT_WEIGHTS_DIR = Path("models/deepseek-ocr")
 INIT_STD = 0.02          # initializer_range of the decoder config; used for every matrix here
-# In the vendor module tree but not in the checkpoint (docs §1.3): tolerated, never required.
+# In the vendor module tree (a CLIP buffer) but not in the checkpoint: tolerated, never required.
 IGNORED_KEYS = {"model.vision_model.embeddings.position_ids"}
 
 

@@ -1,7 +1,8 @@
 """Workload shapes of one page: the single source of truth for views, tile grid and token counts.
 
 Pure Python (no torch, no PIL): the preprocessing, the manifest, the analytic FLOP model and the tests
-all call `workload_shapes`; nothing else computes these numbers. Rules: docs/deepseek-ocr-v1.md §4.
+all call `workload_shapes`; nothing else computes these numbers. Rules: the vendor's config.py (modes)
+and process/image_process.py (tiling, token counts); tests/test_workload.py holds the numbers.
 """
 from __future__ import annotations
 

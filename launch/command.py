@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# What `nsys profile` records, and why each option is there (docs/gpu-machine.md):
+# What `nsys profile` records, and why each option is there (learnt on the GPU machine):
 NSYS_PROFILE_OPTIONS = (
     "--trace=cuda,nvtx",                 # CUDA API + GPU activity, and the stage ranges
     "--cuda-graph-trace=node",           # kernels replayed from CUDA graphs keep their own rows

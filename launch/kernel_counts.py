@@ -2,7 +2,7 @@
 DuckDB): what an ncu kernel-replay run of the same workload will profile, for its cost estimate.
 
 A kernel belongs to the runtime or driver call that launched it (same correlation id and process), and that call
-to the stage range that encloses it on the same thread (the rule of ../shared/docs/nsys-sqlite-schema.md §5). The
+to the stage range that encloses it on the same thread (the rule of NVIDIA's `nsys stats` NVTX reports). The
 stage ranges counted here (sam, clip, projector, llm_prefill, decode_step) never overlap one another on a thread,
 so each launch falls into at most one: a binary search over their sorted starts finds it.
 """

@@ -3,7 +3,7 @@
     python -m dsocr_perf.launch.make_sample_page [OUT.png]      (default launch/assets/sample_page.png)
 
 1654 x 2339 pixels (A4 at 200 dpi) is portrait 0.707: Gundam mode picks a 2x3 tile grid for it
-(903 image tokens, docs/deepseek-ocr-v1.md section 4). Text uses Pillow's built-in font so the
+(903 image tokens: dsocr.workload.workload_shapes). Text uses Pillow's built-in font so the
 page renders the same on every machine; saved as 8-bit greyscale to stay small.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Nsight Compute (`ncu`) for the DeepSeek-OCR session: where it is, what it measures, the command lines, what its
-output means, and what a run costs. Facts measured on the H100 are in ../shared/docs/gpu-machine.md.
+output means, and what a run costs. The facts below were measured on our H100 runs (README, "Nsight Compute").
 
 Three kinds of run, each one metric pass over the same child session as `dsocr-trace`:
     ranges   application-range replay: one CSV row per stage range (sam, clip, projector per view batch,
@@ -149,7 +149,7 @@ def missing_ranges(got: Counter, want: Counter) -> str | None:
 
 # --- what a run costs --------------------------------------------------------------------------------------------
 
-# Measured on the H100 (docs/gpu-machine.md), one metric pass: kernel replay 25 ms per vision kernel, 41 ms per
+# Measured on the H100, one metric pass: kernel replay 25 ms per vision kernel, 41 ms per
 # decode kernel, plus 15-20 s per run (ncu, model load, warm-up); llm_prefill is taken at the vision rate.
 KERNEL_SECONDS = {SAM: 0.025, CLIP: 0.025, PROJECTOR: 0.025, LLM_PREFILL: 0.025, DECODE_STEP: 0.041}
 KERNEL_RUN_FIXED_S = 18.0

@@ -10,7 +10,7 @@ GPU operations join their launching call on `args.correlation`. Old traces (PyTo
 say Kernel/Memcpy/Memset/Runtime/Operator, "stream 7" tids and "external id"; their record_function
 ranges are plain Operator events, of which only the profiler's `ProfilerStep#N` is recognisable.
 `gpu_user_annotation` events are not loaded: they are Kineto's own projection of the innermost
-record_function onto each stream, which the analysis recomputes with nesting (schema doc §6.4).
+record_function onto each stream, which the analysis recomputes with nesting.
 
 Times: `ts`/`dur` are microseconds, printed with up to 3 decimals (ns); since 2024 `ts` is relative
 to `baseTimeNanoseconds`. Absolute ns = base + ts * 1000, computed on the decimal text (a float64

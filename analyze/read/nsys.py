@@ -1,7 +1,7 @@
 """Nsight Systems export (nsys 2021.2 .. 2026.2; SQLite file or Parquet folder) -> `Raw`.
 
 Tables and columns are discovered by name (every table but StringIds may be absent, columns come
-and go across versions: ../shared/docs/nsys-sqlite-schema.md). The two big tables (GPU operations,
+and go across versions: analyze/read/schema.py says which). The two big tables (GPU operations,
 API calls) are read by two threads, each with its own connection, while this thread reads NVTX,
 GPUs, metadata and the synchronisation records. Only the columns attribution needs are read here;
 kernel names and launch geometry (`details`) are read when a command asks for them.
