@@ -4,6 +4,7 @@ profiler, with the workload manifest; finally the stage table of `dsocr-analyze`
 Outputs in --out-dir (default traces/), all written under hidden temporary names and renamed at the end:
     NAME.nsys-rep          the Nsight Systems report
     NAME.sqlite            its SQLite export (what dsocr-analyze reads)
+    NAME.parquetdir/       nsys's Parquet export of the same report (nsys >= 2023.4; read fastest; --no-parquet)
     NAME.json              the workload manifest (also inside the trace as an NVTX mark)
     NAME.pt.trace.json.gz  the PyTorch profiler's Chrome trace (separate process: CUPTI takes one subscriber)
     NAME.ops.md            operator table per stage from the PyTorch profiler
@@ -30,12 +31,12 @@ from dsocr_perf.launch.errors import LaunchError
 from dsocr_perf.launch.images import resolve_pages
 from dsocr_perf.launch.manifest import host_summary
 from dsocr_perf.launch.nsys import find_nsys, import_qdstrm, last_lines, profile_help
-from dsocr_perf.launch.runner import Outputs, Progress, check_gpu, refuse_existing, stopped, stream
+from dsocr_perf.launch.runner import Outputs, Progress, check_gpu, refuse_existing, remove, stopped, stream
 
 DEFAULT_IMAGE = str(Path(__file__).resolve().parent / "assets" / "sample_page.png")
 # Output kinds: suffix after NAME.
-SUFFIXES = {"report": ".nsys-rep", "sqlite": ".sqlite", "manifest": ".json", "torch_trace": ".pt.trace.json.gz",
-            "ops": ".ops.md"}
+SUFFIXES = {"report": ".nsys-rep", "sqlite": ".sqlite", "parquet": ".parquetdir", "manifest": ".json",
+            "torch_trace": ".pt.trace.json.gz", "ops": ".ops.md"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-torch-profiler", action="store_true", help="skip the PyTorch profiler pass")
     add_profiler_pass_arguments(ap)
     ap.add_argument("--no-analyze", action="store_true", help="skip the final dsocr-analyze stage table")
+    ap.add_argument("--no-parquet", action="store_true",
+                    help="skip nsys's Parquet export (NAME.parquetdir, beside NAME.sqlite; read fastest by dsocr-analyze)")
     ap.add_argument("--nsys", metavar="PATH", help="the nsys program to use")
     ap.add_argument("--force", action="store_true", help="overwrite existing outputs of NAME")
     # Tests only: run the session on the CPU (with a stand-in nsys); real captures need a GPU.
@@ -164,6 +167,28 @@ def export_pass(nsys, outputs: Outputs, progress: Progress, title: str = "export
         raise LaunchError(f"nsys export failed (exit {code}); last output: {last_lines(tail, 6)}")
 
 
+def parquet_pass(nsys, outputs: Outputs, progress: Progress) -> bool:
+    """nsys's Parquet export beside the SQLite one (what dsocr-analyze reads fastest); a failure is a note, not an
+    error: the SQLite export is the capture's result."""
+    if version_tuple(nsys.version) < command.PARQUET_EXPORT_SINCE:
+        progress.line(f"Parquet export skipped: nsys {nsys.version} has none (nsys 2023.4 and later)")
+        return False
+    cmd = command.nsys_export_command(nsys.path, outputs.tmp["report"], outputs.tmp["parquet"], "parquetdir")
+    with progress.phase("export (nsys export --type=parquetdir)"):
+        code, tail, _ = stream(cmd)
+    if code != 0 or not outputs.tmp["parquet"].is_dir():
+        remove(outputs.tmp["parquet"])
+        progress.line(f"Parquet export skipped: nsys export --type=parquetdir failed (exit {code}): "
+                      f"{last_lines(tail, 2)}")
+        return False
+    return True
+
+
+def version_tuple(version: str) -> tuple[int, int]:
+    found = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
 def torch_profiler_pass(outputs: Outputs, progress: Progress) -> None:
     with progress.phase("profiler pass (PyTorch profiler, separate process)"):
         code, tail, error = stream(command.child_command("torch", outputs.spec), watch=progress.timeline.watch)
@@ -235,6 +260,8 @@ def run(args, argv: list[str]) -> int:
         phase = "export"
         export_pass(nsys, outputs, progress)
         kinds = ["report", "sqlite", "manifest"]
+        if not args.no_parquet and parquet_pass(nsys, outputs, progress):
+            kinds.append("parquet")
         if ops_how:
             phase = "operator-range capture"
             ops_nvtx_pass(args, nsys, ops_outputs, pages, argv, metrics, ops_how, progress)
@@ -247,13 +274,17 @@ def run(args, argv: list[str]) -> int:
 
     written = outputs.publish(kinds, args.force)
     written += ops_outputs.publish(list(ops_nvtx.SUFFIXES) if ops_how else [], args.force)
-    progress.line("wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in written))
+    progress.line("wrote " + ", ".join(f"{p} ({size(p) / 1e6:.1f} MB)" for p in written))
     for line in host_summary(json.loads(outputs.final["manifest"].read_text())):
         progress.line(line)
     code = 0 if args.no_analyze else analysis(outputs.final["sqlite"], progress)
     for line in progress.timeline.summary(progress.elapsed()):
         progress.line(line)
     return code
+
+
+def size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
 
 
 def _interrupt(signum, frame):

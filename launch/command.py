@@ -31,9 +31,13 @@ def nsys_profile_command(nsys: Path, report: Path, app: list[str], extra: list[s
     return [str(nsys), "profile", *NSYS_PROFILE_OPTIONS, *extra, f"--output={report}", *app]
 
 
-def nsys_export_command(nsys: Path, report: Path, sqlite: Path) -> list[str]:
-    return [str(nsys), "export", "--type=sqlite", "--force-overwrite=true", f"--output={sqlite}",
-            str(report)]
+def nsys_export_command(nsys: Path, report: Path, output: Path, kind: str = "sqlite") -> list[str]:
+    """`kind`: sqlite (one file) or parquetdir (a folder of Parquet files, one per table; nsys >= 2023.4)."""
+    return [str(nsys), "export", f"--type={kind}", "--force-overwrite=true", f"--output={output}", str(report)]
+
+
+# The first nsys whose `export` writes parquetdir (the same tables as the SQLite export, one Parquet file each).
+PARQUET_EXPORT_SINCE = (2023, 4)
 
 
 def nsys_stats_command(nsys: Path, sqlite: Path, prefix: Path) -> list[str]:

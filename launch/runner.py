@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ class Outputs:
 
     def clear_temporaries(self) -> None:
         for p in [*self.temporaries(), self.spec]:
-            p.unlink(missing_ok=True)
+            remove(p)
 
     def keep_partials(self) -> list[Path]:
         """Rename what exists to NAME.partial[-N].*, never over an older partial."""
@@ -101,12 +102,20 @@ class Outputs:
     def publish(self, kinds: list[str], force: bool) -> list[Path]:
         if force:   # a forced run replaces the whole set, so no stale file of an older run stays beside it
             for k, p in self.final.items():
-                if k not in kinds:
-                    p.unlink(missing_ok=True)
+                if k not in kinds or p.is_dir():   # a folder (the Parquet export) cannot be renamed over
+                    remove(p)
         for k in kinds:
             os.replace(self.tmp[k], self.final[k])
         self.spec.unlink(missing_ok=True)
         return [self.final[k] for k in kinds]
+
+
+def remove(path: Path) -> None:
+    """A file or a folder of ours (the Parquet export), if it is there; never through a symlink."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def refuse_existing(sets: list[Outputs], force: bool) -> None:

@@ -177,3 +177,37 @@ def test_fallback_only_when_the_session_did_not_finish():
     with pytest.raises(LaunchError):   # nothing says GPU metrics: not theirs to fix
         gpu_metrics.capture_with_fallback(lambda m: (_ for _ in ()).throw(LaunchError("disk full")), on, progress,
                                           lambda: False)
+
+
+def test_parquet_export_beside_the_sqlite(tmp_path, nsys_bin, capsys, fake_env, monkeypatch):
+    """nsys's Parquet export is written as NAME.parquetdir and reads with the numbers of NAME.sqlite; an nsys that
+    cannot export Parquet leaves a note and the capture stands; --no-parquet asks for none; --force replaces it."""
+    from pathlib import Path
+
+    from dsocr_perf.analyze.trace import open_trace
+
+    fake_env()
+    code, out, err = capture(tmp_path, nsys_bin, capsys, name="without")
+    assert code == 0, err
+    assert "Parquet export skipped: nsys export --type=parquetdir failed (exit 1)" in out
+    assert not (tmp_path / "without.parquetdir").exists() and (tmp_path / "without.sqlite").is_file()
+
+    monkeypatch.setenv("FAKE_NSYS_PARQUET", str(Path(__file__).resolve().parent))
+    code, out, err = capture(tmp_path, nsys_bin, capsys, name="with")
+    assert code == 0, err
+    folder = tmp_path / "with.parquetdir"
+    assert folder.is_dir() and (folder / "CUPTI_ACTIVITY_KIND_KERNEL.parquet").is_file()
+    assert "export (nsys export --type=parquetdir)" in out
+    a, b = open_trace(folder, cache=False), open_trace(tmp_path / "with.sqlite", cache=False)
+    assert a.table("stages").equals(b.table("stages"))
+
+    code, _, err = capture(tmp_path, nsys_bin, capsys, name="with")
+    assert code != 0 and "already exist" in err and "with.parquetdir" in err
+    (folder / "stale.parquet").write_bytes(b"")
+    code, _, err = capture(tmp_path, nsys_bin, capsys, "--force", name="with")
+    assert code == 0, err
+    assert not (folder / "stale.parquet").exists()
+    code, _, err = capture(tmp_path, nsys_bin, capsys, "--force", "--no-parquet", name="with")
+    assert code == 0, err
+    assert not folder.exists() and (tmp_path / "with.sqlite").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -79,6 +79,15 @@ if args[0] == "profile":
     sys.exit(code)
 if args[0] == "export":
     out = [a.split("=", 1)[1] for a in args if a.startswith("--output=")][0]
+    if "--type=parquetdir" in args:   # FAKE_NSYS_PARQUET: the tests folder, whose nsys_parquet.py writes one
+        if not os.environ.get("FAKE_NSYS_PARQUET"):
+            print("Unknown export type: parquetdir")
+            sys.exit(1)
+        sys.path.insert(0, os.environ["FAKE_NSYS_PARQUET"])
+        from pathlib import Path
+        from nsys_parquet import to_parquetdir
+        to_parquetdir(Path(os.environ["FAKE_NSYS_SQLITE"]), Path(out))
+        sys.exit(0)
     shutil.copy(os.environ["FAKE_NSYS_SQLITE"], out)
     sys.exit(0)
 sys.exit(9)
