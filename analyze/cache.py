@@ -178,14 +178,15 @@ def store(trace) -> None:
         key = getattr(trace, "cache_key", None)    # the trace as it was when it was read
         if key is None or key != key_of(trace.path):  # it changed while it was analysed: a cache would lie
             return
-        fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
-        os.close(fd)
-        os.unlink(name)                 # DuckDB creates the file itself; the name stays ours
     except OSError:
         return
-    tmp = Path(name)
-    stamp_tmp = tmp.with_name(tmp.name.replace(".dsocr-cache-", ".dsocr-cache-stamp-", 1))
-    try:
+    tmp = stamp_tmp = None
+    try:   # from the moment the temporary name exists, every exit removes it (Ctrl-C and SIGTERM included)
+        fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
+        tmp = Path(name)
+        stamp_tmp = tmp.with_name(tmp.name.replace(".dsocr-cache-", ".dsocr-cache-stamp-", 1))
+        os.close(fd)
+        os.unlink(name)                 # DuckDB creates the file itself; the name stays ours
         _write(trace, tmp, key)
         os.chmod(tmp, 0o600)
         final = cache_file(trace.path)
@@ -197,8 +198,9 @@ def store(trace) -> None:
     except Exception:  # noqa: BLE001 - the cache is optional; the answer was already printed
         pass
     finally:
-        for leftover in (tmp, Path(str(tmp) + ".wal"), stamp_tmp):
-            leftover.unlink(missing_ok=True)
+        if tmp is not None:
+            for leftover in (tmp, Path(str(tmp) + ".wal"), stamp_tmp):
+                leftover.unlink(missing_ok=True)
 
 
 def _write(trace, tmp: Path, key: str) -> None:
