@@ -382,3 +382,28 @@ def page_costs(config: ModelConfig, workload: Workload, decode_kv_lengths=None, 
         out[stages.DECODE_STEP] = decode
         out[stages.REQUEST] = out[stages.PREFILL] + decode
     return out
+
+
+def attention_flops(config: ModelConfig, workload: Workload, decode_kv_lengths=None, *, policy=None) -> dict[str, int]:
+    """The attention-core FLOPs (QK^T and AV) inside each stage of `page_costs`, same keys; the rest of a
+    stage's FLOPs are linear layers, convolutions and SAM's decomposed rel-pos products (matmuls). Lets
+    hardware-counted work be compared per kernel class (attention kernels vs GEMMs)."""
+    sam, clip, dec = config.sam, config.clip, config.decoder
+    out = {stages.SAM: 0, stages.CLIP: 0, stages.PROJECTOR: 0}
+    for v in workload.views:
+        g = v.side // sam.patch_size
+        n, ws = g * g, sam.window_size
+        n_pad = (ws * math.ceil(g / ws)) ** 2
+        for b in range(sam.depth):
+            t, keys = (n, n) if b in sam.global_attn_indexes else (n_pad, ws * ws)
+            out[stages.SAM] += 4 * t * keys * sam.width * v.count
+        t = (g // DOWNSAMPLE) ** 2 + 1
+        out[stages.CLIP] += clip.layers * 4 * t * t * clip.width * v.count
+    prompt = workload.prompt_tokens
+    out[stages.LLM_PREFILL] = dec.num_hidden_layers * attention_core_flops(dec, prompt, prompt, policy)
+    out[stages.PREFILL] = sum(out[s] for s in (*VISION_STAGES, stages.LLM_PREFILL))
+    if decode_kv_lengths is not None:
+        decode = sum(dec.num_hidden_layers * attention_core_flops(dec, 1, kv, policy) for kv in decode_kv_lengths)
+        out[stages.DECODE] = out[stages.DECODE_STEP] = decode
+        out[stages.REQUEST] = out[stages.PREFILL] + decode
+    return out

@@ -156,3 +156,23 @@ def test_decode_totals_match_worked_examples(L, n, tf):
     # doc §9 worked examples: "+1000 decoded" / "+3000 decoded", step i at KV length L + i + 1
     total = sum(flops.decode_step_cost(DEC, L + 1 + i).flops for i in range(n))
     assert round(total / 1e12, 3 if n == 1000 else 2) == tf
+
+
+def test_attention_split_of_each_stage():
+    """attention_flops: the QK^T + AV part of each stage, by hand for a 1024 view (SAM ViT-B: 12 blocks, 4 of them
+    global over 64^2 tokens, 8 windowed over 5x5 windows of 14^2; CLIP-L 24 layers over 16^2 + 1 tokens)."""
+    w = workload_shapes(1024, 1024, "base")
+    kv = [257 + 16, 257 + 17]
+    got = flops.attention_flops(OFFICIAL, w, kv)
+    n = 64 * 64
+    assert got[stages.SAM] == 4 * (4 * n * n * 768) + 8 * (4 * (70 * 70) * 196 * 768)
+    assert got[stages.CLIP] == 24 * 4 * 257 * 257 * 1024
+    assert got[stages.PROJECTOR] == 0
+    p = w.prompt_tokens
+    assert got[stages.LLM_PREFILL] == 12 * 4 * p * p * 1280
+    rows = flops.decode_layer_rows(OFFICIAL, kv)
+    assert got[stages.DECODE] == sum(r["attention_flops"] for r in rows) == 12 * 4 * 1280 * sum(kv)
+    assert got[stages.PREFILL] == got[stages.SAM] + got[stages.CLIP] + got[stages.LLM_PREFILL]
+    # never more than the stage's total
+    costs = flops.page_costs(OFFICIAL, w, kv)
+    assert all(0 <= got[s] <= costs[s].flops for s in costs)
