@@ -4,6 +4,7 @@
     dsocr-analyze TRACE --ranges all --json  every range name, machine-readable
     dsocr-analyze kernels TRACE [--range NAME] [--top N]
     dsocr-analyze sql TRACE "SELECT ..."     or  -f sql/FILE.sql,  --csv / --json
+    dsocr-analyze ncu FILE.csv [FILE2.csv]   Nsight Compute counters without a trace
     report | dataset | diff | export-perfetto | writeback | export-parquet
 
 The CLI sits on top: command modules register their commands here (`register(cli, common)`, the way
@@ -22,10 +23,10 @@ from types import SimpleNamespace
 import click
 
 from dsocr_perf.analyze import errors as E
-from dsocr_perf.analyze.out import dataset, diff, parquet, perfetto, query, report, stages, writeback
+from dsocr_perf.analyze.out import dataset, diff, ncu, parquet, perfetto, query, report, stages, writeback
 
 DEFAULT_COMMAND = "stages"
-COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback, parquet)
+COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback, parquet, ncu)
 
 
 class AnalyzeGroup(click.Group):

@@ -25,8 +25,10 @@ ENTRY = {"name", "stage", "parent", "depth", "instances", "inclusive_ns", "exclu
          "launches", "kernel_launches", "host_syncs", "api_calls", "memcpy", "memsets", "flops", "bytes",
          "intensity_flop_per_byte", "tflop_per_s_busy", "gb_per_s_busy", "mfu_busy_pct", "mbu_busy_pct",
          "mfu_wall_pct", "mbu_wall_pct", "roof_busy_pct", "bound", "sm_active_wall_pct", "tensor_active_wall_pct",
-         "dram_read_wall_pct", "dram_write_wall_pct", "inclusive_frac",
+         "dram_read_wall_pct", "dram_write_wall_pct", "inclusive_frac", "measured",
          "mfu", "mbu", "tflops", "gbs", "intensity"}           # the last five: deprecated
+MEASURED = {"mode", "tensor_flops", "simt_flops", "dram_read_bytes", "dram_write_bytes", "l2_bytes", "kernels",
+            "kernel_ns", "sampled_steps", "tensor_flops_ratio", "dram_bytes_ratio", "mfu_issued_busy_pct", "scaling"}
 CAUSES = {"gpu_other", "sync", "memcpy", "launch", "other_api", "host"}
 DEPRECATED = {"mfu": "mfu_busy_pct", "mbu": "mbu_busy_pct", "tflops": "tflop_per_s_busy", "gbs": "gb_per_s_busy",
               "intensity": "intensity_flop_per_byte"}
@@ -79,6 +81,8 @@ def test_every_entry_has_every_key_with_its_unit(doc):
             assert not (isinstance(value, float) and not math.isfinite(value))
         for old, new in DEPRECATED.items():
             assert entry[old] == entry[new], (entry["name"], old)
+        # Nsight Compute's block: null, or every key (the example's ncu CSV lies beside it)
+        assert entry["measured"] is None or set(entry["measured"]) == MEASURED, entry["name"]
 
 
 def test_steps_and_opportunities(doc):

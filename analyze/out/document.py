@@ -6,7 +6,8 @@ does not exist is `null`, never NaN; every entry of a list has the same keys.
 
     schema, trace (path as given), trace_info {path, format, source, exporter_version, manifest_source}
     totals {kernels, kernel_ns, attributed_ns, attributed_frac, gpu_ops, ranges, first_op_ns, last_op_ns}
-    ranges [one per stage or range name: see RANGE_KEYS]
+    ranges [one per stage or range name: see RANGE_KEYS, plus `measured` (Nsight Compute's counters, or null:
+            analyze.metrics.measured.BLOCK_KEYS)]
     steps [one per decode step: see STEP_KEYS], step_summary {...}
     opportunities [up to three, ranked: see analyze.metrics.opportunities]
     workload, gpu, model_level, attention_policy, warnings, notes
@@ -42,8 +43,11 @@ SHIFT_SHARE = 0.2        # a level shift: mean wall time before and after differ
 MIN_SEGMENT = 5
 
 
-def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, policy=None) -> dict:
+def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, policy=None, ncu=None) -> dict:
+    """`ncu`: Nsight Compute CSVs for the `measured` block of each entry (analyze.out.measured.NcuInput); None:
+    those beside the trace (NAME.ncu.csv, ...), False: none."""
     from dsocr_perf.analyze.metrics.opportunities import opportunities
+    from dsocr_perf.analyze.out.measured import add_measured
 
     all_rows = trace.table("stages").to_pylist()
     rows = select(all_rows, which)
@@ -83,6 +87,7 @@ def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, p
     }
     stage_index = {r["stage"]: r for r in _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs)}
     doc["opportunities"] = opportunities(stage_index, doc, trace)
+    add_measured(doc, ncu, trace, policy)
     return clean(doc)
 
 

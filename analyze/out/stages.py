@@ -1,6 +1,8 @@
 """`dsocr-analyze TRACE` (the stage table, text or `--json`) and `dsocr-analyze kernels TRACE`."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import click
 
 from dsocr_perf.analyze.errors import TraceError, UsageError
@@ -24,21 +26,30 @@ def register(cli, common) -> None:
                   help="How causal attention FLOPs are counted (default full: as torch's flop counter does).")
     @click.option("--roofline", "roofline_stem", type=click.Path(path_type=common.Path),
                   help="Also write a roofline plot, one point per stage: STEM.png and STEM.svg.")
+    @click.option("--ncu", "ncu_paths", multiple=True, type=click.Path(path_type=common.Path), metavar="FILE.csv",
+                  help="Nsight Compute CSV of the same session (repeatable: the ranges CSV and a kernel-replay CSV); "
+                       "default: NAME.ncu.csv, NAME.ncu-kernels.csv, NAME.ncu-simt.csv (or .gz) beside the trace.")
+    @click.option("--no-ncu", is_flag=True, help="Leave out the Nsight Compute CSVs found beside the trace.")
     @common.force_option
     @common.no_cache_option
-    def stages_command(trace_path, which, as_json, peak_tflops, peak_gbs, attention_policy, roofline_stem, force,
-                       no_cache):
+    def stages_command(trace_path, which, as_json, peak_tflops, peak_gbs, attention_policy, roofline_stem, ncu_paths,
+                       no_ncu, force, no_cache):
         """Per-stage GPU time of TRACE (the default command): attribution, where the wall time goes, FLOPs,
-        MFU and MBU over busy and wall time, the limiter of each stage, and the top opportunities."""
+        MFU and MBU over busy and wall time, the limiter of each stage, and the top opportunities; with Nsight
+        Compute CSVs, the hardware-counted FLOPs and bytes beside the model's."""
         from dsocr_perf.analyze.out.document import document
+        from dsocr_perf.analyze.out.measured import for_trace
 
         trace = common.open(trace_path, no_cache, quiet=True, keep=False)
+        ncu = for_trace(trace_path, ncu_paths, no_ncu) if ncu_paths or no_ncu else None   # None: found beside
         if not trace.totals.gpu_ops:
             raise TraceError(f"{trace_path} has no GPU kernels, memcpys or memsets: nothing to attribute; capture "
                              "with CUDA tracing on (`nsys profile --trace=cuda,nvtx`)")
         if not as_json:
             common.warn(trace)
-        doc = document(trace, which, peak_tflops=peak_tflops, peak_gbs=peak_gbs, policy=attention_policy)
+        doc = document(trace, which, peak_tflops=peak_tflops, peak_gbs=peak_gbs, policy=attention_policy, ncu=ncu)
+        if not as_json:   # the measured block's own warnings (a bad CSV beside the trace, n/a rows)
+            common.warn(SimpleNamespace(warnings=doc["warnings"]))
         if roofline_stem is not None:
             from dsocr_perf.analyze.out.roofline import plot_roofline
 
@@ -159,6 +170,10 @@ def efficiency_table(modelled: list[dict], doc: dict) -> str:
                          f"ms busy, {model['wall_ns'] / 1e6:,.3f} ms wall: MFU {num(model['mfu_busy_pct'], '.1f')} % "
                          f"busy, {num(model['mfu_wall_pct'], '.2f')} % wall; MBU {num(model['mbu_busy_pct'], '.1f')} % "
                          f"busy, {num(model['mbu_wall_pct'], '.2f')} % wall")
+    if any(r.get("measured") for r in doc["ranges"]):
+        from dsocr_perf.analyze.out.ncu import measured_table
+
+        lines += ["", measured_table(doc["ranges"]), ""]
     lines += [f"note: {m}" for m in doc["notes"]]
     return "\n".join(lines)
 
