@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dsocr_perf.analyze.paths import signals_held
+
 CACHE_FORMAT = 1
 TABLES = ("kernels", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps", "gpu_metrics", "gpus",
           "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
@@ -182,9 +184,10 @@ def store(trace) -> None:
         return
     tmp = stamp_tmp = None
     try:   # from the moment the temporary name exists, every exit removes it (Ctrl-C and SIGTERM included)
-        fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
-        tmp = Path(name)
-        stamp_tmp = tmp.with_name(tmp.name.replace(".dsocr-cache-", ".dsocr-cache-stamp-", 1))
+        with signals_held():
+            fd, name = tempfile.mkstemp(prefix=".dsocr-cache-", suffix=f".{os.getpid()}.tmp", dir=folder)
+            tmp = Path(name)
+            stamp_tmp = tmp.with_name(tmp.name.replace(".dsocr-cache-", ".dsocr-cache-stamp-", 1))
         os.close(fd)
         os.unlink(name)                 # DuckDB creates the file itself; the name stays ours
         _write(trace, tmp, key)

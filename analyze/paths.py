@@ -11,9 +11,11 @@ the input uses, or reached through a symlink; an existing one is replaced only w
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,17 +116,40 @@ def _inside(out: Path, source: Path) -> bool:
 
 
 @contextmanager
-def atomic_output(out: Path, mode: str = "w", **kwargs):
-    """Open a temporary file created exclusively beside `out`; on success rename it over `out`, on
-    any failure (or Ctrl-C) remove it. Write errors become one OutputError line."""
-    out = Path(out)
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends (on the main thread): a temporary file is created and its
+    name held in one step, so an interrupt can never leave a file nobody will remove."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def temporary_beside(out: Path) -> tuple[int, Path]:
+    """(fd, path) of a new file created exclusively beside `out`, named `.OUT.XXXX.part`. Call it inside
+    `signals_held()` inside the try whose `finally` removes the file."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{out.name[:100]}.", suffix=".part", dir=out.parent)
     except OSError as e:
         raise OutputError(f"cannot write in {out.parent} ({e.strerror or e}); pass an output in a writable folder") \
             from None
-    tmp = Path(name)
+    return fd, Path(name)
+
+
+@contextmanager
+def atomic_output(out: Path, mode: str = "w", **kwargs):
+    """Open a temporary file created exclusively beside `out`; on success rename it over `out`, on
+    any failure (or Ctrl-C) remove it. Write errors become one OutputError line."""
+    out = Path(out)
+    tmp = None
     try:
+        with signals_held():
+            fd, tmp = temporary_beside(out)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
         _usual_mode(tmp)
@@ -133,7 +158,7 @@ def atomic_output(out: Path, mode: str = "w", **kwargs):
         raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
                           "permissions") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
@@ -148,14 +173,11 @@ def _usual_mode(tmp: Path) -> None:
 def atomic_path(out: Path):
     """Like atomic_output, for writers that want a path (sqlite_utils, matplotlib, pyarrow)."""
     out = Path(out)
+    tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name[:100]}.", suffix=".part", dir=out.parent)
-        os.close(fd)
-    except OSError as e:
-        raise OutputError(f"cannot write in {out.parent} ({e.strerror or e}); pass an output in a writable folder") \
-            from None
-    tmp = Path(name)
-    try:
+        with signals_held():
+            fd, tmp = temporary_beside(out)
+            os.close(fd)
         yield tmp
         _usual_mode(tmp)
         os.replace(tmp, out)
@@ -163,5 +185,5 @@ def atomic_path(out: Path):
         raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
                           "permissions") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
