@@ -120,6 +120,8 @@ class CachedTables:
         self._arrow: dict = {}
 
     def get(self, name: str):
+        if name == "ranges_core":
+            return self.get("ranges").drop_columns(["payload"])
         if name not in self._arrow:
             self._arrow[name] = self.con.table(name).to_arrow_table()
         return self._arrow[name]
