@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsocr_perf.analyze import attribute as A
+from dsocr_perf.analyze.keys import dense_index, index_in
 from dsocr_perf.analyze.read.raw import KERNEL, MEMCPY, MEMCPY_DIRECTIONS, MEMSET, Raw
 
 CALL_KINDS = ("launch", "sync", "memcpy", "memset", "other")
@@ -58,12 +59,11 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
     the per-cause idle time of the calls inside it (rolled up)."""
     ops, calls = raw.ops, raw.calls
     n_calls, n_ranges = len(calls), att.ranges.start.size
-    launched = att.op_call >= 0
-    gpu_ops = np.bincount(att.op_call[launched], minlength=n_calls).astype(np.int64) if n_calls else np.zeros(0, np.int64)
-    kind = _call_kinds(raw, att, launched)
+    gpu_ops = att.calls_ops.counts
+    kind = _call_kinds(raw, att)
     direction = np.full(n_calls, -1, np.int8)
-    copies = launched & (ops.kind == MEMCPY)
-    if copies.any():
+    copies = np.flatnonzero((ops.kind == MEMCPY) & (att.op_call >= 0))
+    if copies.size:
         table = np.full(256, DIRECTIONS.index("other"), np.int8)
         for copy_kind, name in MEMCPY_DIRECTIONS.items():
             table[copy_kind] = DIRECTIONS.index(name)
@@ -76,7 +76,7 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
     # per range: the calls inside it, by kind, at each call's innermost range per lane (from the
     # engine), rolled up the trees; start/end ranges take their calls as one slice each
     lanes, order = att.lanes, att.calls
-    per_range = _empty_counts(n_ranges)
+    per_range = np.zeros((n_ranges, len(COUNTS)), np.int64)
     groups, members = [], []
     for per_call in order.lane_at:
         ids = np.flatnonzero(per_call >= 0)
@@ -84,26 +84,26 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
         members.append(ids)
     if groups:
         t = _call_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), kind, direction, idle_ns)
-        _roll_up_counts(t, lanes)
-        _store(per_range, lanes.pp, t)
+        for level in range(int(lanes.depth.max(initial=0)), 0, -1):
+            sel = np.flatnonzero(lanes.depth == level)
+            np.add.at(t, lanes.parent[sel], t[sel])
+        per_range[lanes.pp] = t
     se = order.startend
     if se.size:
         r = att.ranges
         g, ids = A.calls_inside(order.order, order.sorted_key, calls.end, se, r.thread, r.start, r.end, lanes.t0)
-        _store(per_range, se, _call_totals(se.size, g, ids, kind, direction, idle_ns))
-    inner = order.inner
+        per_range[se] = _call_totals(se.size, g, ids, kind, direction, idle_ns)
 
     window_idle = idle.overlap(raw.nvtx.process, att.ranges.start, att.ranges.end)
-    facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=inner, idle_ns=idle_ns,
+    facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=order.inner, idle_ns=idle_ns,
                       gpu_busy_ns=idle.busy_ns())
-    return facts, _range_accounting(att, per_range, window_idle)
+    return facts, _range_accounting(att, {name: per_range[:, i] for i, name in enumerate(COUNTS)}, window_idle)
 
 
-def _call_kinds(raw: Raw, att: A.Attribution, launched: np.ndarray) -> np.ndarray:
+def _call_kinds(raw: Raw, att: A.Attribution) -> np.ndarray:
     """One kind per call: memcpy > memset > sync > launch > other (a blocking copy is a copy)."""
     ops, calls = raw.ops, raw.calls
     n = len(calls)
-    kind = np.full(n, OTHER, np.int8)
     names = calls.names
     by_name = np.full(len(names) + 1, OTHER, np.int8)   # last slot: unknown name (-1)
     for i, name in enumerate(names):
@@ -114,14 +114,17 @@ def _call_kinds(raw: Raw, att: A.Attribution, launched: np.ndarray) -> np.ndarra
         elif raw.source == "kineto" and name in SYNC_NAMES:
             by_name[i] = SYNC
     kind = by_name[calls.name_id]
-    launches = att.op_call[launched & (ops.kind == KERNEL)]
+    op_call = att.op_call
+    launches = np.compress((ops.kind == KERNEL) & (op_call >= 0), op_call)
     kind[launches[kind[launches] == OTHER]] = LAUNCH
     if raw.sync_keys.size and n:
-        key = (calls.process << 32) | (calls.correlation & 0xFFFFFFFF)
-        is_sync = np.isin(key, raw.sync_keys)
+        key = calls.process << 32
+        key |= calls.correlation & 0xFFFFFFFF
+        at = np.minimum(np.searchsorted(raw.sync_keys, key), raw.sync_keys.size - 1)
+        is_sync = raw.sync_keys[at] == key
         kind[is_sync & (kind != COPY) & (kind != SET)] = SYNC
     for op_kind, call_kind in ((MEMCPY, COPY), (MEMSET, SET)):
-        made = att.op_call[launched & (ops.kind == op_kind)]
+        made = op_call[(ops.kind == op_kind) & (op_call >= 0)]
         kind[made] = call_kind
     return kind
 
@@ -130,11 +133,11 @@ class GpuIdle:
     """Per process, the intervals in which none of its GPU operations runs, with prefix sums."""
 
     def __init__(self, ops):
-        self.procs = np.unique(ops.process) if len(ops) else np.zeros(0, np.int64)
+        self.procs, proc = dense_index(ops.process)
         self.gaps = []
-        for p in self.procs:
-            mine = np.flatnonzero(ops.process == p)
-            s, e = ops.start[mine], ops.end[mine]
+        for p in range(self.procs.size):
+            mine = np.flatnonzero(proc == p) if self.procs.size > 1 else None
+            s, e = (ops.start, ops.end) if mine is None else (ops.start[mine], ops.end[mine])
             if not (s[1:] >= s[:-1]).all():
                 order = np.argsort(s, kind="stable")
                 s, e = s[order], e[order]
@@ -166,46 +169,32 @@ class GpuIdle:
         out = end - start
         if not self.procs.size:
             return out
-        pos = np.minimum(np.searchsorted(self.procs, process), self.procs.size - 1)
-        known = self.procs[pos] == process
+        pos = index_in(process, self.procs)
         for i in range(self.procs.size):
-            mine = np.flatnonzero(known & (pos == i))
+            if self.procs.size == 1 and (pos == 0).all():
+                out = self.cumulative(i, end) - self.cumulative(i, start)
+                break
+            mine = np.flatnonzero(pos == i)
             if mine.size:
                 out[mine] = self.cumulative(i, end[mine]) - self.cumulative(i, start[mine])
         return out
 
 
-def _empty_counts(n: int) -> dict:
-    out = {f"{k}_calls": np.zeros(n, np.int64) for k in CALL_KINDS}
-    out.update({f"memcpy_{d}": np.zeros(n, np.int64) for d in DIRECTIONS})
-    out.update({f"idle_{k}": np.zeros(n, np.int64) for k in CALL_KINDS})
-    return out
+COUNTS = tuple(f"{k}_calls" for k in CALL_KINDS) + tuple(f"idle_{k}" for k in CALL_KINDS) + \
+    tuple(f"memcpy_{d}" for d in DIRECTIONS)
 
 
-def _call_totals(n: int, group: np.ndarray, ids: np.ndarray, kind, direction, idle_ns) -> dict:
-    out = {}
-    k = kind[ids]
-    for i, name in enumerate(CALL_KINDS):
-        sel = k == i
-        out[f"{name}_calls"] = np.bincount(group[sel], minlength=n).astype(np.int64)
-        out[f"idle_{name}"] = np.rint(np.bincount(group[sel], weights=idle_ns[ids[sel]], minlength=n)).astype(np.int64)
+def _call_totals(n: int, group: np.ndarray, ids: np.ndarray, kind, direction, idle_ns) -> np.ndarray:
+    """Per group, the COUNTS columns: calls and their GPU-idle ns by kind, memcpy calls by direction."""
+    k = len(CALL_KINDS)
+    key = group * k
+    key += kind[ids]
+    calls = np.bincount(key, minlength=n * k).reshape(n, k)
+    idle = np.rint(np.bincount(key, weights=idle_ns[ids], minlength=n * k)).astype(np.int64).reshape(n, k)
     d = direction[ids]
-    for i, name in enumerate(DIRECTIONS):
-        out[f"memcpy_{name}"] = np.bincount(group[d == i], minlength=n).astype(np.int64)
-    return out
-
-
-def _roll_up_counts(t: dict, lanes: A.Lanes) -> None:
-    for level in range(int(lanes.depth.max(initial=0)), 0, -1):
-        sel = np.flatnonzero(lanes.depth == level)
-        up = lanes.parent[sel]
-        for values in t.values():
-            np.add.at(values, up, values[sel])
-
-
-def _store(per_range: dict, rows: np.ndarray, t: dict) -> None:
-    for name, values in t.items():
-        per_range[name][rows] = values
+    copies = np.flatnonzero(d >= 0)
+    copies_by = np.bincount(group[copies] * len(DIRECTIONS) + d[copies], minlength=n * len(DIRECTIONS))
+    return np.concatenate([calls, idle, copies_by.reshape(n, len(DIRECTIONS))], axis=1)
 
 
 def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> dict:

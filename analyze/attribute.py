@@ -13,11 +13,13 @@ How, without a join over the big tables:
 2. Push/pop ranges nest per thread: each thread's ranges form a tree ("lane"), parents found by
    climbing from the previous range. Ranges of different NVTX domains may interleave on one thread;
    then that thread gets one lane per domain. A lane that still does not nest is left out (warned).
-3. Each op's innermost range in each lane of its thread: `searchsorted` of the packed key
-   (lane << 46 | call start) in the lane's ranges, climbed until the range outlasts the call.
+3. The calls of threads with ranges, in (thread, start) order (a stable sort by thread: the runtime
+   table is in time order), each asked once for its innermost range in each lane of its thread:
+   `searchsorted` of the packed key (lane << 46 | call start) in the lane's ranges, climbed until the
+   range outlasts the call. Ops take their call's answer.
 4. Per range totals at the innermost ranges, rolled up to every ancestor level by level.
-5. Start/end ranges (few): the ops of their thread launched between their start and end are one
-   slice of the ops sorted by (thread, call start).
+5. Start/end ranges (few): the calls of their thread made between their start and end are one
+   slice of the calls in (thread, start) order; their ops are taken through the calls.
 6. Busy = inclusive kernel time for a range whose kernels ran on one stream that never overlaps
    itself; else the exact union of its kernels' intervals.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsocr_perf.analyze.keys import dense_index, index_in
 from dsocr_perf.analyze.read.raw import KERNEL, Raw
 
 TIME_BITS = 46      # packed (lane << 46 | time - t0): ~19.5 h of trace, 2**17 lanes
@@ -52,13 +55,22 @@ class Attribution:
     ranges: Ranges
     threads: np.ndarray       # dense thread index -> thread key of the trace
     op_call: np.ndarray       # per op: call index, -1 none
-    op_inner: np.ndarray      # per op: tightest enclosing range, -1
     calls: object             # CallOrder: the calls on ranged threads and their ranges
     calls_ops: object         # CallsOps: the ops of each call
     stats: dict               # per range: inclusive_ns, exclusive_ns, busy_ns, span_ns, first_ns, last_ns,
                               #   kernels, gpu_ops, launches, cpu_ns, outermost_of_name
     lanes: object             # the lane trees
     warnings: list
+    calls_end: np.ndarray
+    attributed_ns: int        # kernel time launched inside some range
+
+    @property
+    def op_inner(self) -> np.ndarray:
+        """Per op: its tightest enclosing range, -1."""
+        inner = self.calls.inner
+        if not inner.size:
+            return np.full(self.op_call.size, -1, np.int64)
+        return np.where(self.op_call >= 0, inner[np.maximum(self.op_call, 0)], -1)
 
     def op_lane_inner(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per lane rank: (ops, their innermost push/pop range in that lane)."""
@@ -79,8 +91,6 @@ class Attribution:
         g, ops = self.calls_ops.expand(g, call)
         return ops, se[g]
 
-    calls_end: np.ndarray = None
-
 
 # ------------------------------------------------------------------------------------- op -> call
 
@@ -89,8 +99,7 @@ class CallIndex:
     table when they stay small, else sorted keys."""
 
     def __init__(self, process: np.ndarray, correlation: np.ndarray):
-        self.procs = np.unique(process)
-        proc = np.searchsorted(self.procs, process)
+        self.procs, proc = dense_index(process)
         n = correlation.size
         self.duplicates = 0
         top = int(correlation.max()) + 1 if n else 1
@@ -115,14 +124,13 @@ class CallIndex:
 
     def lookup(self, process: np.ndarray, correlation: np.ndarray) -> np.ndarray:
         """Per op: the index of its call, -1 where it has none."""
-        pos = np.minimum(np.searchsorted(self.procs, process), max(self.procs.size - 1, 0))
-        known = (self.procs.size > 0) & (correlation >= 0)
-        known &= self.procs[pos] == process if self.procs.size else False
+        pos = index_in(process, self.procs)
+        known = (pos >= 0) & (correlation >= 0)
         if self.table is not None:
             inside = known & (correlation < self.width)
             slot = np.where(inside, pos * self.width + correlation, 0)
             return np.where(inside, self.table[slot] if self.table.size else -1, -1)
-        key = (pos.astype(np.int64) << 32) | (correlation & 0xFFFFFFFF)
+        key = (np.maximum(pos, 0) << 32) | (correlation & 0xFFFFFFFF)
         if not self.sorted_keys.size:
             return np.full(correlation.size, -1, np.int64)
         at = np.minimum(np.searchsorted(self.sorted_keys, key), self.sorted_keys.size - 1)
@@ -177,9 +185,10 @@ def build_lanes(r_start, r_end, r_thread, r_domain, pushpop, live, n_threads, wa
     split = np.zeros(n_threads, bool)
     while True:
         lane_key = r_thread[pp] * domains + np.where(split[r_thread[pp]], r_domain[pp] + 1, 0)
-        order = np.lexsort((pp, lane_key))          # pp in range_id order: by start, longer first
-        pp, lane_key = pp[order], lane_key[order]
-        lane = np.unique(lane_key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        if lane_key.size and not (lane_key[1:] >= lane_key[:-1]).all():   # pp in range_id order: by start, longer first
+            order = np.lexsort((pp, lane_key))
+            pp, lane_key = pp[order], lane_key[order]
+        _, lane = dense_index(lane_key)
         parent, crossing = _tree(r_start[pp], r_end[pp], lane)
         if not crossing.any():
             break
@@ -212,7 +221,9 @@ def build_lanes(r_start, r_end, r_thread, r_domain, pushpop, live, n_threads, wa
 
 
 def packed(lane: np.ndarray, t: np.ndarray, t0: int) -> np.ndarray:
-    return (lane << TIME_BITS) | (t - t0)
+    out = t - t0
+    out |= lane.astype(np.int64, copy=False) << TIME_BITS
+    return out
 
 
 def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
@@ -220,16 +231,16 @@ def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.nda
     lanes.pp, -1 none. Fastest with items sorted by (lane, t_start)."""
     if not lanes.pp.size or not lane.size:
         return np.full(lane.size, -1, np.int64)
-    cand = np.searchsorted(lanes.key, packed(lane, t_start, lanes.t0), side="right") - 1
-    cand[(cand >= 0) & (lanes.lane[np.maximum(cand, 0)] != lane)] = -1
-    at = cand.copy()
+    at = np.searchsorted(lanes.key, packed(lane, t_start, lanes.t0), side="right") - 1
+    other = at >= 0
+    other &= lanes.lane[np.maximum(at, 0)] != lane
+    at[other] = -1
     todo = np.flatnonzero(at >= 0)
+    todo = todo[lanes.end[at[todo]] < t_end[todo]]      # candidates that end before the item: climb
     while todo.size:
-        r = at[todo]
-        outlasts = lanes.end[r] >= t_end[todo]
-        todo = todo[~outlasts]
-        at[todo] = lanes.parent[r[~outlasts]]
+        at[todo] = lanes.parent[at[todo]]
         todo = todo[at[todo] >= 0]
+        todo = todo[lanes.end[at[todo]] < t_end[todo]]
     return at
 
 
@@ -247,6 +258,7 @@ def attribute(raw: Raw) -> Attribution:
         warnings.append(f"{index.duplicates:,} API calls repeat the (process, correlation id) of an earlier call: "
                         "their GPU operations are joined to the first call only")
     del index
+    calls_of = CallsOps(op_call, n_calls)
 
     # ranges, their threads (dense ids), the lanes
     r_start = nvtx.ranges.column("start_ns").to_numpy()
@@ -259,46 +271,49 @@ def attribute(raw: Raw) -> Attribution:
 
     # 2. the calls made on threads that have ranges, in (thread, start) order: every containment
     # question is asked once per call, and its ops take the answer through op_call
-    call_thread = dense_thread(threads, calls.thread)
-    ranged = np.flatnonzero(call_thread >= 0)
-    times = [r_start[live], r_end[live], calls.start[ranged], calls.end[ranged]]
-    t0 = int(min((t.min() for t in times if t.size), default=0))
-    t1 = int(max((t.max() for t in times if t.size), default=0))
+    call_thread = index_in(calls.thread, threads)
+    call_order = thread_order(call_thread, calls.start, threads.size)
+    call_th = call_thread[call_order]
+    c_start, c_end = calls.start[call_order], calls.end[call_order]
+    times = [t for t in (r_start[live], r_end[live], c_start, c_end) if t.size]
+    t0 = int(min(t.min() for t in times)) if times else 0
+    t1 = int(max(t.max() for t in times)) if times else 0
     if t1 - t0 >= 1 << TIME_BITS:
         raise ValueError("the trace spans more than 19 hours")  # packed keys would overflow
     lanes.t0, lanes.key = t0, packed(lanes.lane, lanes.start, t0)
-    key = packed(call_thread[ranged], calls.start[ranged], t0)
-    order = np.argsort(key, kind="stable")            # calls come in time order: nearly sorted already
-    call_order, call_sorted = ranged[order], key[order]
-    del ranged, key, order
+    call_sorted = packed(call_th, c_start, t0)
 
     # 3. innermost push/pop range of each call in each lane of its thread
     call_inner = np.full(n_calls, -1, np.int64)
     lane_at = []                                       # per lane rank: per call, index into lanes.pp or -1
-    th = call_thread[call_order]
     for rank in range(int(lanes.thread_lanes[:, 1].max(initial=0))):
-        has = lanes.thread_lanes[th, 1] > rank
-        ids = call_order[has]
-        at = innermost(lanes, lanes.thread_lanes[th[has], 0] + rank, calls.start[ids], calls.end[ids])
+        has = lanes.thread_lanes[call_th, 1] > rank
+        every = bool(has.all())
+        ids = call_order if every else call_order[has]
+        at = innermost(lanes, lanes.thread_lanes[call_th if every else call_th[has], 0] + rank,
+                       c_start if every else c_start[has], c_end if every else c_end[has])
         per_call = np.full(n_calls, -1, np.int64)
         per_call[ids] = at
         lane_at.append(per_call)
         hit = at >= 0
-        _tighten(call_inner, ids[hit], lanes.pp[at[hit]], r_start, r_end)
-    del th
+        if rank == 0:
+            call_inner[ids[hit]] = lanes.pp[at[hit]]
+        else:
+            _tighten(call_inner, ids[hit], lanes.pp[at[hit]], r_start, r_end)
+    del call_th, c_start, c_end
 
     # 4. per op totals, at each op's innermost range per lane, rolled up the trees
     dur = ops.end - ops.start
     is_kernel = ops.kind == KERNEL
-    per_op = (ops, dur, is_kernel, _first_of_call(op_call, n_calls), ops.stream_key,
-              _self_overlapping_streams(ops, ops.stream_key, is_kernel))
-    launched = np.flatnonzero(op_call >= 0)
+    per_op = (ops, dur, is_kernel, calls_of.first_op(), ops.stream_key, _self_overlapping(ops, is_kernel))
+    launched = calls_of.launched()
     totals = _Totals(n_ranges)
     groups, members = [], []
     for per_call in lane_at:
-        at = per_call[op_call[launched]]
-        groups.append(at[at >= 0])
-        members.append(launched[at >= 0])
+        at = per_call[op_call if launched is None else op_call[launched]]
+        hit = at >= 0
+        groups.append(np.compress(hit, at))
+        members.append(np.flatnonzero(hit) if launched is None else np.compress(hit, launched))
     if groups:
         per_pp = _op_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), *per_op)
         _roll_up(per_pp, lanes)
@@ -307,7 +322,6 @@ def attribute(raw: Raw) -> Attribution:
 
     # 5. start/end ranges: the calls of their thread between their start and end, one slice each
     se = np.flatnonzero(live & ~nvtx.pushpop)
-    calls_of = CallsOps(op_call, n_calls)
     if se.size:
         g, c = calls_inside(call_order, call_sorted, calls.end, se, r_thread, r_start, r_end, t0)
         _tighten(call_inner, c, se[g], r_start, r_end)
@@ -334,10 +348,12 @@ def attribute(raw: Raw) -> Attribution:
         busy[multi] = _union_busy(ops, is_kernel, calls_of.expand(g, c), multi.size)
 
     # exclusive: each kernel in its tightest range
-    op_inner = np.where(op_call >= 0, call_inner[np.maximum(op_call, 0)], -1) if n_calls else \
-        np.full(n_ops, -1, np.int64)
-    ek = is_kernel & (op_inner >= 0)
-    exclusive = np.bincount(op_inner[ek], weights=dur[ek], minlength=n_ranges)
+    kernel_calls = op_call[is_kernel]
+    inner = np.where(kernel_calls >= 0, call_inner[np.maximum(kernel_calls, 0)], -1) if n_calls else \
+        np.full(kernel_calls.size, -1, np.int64)
+    hit = inner >= 0
+    exclusive = np.bincount(np.compress(hit, inner), weights=np.compress(hit, dur[is_kernel]), minlength=n_ranges)
+    del kernel_calls, inner, hit
 
     # instances nested in an instance of the same name count their kernels once per name
     self_nested = np.zeros(n_ranges, bool)
@@ -362,16 +378,28 @@ def attribute(raw: Raw) -> Attribution:
                     depth=depth, name_id=nvtx.name_id, names=nvtx.names)
     calls_index = CallOrder(order=call_order, sorted_key=call_sorted, thread=call_thread, lane_at=lane_at,
                             inner=call_inner, startend=se)
-    return Attribution(ranges=ranges, threads=threads, op_call=op_call, op_inner=op_inner, calls=calls_index,
-                       calls_ops=calls_of, stats=stats, lanes=lanes, warnings=warnings, calls_end=calls.end)
+    return Attribution(ranges=ranges, threads=threads, op_call=op_call, calls=calls_index, calls_ops=calls_of,
+                       stats=stats, lanes=lanes, warnings=warnings, calls_end=calls.end,
+                       attributed_ns=int(round(float(exclusive.sum()))))
 
 
-def dense_thread(threads: np.ndarray, thread_keys: np.ndarray) -> np.ndarray:
-    """Per key: its index in `threads` (the threads that have ranges), -1 elsewhere."""
-    if not threads.size or not thread_keys.size:
-        return np.full(thread_keys.size, -1, np.int64)
-    pos = np.minimum(np.searchsorted(threads, thread_keys), threads.size - 1)
-    return np.where(threads[pos] == thread_keys, pos, -1)
+def thread_order(call_thread: np.ndarray, start: np.ndarray, n_threads: int) -> np.ndarray:
+    """The calls with a thread (call_thread >= 0) in (thread, start) order, ties in table order: a
+    stable sort on the thread alone when each thread's calls are in time order already (nsys writes
+    the runtime table in time order), else on both."""
+    ranged = int(np.count_nonzero(call_thread >= 0))
+    if n_threads < 1 << 15:
+        if ranged == call_thread.size and n_threads == 1:
+            order = np.arange(call_thread.size)
+        else:
+            key = call_thread.astype(np.int16)
+            key[call_thread < 0] = n_threads              # calls without ranges sort last, and are cut
+            order = np.argsort(key, kind="stable")[:ranged]
+        s, th = start[order], call_thread[order]
+        if ((s[1:] >= s[:-1]) | (th[1:] != th[:-1])).all():
+            return order
+    mine = np.flatnonzero(call_thread >= 0)
+    return mine[np.lexsort((start[mine], call_thread[mine]))]
 
 
 def _tighten(inner: np.ndarray, ids: np.ndarray, rng: np.ndarray, r_start, r_end) -> None:
@@ -384,26 +412,54 @@ def _tighten(inner: np.ndarray, ids: np.ndarray, rng: np.ndarray, r_start, r_end
     cur = np.maximum(current, 0)
     tighter = ~has | (r_start[rng] > r_start[cur]) | ((r_start[rng] == r_start[cur]) & (r_end[rng] < r_end[cur]))
     ids, rng = ids[tighter], rng[tighter]
-    order = np.lexsort((-r_end[rng], r_start[rng]))      # ascending tightness: the last write wins
-    inner[ids[order]] = rng[order]
+    if ids.size > 1 and np.bincount(ids).max() > 1:
+        order = np.lexsort((-r_end[rng], r_start[rng]))      # ascending tightness: the last write wins
+        ids, rng = ids[order], rng[order]
+    inner[ids] = rng
 
 
 class CallsOps:
-    """The GPU ops of each call: usually one; a CUDA-graph launch makes many (ops sorted by call)."""
+    """The GPU ops of each call: usually one; a CUDA-graph launch makes many (then ops sorted by call)."""
 
     def __init__(self, op_call: np.ndarray, n_calls: int):
         self.op_call, self.n_calls = op_call, n_calls
-        self._order = None
+        self.all_launched = bool(op_call.size) and int(op_call.min()) >= 0
+        self._launched = None if self.all_launched else np.flatnonzero(op_call >= 0)
+        on_call = op_call if self._launched is None else op_call[self._launched]
+        self.counts = np.bincount(on_call, minlength=n_calls) if n_calls else np.zeros(0, np.int64)
+        self.single = int(self.counts.max(initial=0)) <= 1       # no call launched two ops
+        self._order = self._op_of = None
+
+    def launched(self) -> np.ndarray | None:
+        """The ops with a call; None when every op has one."""
+        return self._launched
+
+    def first_op(self) -> np.ndarray:
+        """Per op: whether it is the first op of its call (one 'launch' per call)."""
+        if self.single:
+            return self.op_call >= 0
+        first = np.zeros(self.op_call.size, bool)
+        launched = np.flatnonzero(self.op_call >= 0)
+        seen = np.full(self.n_calls, -1, np.int64)
+        seen[self.op_call[launched[::-1]]] = launched[::-1]     # the first op of each call is written last
+        first[seen[seen >= 0]] = True
+        return first
 
     def expand(self, group: np.ndarray, call: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(group, op) pairs for (group, call) pairs."""
+        if self.single:
+            if self._op_of is None:
+                self._op_of = np.full(self.n_calls, -1, np.int64)
+                launched = np.flatnonzero(self.op_call >= 0) if self._launched is None else self._launched
+                self._op_of[self.op_call[launched]] = launched
+            op = self._op_of[call]
+            keep = op >= 0
+            return np.compress(keep, group), np.compress(keep, op)
         if self._order is None:
             launched = np.flatnonzero(self.op_call >= 0)
             self._order = launched[np.argsort(self.op_call[launched], kind="stable")]
-            counts = np.bincount(self.op_call[launched], minlength=self.n_calls)
-            self._first = np.cumsum(counts) - counts
-            self._count = counts
-        counts = self._count[call]
+            self._first = np.cumsum(self.counts) - self.counts
+        counts = self.counts[call]
         g = np.repeat(group, counts)
         offset = np.repeat(self._first[call] - np.cumsum(counts) + counts, counts)
         return g, self._order[np.arange(g.size) + offset]
@@ -420,35 +476,33 @@ class CallOrder:
     startend: np.ndarray      # the start/end ranges that take part
 
 
-def _first_of_call(op_call: np.ndarray, n_calls: int) -> np.ndarray:
-    """One op per launching call is its 'launch' (a CUDA-graph launch makes many ops): the first."""
-    first = np.zeros(op_call.size, bool)
-    launched = np.flatnonzero(op_call >= 0)
-    if launched.size:
-        seen = np.full(n_calls, -1, np.int64)
-        seen[op_call[launched[::-1]]] = launched[::-1]     # the first op of each call is written last
-        first[seen[seen >= 0]] = True
-    return first
-
-
-def _self_overlapping_streams(ops, stream_key, is_kernel) -> np.ndarray:
+def _self_overlapping(ops, is_kernel) -> np.ndarray | None:
     """Per op: a kernel on a stream where two kernels overlap in time (programmatic dependent
-    launch, or a damaged trace); the union of intervals then differs from the sum of durations."""
-    out = np.zeros(len(ops), bool)
+    launch, or a damaged trace); the union of intervals then differs from the sum of durations.
+    None when no stream overlaps itself."""
     k = np.flatnonzero(is_kernel)
     if k.size < 2:
-        return out
-    order = k[np.lexsort((ops.start[k], stream_key[k]))]
-    s, e, key = ops.start[order], ops.end[order], stream_key[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(key.size), 0))
-    v = e - s[group_start]
-    offset = _group_offset(key, v)
-    reach = np.maximum.accumulate(v + offset) - offset + s[group_start]   # furthest end so far, per stream
-    overlaps = ~first[1:] & (s[1:] < reach[:-1])
-    if overlaps.any():
-        bad = np.unique(key[1:][overlaps])
-        out[k] = np.isin(stream_key[k], bad)
+        return None
+    s, e = ops.start[k], ops.end[k]
+    if (s[1:] >= s[:-1]).all() and not (s[1:] < np.maximum.accumulate(e)[:-1]).any():
+        return None                                  # no two kernels overlap anywhere
+    streams, stream = dense_index(ops.stream_key[k])
+    order = np.argsort(stream.astype(np.int16), kind="stable") if streams.size < 1 << 15 else \
+        np.argsort(stream, kind="stable")
+    s, e, stream = s[order], e[order], stream[order]
+    bounds = np.r_[0, np.flatnonzero(stream[1:] != stream[:-1]) + 1, stream.size]
+    bad = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        ss, ee = s[lo:hi], e[lo:hi]
+        if not (ss[1:] >= ss[:-1]).all():
+            by_start = np.argsort(ss, kind="stable")
+            ss, ee = ss[by_start], ee[by_start]
+        if (ss[1:] < np.maximum.accumulate(ee)[:-1]).any():
+            bad.append(int(stream[lo]))
+    if not bad:
+        return None
+    out = np.zeros(len(ops), bool)
+    out[k[order[np.isin(stream, bad)]]] = True
     return out
 
 
@@ -494,17 +548,21 @@ def _op_totals(n: int, group: np.ndarray, ids: np.ndarray, ops, dur, is_kernel, 
     """Per group (range): kernel ns and counts, launches, first/last op, streams of its kernels, and
     how many of them ran on a stream that overlaps itself."""
     kg = is_kernel[ids]
-    t = {"inclusive": np.bincount(group[kg], weights=dur[ids[kg]], minlength=n),
-         "kernels": np.bincount(group[kg], minlength=n).astype(np.int64),
+    g_k, ids_k = np.compress(kg, group), np.compress(kg, ids)
+    first = first_of_call[ids]
+    t = {"inclusive": np.bincount(g_k, weights=dur[ids_k], minlength=n),
+         "kernels": np.bincount(g_k, minlength=n).astype(np.int64),
          "gpu_ops": np.bincount(group, minlength=n).astype(np.int64),
-         "launches": np.bincount(group[first_of_call[ids]], minlength=n).astype(np.int64),
+         "launches": np.bincount(group if first.all() else np.compress(first, group), minlength=n).astype(np.int64),
          "first": np.full(n, BIG, np.int64), "last": np.full(n, -BIG, np.int64),
          "stream_lo": np.full(n, BIG, np.int64), "stream_hi": np.full(n, -BIG, np.int64),
-         "overlap": np.bincount(group[overlap[ids]], minlength=n).astype(np.int64)}
+         "overlap": np.zeros(n, np.int64) if overlap is None else
+         np.bincount(np.compress(overlap[ids], group), minlength=n).astype(np.int64)}
     np.minimum.at(t["first"], group, ops.start[ids])
     np.maximum.at(t["last"], group, ops.end[ids])
-    np.minimum.at(t["stream_lo"], group[kg], stream_key[ids[kg]])
-    np.maximum.at(t["stream_hi"], group[kg], stream_key[ids[kg]])
+    streams = stream_key[ids_k]
+    np.minimum.at(t["stream_lo"], g_k, streams)
+    np.maximum.at(t["stream_hi"], g_k, streams)
     return t
 
 
@@ -527,7 +585,9 @@ def calls_inside(call_order, call_sorted, call_end, rs, r_thread, r_start, r_end
     offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
     ids = call_order[np.arange(group.size) + offset]
     keep = call_end[ids] <= r_end[rs][group]
-    return group[keep], ids[keep]
+    if keep.all():
+        return group, ids
+    return np.compress(keep, group), np.compress(keep, ids)
 
 
 def _union_busy(ops, is_kernel, inside: tuple[np.ndarray, np.ndarray], n_groups: int) -> np.ndarray:

@@ -227,7 +227,7 @@ def _trace(path: Path, fmt: str, raw, att, tables) -> Trace:
     is_kernel = ops.kind == 0
     dur = ops.end - ops.start
     totals = Totals(kernels=int(is_kernel.sum()), kernel_ns=int(dur[is_kernel].sum()),
-                    attributed_ns=int(dur[is_kernel & (att.op_inner >= 0)].sum()), gpu_ops=len(ops),
+                    attributed_ns=att.attributed_ns, gpu_ops=len(ops),
                     gpu_op_ns=int(dur.sum()),
                     ranges=int(att.ranges.start.size), first_ns=int(ops.start.min()) if len(ops) else None,
                     last_ns=int(ops.end.max()) if len(ops) else None)

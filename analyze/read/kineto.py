@@ -364,10 +364,9 @@ def read_kineto(path: Path):
     names = sorted(set(calls_t.column("api_name").to_pylist()))
     index = {n: i for i, n in enumerate(names)}
     calls = R.ApiCalls(start=ints(calls_t, "start_ns"), end=ints(calls_t, "end_ns"), process=ints(calls_t, "gpid"),
-                       thread=call_thread.astype(np.int64), pid=ints(calls_t, "pid"), tid=ints(calls_t, "tid"),
-                       correlation=ints(calls_t, "correlation"),
+                       thread=call_thread.astype(np.int64), correlation=ints(calls_t, "correlation"),
                        name_id=np.array([index[n] for n in calls_t.column("api_name").to_pylist()], np.int32),
-                       names=names)
+                       names=names, os_ids=(ints(calls_t, "pid"), ints(calls_t, "tid")))
     meta = list(zip(tables["meta"].column("key").to_pylist(), tables["meta"].column("value").to_pylist()))
     warnings = [v for key, v in meta if key == "warning"]
     meta = [(key, v) for key, v in meta if key != "warning"]

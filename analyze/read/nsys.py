@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.keys import dense_index
 from dsocr_perf.analyze.read import raw as R
 from dsocr_perf.analyze.read.nvtx import read_nvtx
 from dsocr_perf.analyze.read.sqlite import INT_NULL
@@ -30,7 +31,7 @@ KNOWN = ("CUPTI_ACTIVITY_KIND_KERNEL", RUNTIME, "NVTX_EVENTS", "TARGET_INFO_GPU"
          "EXPORT_META_DATA")
 REEXPORT = "re-export the report with `nsys export --type sqlite`"
 GRAPH_LAUNCH = ("cudaGraphLaunch", "cuGraphLaunch")
-TID_BITS = 24
+TID_BITS = R.TID_BITS
 
 
 def read_nsys(open_source, name: str, fmt: str) -> R.Raw:
@@ -127,12 +128,12 @@ class Strings:
 
     def codes(self, ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Dense codes (int32, -1 unknown) for string ids, and the distinct strings they index."""
-        distinct, inverse = np.unique(ids, return_inverse=True)
+        distinct, inverse = dense_index(ids)
         text = self.lookup(distinct.tolist())
         names = [text.get(int(i)) for i in distinct]
         known = np.array([n is not None for n in names], bool)
         code_of_distinct = np.where(known, np.cumsum(known) - 1, -1).astype(np.int32)
-        return code_of_distinct[inverse.reshape(-1)], [n for n in names if n is not None]
+        return code_of_distinct[inverse], [n for n in names if n is not None]
 
     def any_prefix(self, prefixes) -> bool:
         return any(v is not None and v.startswith(prefixes) for v in self.values)
@@ -141,9 +142,9 @@ class Strings:
 # ---------------------------------------------------------------------------------------------- GPU ops
 
 def _read_ops(src, graphs: bool):
-    """KERNEL, MEMCPY and MEMSET rows, the columns attribution needs; `parts` says which rows of
-    which table each op is, for reading its details later."""
-    columns, parts, warnings = [], [], []
+    """KERNEL, MEMCPY and MEMSET rows, the columns attribution needs, read into one set of arrays;
+    `parts` says which rows of which table each op is, for reading its details later."""
+    tables, parts, warnings = [], [], []
     for table_name, kind in OPS_TABLES:
         table = src.table(table_name)
         if table is None:
@@ -156,26 +157,36 @@ def _read_ops(src, graphs: bool):
         wanted = {"start": "start", "end": "end", "correlation": "correlationid", "gpid": "globalpid"}
         if graphs:
             wanted["graph_node"] = "graphnodeid"
-        if kind == R.MEMCPY:
-            wanted["copy_kind"] = "copykind"
         present = {k: c[v] for k, v in wanted.items() if v in c}
         if "deviceid" in c and "streamid" in c:
             present["stream_key"] = (c["deviceid"], c["streamid"])
-        data = src.ints(table, present)
-        n = len(data["start"])
-        keep = _plausible_ops(data, table, warnings)
-        if "correlation" not in data or "gpid" not in data:
+        tables.append((table, kind, present, c.get("copykind") if kind == R.MEMCPY else None))
+    if not tables:
+        return R.GpuOps.empty(), warnings, parts
+    names = ("start", "end", "correlation", "gpid", "stream_key") + (("graph_node",) if graphs else ())
+    out = {name: np.empty(sum(src.row_bound(t) for t, _, _, _ in tables), np.int64) for name in names}
+    pieces, copy_kinds, at = [], [], 0
+    for table, kind, present, copy_column in tables:
+        n = src.read_into(table, present, out, at)
+        for name in names:
+            if name not in present:
+                out[name][at:at + n] = -1
+        if "correlation" not in present or "gpid" not in present:
             warnings.append(f"{table} has no correlationId/globalPid column: its {n:,} operations cannot be joined "
                             "to the calls that launched them and are in no range")
-        part = {k: (v if keep is None else v[keep]) for k, v in data.items()}
+        keep = _plausible_ops(out["start"][at:at + n], out["end"][at:at + n], table, warnings)
+        if copy_column is not None:
+            copy_kinds.append((at, src.ints(table, {"copy_kind": copy_column}, rows_hint=n)["copy_kind"]))
         parts.append((table, kind, n, keep))
-        columns.append((kind, part))
-    return _concat_ops(columns), warnings, parts
+        pieces.append((kind, at, n, keep))
+        at += n
+    return _ops(out, at, pieces, copy_kinds), warnings, parts
 
 
-def _plausible_ops(data: dict, table: str, warnings: list[str]) -> np.ndarray | None:
+def _plausible_ops(start: np.ndarray, end: np.ndarray, table: str, warnings: list[str]) -> np.ndarray | None:
     """Rows to keep (None: all): a start and an end, and end >= start."""
-    start, end = data["start"], data["end"]
+    if not start.size or (int(start.min()) != INT_NULL and bool((end >= start).all())):
+        return None
     missing = (start == INT_NULL) | (end == INT_NULL)
     backwards = ~missing & (end < start)
     bad = missing | backwards
@@ -188,29 +199,31 @@ def _plausible_ops(data: dict, table: str, warnings: list[str]) -> np.ndarray | 
     return ~bad
 
 
-def _concat_ops(columns) -> R.GpuOps:
-    if not columns:
-        return R.GpuOps.empty()
-
-    def column(name, fill=None, dtype=np.int64):
-        arrays = []
-        for _, part in columns:
-            a = part.get(name)
-            if a is None:
-                a = np.full(len(part["start"]), INT_NULL if fill is None else fill, dtype)
-            elif fill is not None and a.size and a.min() == INT_NULL:
-                a = np.where(a == INT_NULL, fill, a)
-            arrays.append(a.astype(dtype, copy=False))
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-    kind = np.concatenate([np.full(len(p["start"]), k, np.int8) for k, p in columns])
-    gpid = column("gpid", -1)
-    process = np.where(gpid >= 0, gpid >> TID_BITS, -1)
-    copy = column("copy_kind", -1)
-    copy = np.where((kind == R.MEMCPY) & (copy >= 0) & (copy < 128), copy, -1).astype(np.int8)
-    return R.GpuOps(start=column("start"), end=column("end"), kind=kind, process=process,
-                    correlation=column("correlation", -1), stream_key=column("stream_key", -1),
-                    graph_node=column("graph_node", -1), copy_kind=copy)
+def _ops(out: dict, rows: int, pieces: list, copy_kinds: list) -> R.GpuOps:
+    """The GPU ops from the arrays read (NULL -> -1), implausible rows left out."""
+    kind = np.empty(rows, np.int8)
+    copy = np.full(rows, -1, np.int8)
+    for k, at, n, _ in pieces:
+        kind[at:at + n] = k
+    for at, values in copy_kinds:
+        copy[at:at + values.size] = np.where((values >= 0) & (values < 128), values, -1)
+    columns = {name: a[:rows] for name, a in out.items()}
+    for name in ("correlation", "gpid", "stream_key", "graph_node"):
+        if name in columns and rows and int(columns[name].min()) == INT_NULL:
+            columns[name] = np.where(columns[name] == INT_NULL, -1, columns[name])
+    if any(keep is not None for *_, keep in pieces):
+        keep = np.concatenate([np.ones(n, bool) if k is None else k for _, _, n, k in pieces])
+        columns = {name: a[keep] for name, a in columns.items()}
+        kind, copy = kind[keep], copy[keep]
+    gpid = columns["gpid"]
+    process = gpid >> TID_BITS
+    if gpid.size and int(gpid.min()) < 0:
+        process[gpid < 0] = -1
+    graph_node = columns.get("graph_node")
+    return R.GpuOps(start=columns["start"], end=columns["end"], kind=kind, process=process,
+                    correlation=columns["correlation"], stream_key=columns["stream_key"],
+                    graph_node=np.broadcast_to(np.int64(-1), (kind.size,)) if graph_node is None else graph_node,
+                    copy_kind=copy)
 
 
 # --------------------------------------------------------------------------------------------- API calls
@@ -230,11 +243,11 @@ def _read_calls(src, graphs: bool) -> dict:
 def _calls(data: dict, strings: Strings) -> R.ApiCalls:
     if not data or not len(data["start"]):
         return R.ApiCalls.empty()
-    gtid = data["gtid"]
-    keep = (data["start"] != INT_NULL) & (data["end"] != INT_NULL) & (gtid != INT_NULL) & (data["end"] >= data["start"])
-    if not keep.all():
+    start, end, gtid = data["start"], data["end"], data["gtid"]
+    if int(start.min()) == INT_NULL or int(gtid.min()) == INT_NULL or not (end >= start).all():
+        keep = (start != INT_NULL) & (end != INT_NULL) & (gtid != INT_NULL) & (end >= start)
         data = {k: v[keep] for k, v in data.items()}
-        gtid = data["gtid"]
+        start, end, gtid = data["start"], data["end"], data["gtid"]
     name = data.get("name")
     if name is None:
         name_id, names = np.full(len(gtid), -1, np.int32), []
@@ -243,9 +256,10 @@ def _calls(data: dict, strings: Strings) -> R.ApiCalls:
         names = [_strip_version(n) for n in names]
         names, name_id = _merge_equal(names, name_id)
     correlation = data["correlation"]
-    return R.ApiCalls(start=data["start"], end=data["end"], process=gtid >> TID_BITS, thread=gtid,
-                      pid=(gtid >> TID_BITS) & ((1 << TID_BITS) - 1), tid=gtid & ((1 << TID_BITS) - 1),
-                      correlation=np.where(correlation == INT_NULL, -1, correlation), name_id=name_id, names=names)
+    if correlation.size and int(correlation.min()) == INT_NULL:
+        correlation = np.where(correlation == INT_NULL, -1, correlation)
+    return R.ApiCalls(start=start, end=end, process=gtid >> TID_BITS, thread=gtid, correlation=correlation,
+                      name_id=name_id, names=names)
 
 
 def _strip_version(name: str) -> str:

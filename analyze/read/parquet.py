@@ -86,6 +86,17 @@ class ParquetDir:
                 out[name] = column(spec)
         return out
 
+    def read_into(self, table: str, columns: dict, out: dict[str, np.ndarray], offset: int) -> int:
+        """As SqliteFile.read_into."""
+        data = self.ints(table, columns)
+        rows = len(next(iter(data.values()))) if data else 0
+        for name in out:
+            if offset + rows > out[name].size:
+                out[name] = np.resize(out[name], offset + rows)
+        for name, values in data.items():
+            out[name][offset:offset + rows] = values
+        return rows
+
     def row_bound(self, table: str) -> int:
         return self._metadata_rows(table)
 

@@ -17,6 +17,8 @@ import numpy as np
 
 KERNEL, MEMCPY, MEMSET = 0, 1, 2
 STREAM_BITS = 40
+TID_BITS = 24                 # nsys globalTid: ... | pid << 24 | tid
+TID_MASK = (1 << TID_BITS) - 1
 OP_KINDS = ("kernel", "memcpy", "memset")
 
 # ENUM_CUDA_MEMCPY_OPER ids (identical in every export that has the enum); names as nsys >= 2024 prints them.
@@ -67,19 +69,27 @@ class ApiCalls:
     end: np.ndarray
     process: np.ndarray
     thread: np.ndarray
-    pid: np.ndarray           # OS ids
-    tid: np.ndarray
     correlation: np.ndarray
     name_id: np.ndarray       # int32 index into `names`; -1 unknown
     names: list[str]          # API names without the `_vNNNN` suffix
+    os_ids: tuple | None = None   # (pid, tid) where `thread` is no nsys globalTid (Kineto)
 
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def pid(self) -> np.ndarray:
+        """OS process ids (nsys: from globalTid, computed when asked)."""
+        return self.os_ids[0] if self.os_ids is not None else (self.thread >> TID_BITS) & TID_MASK
+
+    @property
+    def tid(self) -> np.ndarray:
+        return self.os_ids[1] if self.os_ids is not None else self.thread & TID_MASK
+
     @staticmethod
     def empty() -> "ApiCalls":
         z = np.zeros(0, np.int64)
-        return ApiCalls(z, z, z, z, z, z, z, z.astype(np.int32), [])
+        return ApiCalls(z, z, z, z, z, z.astype(np.int32), [])
 
 
 @dataclass
