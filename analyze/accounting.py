@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsocr_perf.analyze import attribute as A
-from dsocr_perf.analyze.keys import dense_index, index_in
+from dsocr_perf.analyze.keys import accumulate, dense_index, index_in, spans
 from dsocr_perf.analyze.read.raw import KERNEL, MEMCPY, MEMCPY_DIRECTIONS, MEMSET, Raw
 
 CALL_KINDS = ("launch", "sync", "memcpy", "memset", "other")
@@ -71,33 +71,39 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
     direction[(kind == COPY) & (direction < 0)] = DIRECTIONS.index("other")
 
     idle = GpuIdle(ops)
-    idle_ns = idle.overlap(calls.process, calls.start, calls.end)
+    idle_ns = np.empty(n_calls, np.int64)
+    for sl in spans(n_calls):
+        idle_ns[sl] = idle.overlap(calls.process[sl], calls.start[sl], calls.end[sl])
 
     # per range: the calls inside it, by kind, at each call's innermost range per lane (from the
     # engine), rolled up the trees; start/end ranges take their calls as one slice each
     lanes, order = att.lanes, att.calls
-    per_range = np.zeros((n_ranges, len(COUNTS)), np.int64)
-    groups, members = [], []
-    for per_call in order.lane_at:
-        ids = np.flatnonzero(per_call >= 0)
-        groups.append(per_call[ids])
-        members.append(ids)
-    if groups:
-        t = _call_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), kind, direction, idle_ns)
-        for level in range(int(lanes.depth.max(initial=0)), 0, -1):
-            sel = np.flatnonzero(lanes.depth == level)
-            np.add.at(t, lanes.parent[sel], t[sel])
-        per_range[lanes.pp] = t
+    per_range = {name: np.zeros(n_ranges, np.int64) for name in COUNTS}
+    if order.lane_at:
+        per_pp = _Counts(len(lanes.pp))
+        for sl in spans(n_calls):
+            for per_call in order.lane_at:
+                at = per_call[sl]
+                mine = np.flatnonzero(at >= 0)
+                ids = mine + sl.start
+                per_pp.add(at[mine], kind[ids], direction[ids], idle_ns[ids])
+        for name, values in per_pp.columns().items():
+            for level in range(int(lanes.depth.max(initial=0)), 0, -1):
+                sel = np.flatnonzero(lanes.depth == level)
+                np.add.at(values, lanes.parent[sel], values[sel])
+            per_range[name][lanes.pp] = values
     se = order.startend
     if se.size:
-        r = att.ranges
-        g, ids = A.calls_inside(order.order, order.sorted_key, calls.end, se, r.thread, r.start, r.end, lanes.t0)
-        per_range[se] = _call_totals(se.size, g, ids, kind, direction, idle_ns)
+        per_se = _Counts(se.size)
+        for g, ids in order.inside(se, att.ranges, calls.end, lanes.t0):
+            per_se.add(g, kind[ids], direction[ids], idle_ns[ids])
+        for name, values in per_se.columns().items():
+            per_range[name][se] = values
 
     window_idle = idle.overlap(raw.nvtx.process, att.ranges.start, att.ranges.end)
     facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=order.inner, idle_ns=idle_ns,
                       gpu_busy_ns=idle.busy_ns())
-    return facts, _range_accounting(att, {name: per_range[:, i] for i, name in enumerate(COUNTS)}, window_idle)
+    return facts, _range_accounting(att, per_range, window_idle)
 
 
 def _call_kinds(raw: Raw, att: A.Attribution) -> np.ndarray:
@@ -184,17 +190,32 @@ COUNTS = tuple(f"{k}_calls" for k in CALL_KINDS) + tuple(f"idle_{k}" for k in CA
     tuple(f"memcpy_{d}" for d in DIRECTIONS)
 
 
-def _call_totals(n: int, group: np.ndarray, ids: np.ndarray, kind, direction, idle_ns) -> np.ndarray:
-    """Per group, the COUNTS columns: calls and their GPU-idle ns by kind, memcpy calls by direction."""
-    k = len(CALL_KINDS)
-    key = group * k
-    key += kind[ids]
-    calls = np.bincount(key, minlength=n * k).reshape(n, k)
-    idle = np.rint(np.bincount(key, weights=idle_ns[ids], minlength=n * k)).astype(np.int64).reshape(n, k)
-    d = direction[ids]
-    copies = np.flatnonzero(d >= 0)
-    copies_by = np.bincount(group[copies] * len(DIRECTIONS) + d[copies], minlength=n * len(DIRECTIONS))
-    return np.concatenate([calls, idle, copies_by.reshape(n, len(DIRECTIONS))], axis=1)
+class _Counts:
+    """Per group, the COUNTS columns: calls and their GPU-idle ns by kind, memcpy calls by direction;
+    summed chunk by chunk."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.calls = np.zeros(n * len(CALL_KINDS), np.int64)
+        self.idle = np.zeros(n * len(CALL_KINDS), np.float64)
+        self.copies = np.zeros(n * len(DIRECTIONS), np.int64)
+
+    def add(self, group: np.ndarray, kind: np.ndarray, direction: np.ndarray, idle_ns: np.ndarray) -> None:
+        key = group.astype(np.int64) * len(CALL_KINDS)
+        key += kind
+        accumulate(self.calls, key)
+        accumulate(self.idle, key, idle_ns)
+        copies = np.flatnonzero(direction >= 0)
+        accumulate(self.copies, group[copies].astype(np.int64) * len(DIRECTIONS) + direction[copies])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The COUNTS columns, one array each."""
+        k, d = len(CALL_KINDS), len(DIRECTIONS)
+        calls, idle = self.calls.reshape(self.n, k), np.rint(self.idle).astype(np.int64).reshape(self.n, k)
+        copies = self.copies.reshape(self.n, d)
+        return {**{f"{name}_calls": np.ascontiguousarray(calls[:, i]) for i, name in enumerate(CALL_KINDS)},
+                **{f"idle_{name}": np.ascontiguousarray(idle[:, i]) for i, name in enumerate(CALL_KINDS)},
+                **{f"memcpy_{name}": np.ascontiguousarray(copies[:, i]) for i, name in enumerate(DIRECTIONS)}}
 
 
 def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> dict:

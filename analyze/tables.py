@@ -156,7 +156,7 @@ class Tables:
             "call_id": np.arange(len(calls), dtype=np.int64), "correlation": nullable(calls.correlation, pa.int64()),
             "pid": calls.pid, "tid": calls.tid, "start_ns": calls.start, "end_ns": calls.end,
             "dur_ns": calls.end - calls.start, "api_name": _api_names(calls), "kind": kind,
-            "gpu_ops": facts.gpu_ops, "memcpy_direction": direction, "gpu_idle_ns": facts.idle_ns,
+            "gpu_ops": facts.gpu_ops.astype(np.int64), "memcpy_direction": direction, "gpu_idle_ns": facts.idle_ns,
             "range_id": nullable(facts.inner, pa.int64()), "stage": self._stage_names(facts.inner)})
 
     def _ranges(self) -> pa.Table:
