@@ -12,6 +12,7 @@ every failure becomes one `Error:` line and a documented exit status (analyze.er
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -22,19 +23,36 @@ from types import SimpleNamespace
 import click
 
 from dsocr_perf.analyze import errors as E
-from dsocr_perf.analyze.out import dataset, diff, parquet, perfetto, query, report, stages, writeback
+
+# NumPy's OpenBLAS starts a thread per core at import (~65 ms of CPU here); the analysis never calls BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DEFAULT_COMMAND = "stages"
-COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback, parquet)
+# command -> the module that registers it (imported when the command runs or --help lists it: the
+# stage table does not pay for the report's or the diff's imports)
+COMMAND_MODULES = {"stages": "stages", "kernels": "stages", "sql": "query", "report": "report", "dataset": "dataset",
+                   "diff": "diff", "export-perfetto": "perfetto", "writeback": "writeback",
+                   "export-parquet": "parquet"}
 
 
 class AnalyzeGroup(click.Group):
-    """A group whose first argument may be a trace instead of a command (then: the stage table)."""
+    """A group whose first argument may be a trace instead of a command (then: the stage table), and
+    whose commands are registered by their modules on first use (click's lazy-loading pattern)."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in ("--help", "-h", "--version") and args[0] not in self.list_commands(ctx):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx, name):
+        if name in COMMAND_MODULES and name not in self.commands:
+            module = importlib.import_module(f"dsocr_perf.analyze.out.{COMMAND_MODULES[name]}")
+            if name not in self.commands:
+                module.register(self, common)
+        return super().get_command(ctx, name)
 
 
 @click.group(cls=AnalyzeGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -96,8 +114,6 @@ common = SimpleNamespace(
     echo_json=echo_json,
 )
 
-for module in COMMAND_MODULES:
-    module.register(cli, common)
 
 
 def main(argv=None) -> None:
