@@ -521,18 +521,25 @@ class CallOrder:
 
 def thread_order(call_thread: np.ndarray, start: np.ndarray, n_threads: int) -> np.ndarray:
     """The calls with a thread (call_thread >= 0) in (thread, start) order, ties in table order: a
-    stable sort on the thread alone when each thread's calls are in time order already (nsys writes
-    the runtime table in time order), else on both."""
-    ranged = int(np.count_nonzero(call_thread >= 0))
-    if n_threads < 1 << 15:
-        if ranged == call_thread.size and n_threads == 1:
-            order = np.arange(call_thread.size, dtype=INDEX)
-        else:
-            key = call_thread.astype(np.int16)
-            key[call_thread < 0] = n_threads              # calls without ranges sort last, and are cut
-            order = np.argsort(key, kind="stable")[:ranged].astype(INDEX)
-        if _in_time_order(order, call_thread, start):
-            return order
+    counting sort on the thread alone when each thread's calls are in time order already (nsys writes
+    the runtime table in time order), else a sort on both."""
+    sizes = np.zeros(n_threads, np.int64)
+    for sl in spans(call_thread.size):
+        th = call_thread[sl]
+        accumulate(sizes, th[th >= 0])
+    if n_threads == 1 and sizes[0] == call_thread.size:
+        order = np.arange(call_thread.size, dtype=INDEX)
+    else:
+        order = np.empty(int(sizes.sum()), INDEX)
+        filled = np.cumsum(sizes) - sizes                  # where each thread's next call goes
+        for sl in spans(call_thread.size):
+            th = call_thread[sl]
+            for t in np.unique(th[th >= 0]).tolist():
+                mine = np.flatnonzero(th == t)
+                order[filled[t]:filled[t] + mine.size] = mine + sl.start
+                filled[t] += mine.size
+    if _in_time_order(order, call_thread, start):
+        return order
     mine = np.flatnonzero(call_thread >= 0)
     return mine[np.lexsort((start[mine], call_thread[mine]))].astype(INDEX)
 
@@ -555,11 +562,12 @@ def _self_overlapping(ops) -> np.ndarray | None:
     launch, or a damaged trace); the union of intervals then differs from the sum of durations.
     None when no stream overlaps itself."""
     k = ops.kind == KERNEL
-    if np.count_nonzero(k) < 2:
+    n_kernels = int(np.count_nonzero(k))
+    if n_kernels < 2:
         return None
-    kernels = np.flatnonzero(k) if not k.all() else None
-    streams = distinct(ops.stream_key if kernels is None else ops.stream_key[kernels])
-    bad = _overlapping_streams(ops, kernels, streams)
+    kernels = slice(0, n_kernels) if k[:n_kernels].all() else np.flatnonzero(k)   # readers put kernels first
+    streams = distinct(ops.stream_key[kernels])
+    bad = _overlapping_streams(ops, kernels, n_kernels, streams)
     if not bad:
         return None
     out = np.zeros(len(ops), bool)
@@ -567,15 +575,14 @@ def _self_overlapping(ops) -> np.ndarray | None:
     return out
 
 
-def _overlapping_streams(ops, kernels, streams) -> list[int]:
+def _overlapping_streams(ops, kernels, n, streams) -> list[int]:
     """Indexes (into streams) of the streams on which a kernel starts before an earlier one ends.
     Kernels come in start order (nsys lists them so; checked): a running end per stream, chunk by
     chunk; else each stream's kernels sorted."""
-    n = ops.start.size if kernels is None else kernels.size
     reach = np.full(streams.size, np.iinfo(np.int64).min, np.int64)    # furthest end so far, per stream
     bad, last_start = set(), np.iinfo(np.int64).min
     for sl in spans(n):
-        rows = sl if kernels is None else kernels[sl]
+        rows = slice(kernels.start + sl.start, kernels.start + sl.stop) if isinstance(kernels, slice) else kernels[sl]
         s, e = ops.start[rows], ops.end[rows]
         if s[0] < last_start or not (s[1:] >= s[:-1]).all():
             return _overlapping_streams_sorted(ops, kernels, streams)
@@ -592,7 +599,7 @@ def _overlapping_streams(ops, kernels, streams) -> list[int]:
 
 
 def _overlapping_streams_sorted(ops, kernels, streams) -> list[int]:
-    k = np.arange(ops.start.size) if kernels is None else kernels
+    k = np.arange(ops.start.size)[kernels]
     _, stream = dense_index(ops.stream_key[k])
     order = np.lexsort((ops.start[k], stream))
     s, e, stream = ops.start[k][order], ops.end[k][order], stream[order]

@@ -156,7 +156,7 @@ def _store_caches() -> None:
     from dsocr_perf.analyze import cache
 
     while TO_CACHE:
-        cache.store(TO_CACHE.pop())
+        cache.store_after_answer(TO_CACHE.pop())
 
 
 def threading_main() -> bool:

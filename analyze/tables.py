@@ -63,6 +63,10 @@ class Tables:
             self._built[name] = getattr(self, "_" + name.lstrip("_"))()
         return self._built[name]
 
+    def forget(self, name: str) -> None:
+        """Let a built table go (it is built again if asked for)."""
+        self._built.pop(name, None)
+
     # -- shared pieces
     def range_name_list(self) -> list[str]:
         return self.att.ranges.names

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.paths import check_input
+from dsocr_perf.analyze.paths import check_input, is_table_folder
 from dsocr_perf.dsocr import stages as S
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -136,8 +136,6 @@ class Trace:
 
 def sniff(path: Path) -> str:
     """'sqlite' | 'sqlite.gz' | 'json' | 'json.gz' | 'parquet', or TraceError."""
-    from dsocr_perf.analyze.read.parquet import is_table_folder
-
     check_input(path)
     if path.is_dir():
         if is_table_folder(path):

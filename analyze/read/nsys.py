@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from dsocr_perf.analyze.errors import TraceError
 from dsocr_perf.analyze.keys import dense_index
+from dsocr_perf.analyze.paths import is_table_folder
 from dsocr_perf.analyze.read import raw as R
 from dsocr_perf.analyze.read.nvtx import read_nvtx
 from dsocr_perf.analyze.read.sqlite import INT_NULL
@@ -436,7 +437,7 @@ def _names(ids: np.ndarray | None, rows: int, strings: Strings) -> pa.Array:
 
 def open_export(path: Path, name: str):
     """A table source for an nsys export: SQLite file or Parquet/Arrow folder."""
-    from dsocr_perf.analyze.read.parquet import ParquetDir, is_table_folder
+    from dsocr_perf.analyze.read.parquet import ParquetDir
     from dsocr_perf.analyze.read.sqlite import SqliteFile
 
     if is_table_folder(path):

@@ -13,14 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.paths import TABLE_FILE_SUFFIXES as SUFFIXES
 from dsocr_perf.analyze.read.sqlite import INT_NULL, PACK_BITS, to_int64
-
-SUFFIXES = (".parquet", ".arrow")
-
-
-def is_table_folder(path: Path) -> bool:
-    """A folder holding nsys tables as Parquet/Arrow files (StringIds is in every export)."""
-    return path.is_dir() and any((path / f"StringIds{s}").is_file() for s in SUFFIXES)
 
 
 class ParquetDir:
