@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 FEW = 16            # up to this many distinct values: found by comparisons
-CHUNK = 1 << 20     # rows per step of a pass over a big table
+CHUNK = 1 << 18     # rows per step of a pass over a big table
 INDEX = np.int32    # row indexes into the big tables (up to 2**31 rows)
 
 

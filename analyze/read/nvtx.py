@@ -162,17 +162,14 @@ def int_column(column) -> tuple[np.ndarray, np.ndarray]:
         import pyarrow.compute as pc
 
         column = pc.cast(column, pa.int64(), safe=False)
-    values = filled(column, 0)
-    nulls = np.zeros(n, bool) if not column.null_count else \
-        ~np.unpackbits(np.frombuffer(column.buffers()[0], np.uint8), count=column.offset + n,
-                       bitorder="little")[column.offset:].astype(bool)
-    return values.astype(np.int64, copy=False), nulls
+    return filled(column, 0).astype(np.int64, copy=False), _nulls(column)
 
 
-def text_codes(column, chunk: int = 1 << 16) -> tuple[np.ndarray, list[str]]:
+def text_codes(column) -> tuple[np.ndarray, list[str]]:
     """A string column as codes into its distinct values (first appearance order), -1 for NULL; valid
-    UTF-8 guaranteed (analyze.read.raw.valid_text). Chunk by chunk, so a 10^7-row export never holds
-    a Python string per row."""
+    UTF-8 guaranteed (analyze.read.raw.valid_text). The values are compared as fixed-width byte
+    strings (length first, then the bytes) by NumPy: no Python string per row (texts of more than
+    256 bytes: a dictionary in Python)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
@@ -180,14 +177,42 @@ def text_codes(column, chunk: int = 1 << 16) -> tuple[np.ndarray, list[str]]:
 
         column = pc.cast(column, pa.string())
     column = valid_text(column)
-    codes = np.full(len(column), -1, np.int64)
-    index: dict[str, int] = {}
-    for lo in range(0, len(column), chunk):
-        part = column.slice(lo, chunk)
-        if part.null_count == len(part):
-            continue
-        codes[lo:lo + len(part)] = [-1 if v is None else index.setdefault(v, len(index)) for v in part.to_pylist()]
-    return codes, list(index)
+    n = len(column)
+    codes = np.full(n, -1, np.int64)
+    rows = np.flatnonzero(~_nulls(column))
+    if not rows.size:
+        return codes, []
+    width_type = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], width_type)[column.offset:column.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(column.buffers()[2], np.uint8) if column.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[rows], np.diff(offsets)[rows]
+    width = int(lengths.max())
+    if width > 256:                                    # long texts: a key per row would be large
+        index: dict[str, int] = {}
+        codes[rows] = [index.setdefault(v, len(index)) for v in column.take(pa.array(rows)).to_pylist()]
+        return codes, list(index)
+    key = np.zeros((rows.size, 4 + width), np.uint8)
+    key[:, :4] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
+    for j in range(width):
+        longer = np.flatnonzero(lengths > j)
+        key[longer, 4 + j] = data[starts[longer] + j]
+    distinct, first, inverse = np.unique(key.view(f"S{4 + width}").reshape(-1), return_index=True,
+                                         return_inverse=True)
+    by_appearance = np.argsort(first, kind="stable")
+    rank = np.empty(distinct.size, np.int64)
+    rank[by_appearance] = np.arange(distinct.size)
+    codes[rows] = rank[inverse.reshape(-1)]
+    texts = [column[int(rows[first[i]])].as_py() for i in by_appearance.tolist()]
+    return codes, texts
+
+
+def _nulls(column: pa.Array) -> np.ndarray:
+    """The NULL mask of an Arrow array."""
+    n = len(column)
+    if not column.null_count:
+        return np.zeros(n, bool)
+    bits = np.unpackbits(np.frombuffer(column.buffers()[0], np.uint8), count=column.offset + n, bitorder="little")
+    return ~bits[column.offset:].astype(bool)
 
 
 def _build(events: Events, registered: dict[int, str]) -> Nvtx:

@@ -79,7 +79,8 @@ class SqliteFile:
 
     def select(self, table: str, columns: list[str], where_in: tuple[str, tuple[int, ...]] | None = None) -> pa.Table:
         """Columns of a table (names as `columns` returns them) as Arrow; `where_in` = (column,
-        integer values) keeps the rows whose column holds one of the values."""
+        integer values) keeps the rows whose column holds one of the values. Other sources may
+        return more rows (analyze.read.parquet): callers that pass `where_in` filter again."""
         where = f" WHERE {_quote(where_in[0])} IN ({', '.join(str(int(v)) for v in where_in[1])})" if where_in else ""
         sql = f'SELECT {", ".join(_quote(c) for c in columns)} FROM {_quote(table)}{where}'
         try:
