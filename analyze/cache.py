@@ -105,8 +105,8 @@ def load(path: Path):
 def _intact(con, recorded: dict) -> bool:
     """Every table with the columns and rows recorded when it was written, and the kernel_ranges view."""
     columns: dict[str, list[str]] = {}
-    for table, column in con.execute("SELECT table_name, column_name FROM duckdb_columns() "
-                                     "ORDER BY table_name, column_index").fetchall():
+    for table, column in con.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main' "
+                                     "AND NOT internal ORDER BY table_name, column_index").fetchall():
         columns.setdefault(table, []).append(column)
     counts = " UNION ALL ".join(f"SELECT '{name}', count(*) FROM \"{name}\"" for name in recorded)
     rows = dict(con.execute(counts).fetchall())
