@@ -54,7 +54,26 @@ class CallFacts:
     gpu_busy_ns: int          # union of all GPU operations, per process, summed
 
 
-def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
+@dataclass
+class IdleTime:
+    """When the GPUs of each process run nothing (raw tables only: computed beside the attribution)."""
+    per_call: np.ndarray      # per API call: its overlap with its process's GPU-idle time
+    per_range: np.ndarray     # per range: the GPU-idle time of its process inside its window
+    busy_ns: int              # union of all GPU operations, per process, summed
+
+
+def idle_time(raw: Raw) -> IdleTime:
+    calls, ranges = raw.calls, raw.nvtx.ranges
+    idle = GpuIdle(raw.ops)
+    per_call = np.empty(len(calls), np.int64)
+    for sl in spans(len(calls)):
+        per_call[sl] = idle.overlap(calls.process[sl], calls.start[sl], calls.end[sl])
+    per_range = idle.overlap(raw.nvtx.process, ranges.column("start_ns").to_numpy(),
+                             ranges.column("end_ns").to_numpy())
+    return IdleTime(per_call=per_call, per_range=per_range, busy_ns=idle.busy_ns())
+
+
+def call_facts(raw: Raw, att: A.Attribution, idle: IdleTime | None = None) -> tuple[CallFacts, dict]:
     """Per-call kind, direction, innermost range and GPU-idle overlap; and per range the counts and
     the per-cause idle time of the calls inside it (rolled up)."""
     ops, calls = raw.ops, raw.calls
@@ -70,10 +89,8 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
         direction[att.op_call[copies]] = table[np.maximum(ops.copy_kind[copies], 0).astype(np.int64)]
     direction[(kind == COPY) & (direction < 0)] = DIRECTIONS.index("other")
 
-    idle = GpuIdle(ops)
-    idle_ns = np.empty(n_calls, np.int64)
-    for sl in spans(n_calls):
-        idle_ns[sl] = idle.overlap(calls.process[sl], calls.start[sl], calls.end[sl])
+    idle = idle_time(raw) if idle is None else idle
+    idle_ns = idle.per_call
 
     # per range: the calls inside it, by kind, at each call's innermost range per lane (from the
     # engine), rolled up the trees; start/end ranges take their calls as one slice each
@@ -100,10 +117,9 @@ def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
         for name, values in per_se.columns().items():
             per_range[name][se] = values
 
-    window_idle = idle.overlap(raw.nvtx.process, att.ranges.start, att.ranges.end)
     facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=order.inner, idle_ns=idle_ns,
-                      gpu_busy_ns=idle.busy_ns())
-    return facts, _range_accounting(att, per_range, window_idle)
+                      gpu_busy_ns=idle.busy_ns)
+    return facts, _range_accounting(att, per_range, idle.per_range)
 
 
 def _call_kinds(raw: Raw, att: A.Attribution) -> np.ndarray:

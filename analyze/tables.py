@@ -49,9 +49,10 @@ def bare(name: str) -> str:
 class Tables:
     """Canonical tables of one trace, built lazily from Raw + Attribution."""
 
-    def __init__(self, raw: Raw, att: Attribution, open_source=None):
+    def __init__(self, raw: Raw, att: Attribution, open_source=None, idle=None):
         self.raw, self.att = raw, att
         self._open_source = open_source
+        self._idle = idle                  # accounting.IdleTime, when worked out already
         self._built: dict[str, pa.Table] = {}
         self._calls = None
 
@@ -73,7 +74,8 @@ class Tables:
 
     def call_facts(self):
         if self._calls is None:
-            self._calls = accounting.call_facts(self.raw, self.att)
+            self._calls = accounting.call_facts(self.raw, self.att, self._idle)
+            self._idle = None
         return self._calls
 
     def gpu_busy_ns(self) -> int:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,15 +185,20 @@ def open_trace(path, *, cache: bool = True) -> Trace:
 
 
 def compute(path: Path, fmt: str) -> Trace:
+    from dsocr_perf.analyze.accounting import idle_time
     from dsocr_perf.analyze.attribute import attribute
     from dsocr_perf.analyze.tables import Tables
 
     raw, open_source = read(path, fmt)
-    try:
-        att = attribute(raw)
-    except ValueError as e:
-        raise TraceError(f"{path}: {e}; it cannot be attributed") from None
-    return _trace(path, fmt, raw, att, Tables(raw, att, open_source))
+    # the GPUs' idle time needs the raw tables only: a second thread works it out beside the
+    # attribution (NumPy lets go of the interpreter lock in its loops; the machine has two cores)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsocr-idle") as pool:
+        idle = pool.submit(idle_time, raw)
+        try:
+            att = attribute(raw)
+        except ValueError as e:
+            raise TraceError(f"{path}: {e}; it cannot be attributed") from None
+        return _trace(path, fmt, raw, att, Tables(raw, att, open_source, idle.result()))
 
 
 def read(path: Path, fmt: str):
