@@ -262,20 +262,15 @@ def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.nda
 # ------------------------------------------------------------------------------------------- engine
 
 def attribute(raw: Raw) -> Attribution:
-    ops, calls, nvtx = raw.ops, raw.calls, raw.nvtx
+    calls, nvtx = raw.calls, raw.nvtx
     warnings: list[str] = []
-    n_ops, n_calls = len(ops), len(calls)
+    n_calls = len(calls)
 
-    # 1. op -> call
+    # 1. calls by (process, correlation), for the op -> call lookup
     index = CallIndex(calls.process, calls.correlation)
-    op_call = np.empty(n_ops, INDEX)
-    for sl in spans(n_ops):
-        op_call[sl] = index.lookup(ops.process[sl], ops.correlation[sl])
     if index.duplicates:
         warnings.append(f"{index.duplicates:,} API calls repeat the (process, correlation id) of an earlier call: "
                         "their GPU operations are joined to the first call only")
-    del index
-    calls_of = CallsOps(op_call, n_calls)
 
     # ranges, their threads (dense ids), the lanes
     r_start = nvtx.ranges.column("start_ns").to_numpy()
@@ -291,6 +286,15 @@ def attribute(raw: Raw) -> Attribution:
     order = CallOrder.of(calls, threads, r_start[live], r_end[live], lanes, n_calls)
     lanes.t0, lanes.key = order.t0, packed(lanes.lane, lanes.start, order.t0)
     order.find_innermost(calls, lanes, r_start, r_end)
+
+    # the ops: everything so far needed only the calls and ranges, read before the biggest table
+    ops = raw.ops
+    n_ops = len(ops)
+    op_call = np.empty(n_ops, INDEX)
+    for sl in spans(n_ops):
+        op_call[sl] = index.lookup(ops.process[sl], ops.correlation[sl])
+    del index
+    calls_of = CallsOps(op_call, n_calls)
 
     # 4. per op totals, at each op's innermost range per lane, rolled up the trees
     overlap = _self_overlapping(ops)

@@ -373,6 +373,6 @@ def read_kineto(path: Path):
     nvtx = nvtx_from_ranges(ranges, tables["marks"], range_thread.astype(np.int64))
     details = k.select(["name", "short_name", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
                         "registers", "shared_mem", "bytes"])
-    return R.Raw(source="kineto", format="kineto-json", ops=ops, calls=calls, nvtx=nvtx,
+    return R.Raw(source="kineto", format="kineto-json", gpu_ops=ops, calls=calls, nvtx=nvtx,
                  sync_keys=np.zeros(0, np.int64), gpus=tables["gpus"], meta=meta + [("source", "kineto")],
                  warnings=warnings, details=lambda: details)

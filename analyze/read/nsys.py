@@ -51,30 +51,25 @@ def _read(open_source, src, name: str, fmt: str) -> R.Raw:
                          "NVTX tables); export a report with `nsys export --type sqlite REPORT.nsys-rep`")
     strings = Strings(src, strings_table)
     graphs = strings.any_prefix(GRAPH_LAUNCH)
-    results: dict = {}
-    threads = [threading.Thread(target=_in_thread, args=(results, key, reader, open_source, graphs), daemon=True,
-                                name=f"dsocr-read-{key}")
-               for key, reader in (("ops", _read_ops), ("calls", _read_calls))]
-    for thread in threads:
-        thread.start()
-    try:
-        nvtx = read_nvtx(src, strings.lookup)
-        gpus = read_gpus(src)
-        warnings: list[str] = list(nvtx.warnings)
-        meta = read_meta(src, warnings)
-        sync_keys = read_sync_keys(src)
-    finally:
-        for thread in threads:
-            thread.join()
-    if "error" in results:
-        raise results["error"]
-    ops, op_warnings, parts = results["ops"]
-    calls_columns = results["calls"]
-    calls = _calls(calls_columns, strings)
-    warnings += op_warnings
+    ops_read = _Later(_with_source, open_source, _read_ops, graphs, name="dsocr-read-ops")
+    calls_read = _Later(_with_source, open_source, _read_calls, graphs, name="dsocr-read-calls")
+    nvtx = read_nvtx(src, strings.lookup)
+    gpus = read_gpus(src)
+    warnings: list[str] = list(nvtx.warnings)
+    meta = read_meta(src, warnings)
+    sync_keys = read_sync_keys(src)
+    calls = _calls(calls_read.get(), strings)
+    ops_warnings_at = len(warnings)
     _graph_warning(src, meta, calls, warnings)
 
+    def ops() -> R.GpuOps:
+        """The GPU ops, once their thread is done (it may still read while the engine starts on the calls)."""
+        gpu_ops, op_warnings, _ = ops_read.get()
+        warnings[ops_warnings_at:ops_warnings_at] = op_warnings
+        return gpu_ops
+
     def details():
+        parts = ops_read.get()[2]
         detail_source = open_source()
         try:
             return read_details(detail_source, parts, Strings(detail_source, strings_table))
@@ -90,20 +85,38 @@ def _read(open_source, src, name: str, fmt: str) -> R.Raw:
         finally:
             metrics_source.close()
 
-    return R.Raw(source="nsys", format=fmt, ops=ops, calls=calls, nvtx=nvtx, sync_keys=sync_keys, gpus=gpus,
+    return R.Raw(source="nsys", format=fmt, gpu_ops=ops, calls=calls, nvtx=nvtx, sync_keys=sync_keys, gpus=gpus,
                  meta=meta, warnings=warnings, details=details,
                  gpu_metrics=gpu_metrics if src.table("GPU_METRICS") else None)
 
 
-def _in_thread(results: dict, key: str, reader, open_source, graphs: bool) -> None:
-    try:
-        src = open_source()
+class _Later:
+    """A value a daemon thread works out; get() waits for it and raises the thread's error if it failed."""
+
+    def __init__(self, function, *args, name: str):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(function, args), daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self, function, args) -> None:
         try:
-            results[key] = reader(src, graphs)
-        finally:
-            src.close()
-    except BaseException as e:  # re-raised in the caller's thread
-        results.setdefault("error", e)
+            self._value = function(*args)
+        except BaseException as e:  # re-raised in the thread that asks
+            self._error = e
+
+    def get(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _with_source(open_source, reader, graphs: bool):
+    src = open_source()
+    try:
+        return reader(src, graphs)
+    finally:
+        src.close()
 
 
 class Strings:

@@ -10,6 +10,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -96,7 +97,7 @@ class ApiCalls:
 class Raw:
     source: str                       # 'nsys' | 'kineto'
     format: str                       # 'sqlite' | 'parquet' | 'kineto-json'
-    ops: GpuOps
+    gpu_ops: object                   # GpuOps, or a function returning them while a reader thread still reads
     calls: ApiCalls
     nvtx: object                      # analyze.read.nvtx.Nvtx (ranges and marks)
     sync_keys: np.ndarray             # (process << 32 | correlation) of NVIDIA's synchronisation records
@@ -106,6 +107,16 @@ class Raw:
     # op details (names, geometry, bytes) in op order, read only when a command needs them
     details: Callable[[], object] | None = None
     gpu_metrics: Callable[[], object] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def ops(self) -> GpuOps:
+        """The GPU ops; the first use waits for the reader thread (the engine asks after the calls and
+        ranges: their work overlaps the read of the biggest table)."""
+        with self._lock:
+            if callable(self.gpu_ops):
+                self.gpu_ops = self.gpu_ops()
+            return self.gpu_ops
 
 
 def valid_text(column):
