@@ -297,6 +297,8 @@ PROFILED = (
     ("dsocr_perf.analyze.read.nsys", "read_nsys"), ("dsocr_perf.analyze.read.nsys", "_read_ops"),
     ("dsocr_perf.analyze.read.nsys", "_read_calls"), ("dsocr_perf.analyze.read.nsys", "read_nvtx"),
     ("dsocr_perf.analyze.read.nsys", "_calls"), ("dsocr_perf.analyze.attribute", "attribute"),
+    ("dsocr_perf.analyze.attribute", "CallIndex"), ("dsocr_perf.analyze.attribute", "build_lanes"),
+    ("dsocr_perf.analyze.read.raw", "Raw.ops"), ("dsocr_perf.analyze.accounting", "idle_time"),
     ("dsocr_perf.analyze.accounting", "call_facts"), ("dsocr_perf.analyze.out.document", "document"),
     ("dsocr_perf.analyze.out.document", "decode_steps"), ("dsocr_perf.analyze.cli", "echo_json"),
 )
@@ -319,14 +321,19 @@ def log(what):
 import dsocr_perf.analyze.cli as cli
 log("imports done")
 def wrap(module, name):
-    inner = getattr(module, name)
+    owner = module
+    for part in name.split(".")[:-1]:
+        owner = getattr(owner, part)
+    attr = name.split(".")[-1]
+    inner = getattr(owner, attr)
+    call = inner.fget if isinstance(inner, property) else inner
     def timed(*args, **kwargs):
         log("start " + name)
         try:
-            return inner(*args, **kwargs)
+            return call(*args, **kwargs)
         finally:
             log("end " + name)
-    setattr(module, name, timed)
+    setattr(owner, attr, property(timed) if isinstance(inner, property) else timed)
 for module, name in {PROFILED!r}:
     wrap(importlib.import_module(module), name)
 sys.argv = ["dsocr-analyze", {str(trace)!r}, "--json", "--ranges", "all", "--no-cache"]
