@@ -75,12 +75,13 @@ def cli():
 TO_CACHE: list = []      # traces whose tables are written to the cache once the command has answered
 
 
-def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool = True):
+def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool = True, accounting: bool = True):
     """Open a trace for a command; its warnings go to stderr unless the output is machine-readable.
-    `keep`: write the cache after the answer (commands that read more than the stage table)."""
+    `keep`: write the cache after the answer (commands that read more than the stage table);
+    `accounting`: the command reads the wall-time accounting (analyze.trace.open_trace)."""
     from dsocr_perf.analyze.trace import open_trace
 
-    trace = open_trace(path, cache=not no_cache)
+    trace = open_trace(path, cache=not no_cache, accounting=accounting)
     if not quiet:
         print_warnings(trace)
     if keep and not no_cache:

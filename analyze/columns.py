@@ -7,6 +7,12 @@ import pyarrow as pa
 
 def nullable(values: np.ndarray, dtype, mask: np.ndarray | None = None) -> pa.Array:
     """An Arrow array of `values`, NULL where `mask` (default: where the value is negative)."""
+    if mask is None and values.size:
+        low, high = int(values.min()), int(values.max())
+        if low >= 0:
+            return pa.array(values, dtype)             # no NULL: no copy where the types agree
+        if high < 0:
+            return pa.nulls(values.size, dtype)
     mask = values < 0 if mask is None else mask
     return pa.array(np.where(mask, 0, values), dtype, mask=mask if mask.any() else None)
 

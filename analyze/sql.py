@@ -15,6 +15,7 @@ from dsocr_perf.analyze.errors import TraceError, UsageError
 VIEWS = ("kernels", "launches", "cuda_api", "ranges", "marks", "kernel_ranges", "range_stats", "stages", "gpus",
          "meta", "gpu_gaps", "decode_model", "gpu_metrics", "ncu")
 DEPENDS = {"kernel_ranges": ("_op_lane_inner", "_op_startend", "_range_ancestors")}
+ACCOUNTING_VIEWS = ("cuda_api", "range_stats", "stages", "gpu_gaps")     # built on the wall-time accounting
 ALLOWED = ("SELECT", "EXPLAIN")
 MEMORY_LIMIT = "3GB"
 SANDBOX_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,

@@ -131,8 +131,8 @@ class Tables:
         call = att.op_call
         launched = call >= 0
         c = np.maximum(call, 0)
-        pid = np.where(launched, calls.pid[c] if len(calls) else 0, ops.process & PID_MASK)
-        tid = np.where(launched, calls.tid[c] if len(calls) else 0, -1)
+        pid = np.where(launched, calls.pid_of(c) if len(calls) else 0, ops.process & PID_MASK)
+        tid = np.where(launched, calls.tid_of(c) if len(calls) else 0, -1)
         kind = pa.DictionaryArray.from_arrays(pa.array(ops.kind.astype(np.int32)), pa.array(OP_KINDS))
         table = {
             "op_id": np.arange(n, dtype=np.int64), "kind": kind, "start_ns": ops.start, "end_ns": ops.end,
@@ -143,8 +143,9 @@ class Tables:
             "graph_node": nullable(ops.graph_node, pa.int64()),
         }
         # not `range_id`/`stage`: joins written `USING (range_id)` across kernels and ranges must stay valid
-        table["innermost_range_id"] = nullable(att.op_inner, pa.int64())
-        table["innermost_stage"] = self._stage_names(att.op_inner)
+        inner = att.op_inner
+        table["innermost_range_id"] = nullable(inner, pa.int64())
+        table["innermost_stage"] = self._stage_names(inner)
         return pa.table(table)
 
     def _launches(self) -> pa.Table:

@@ -168,8 +168,10 @@ def sniff(path: Path) -> str:
     raise TraceError(f"{path} is neither an SQLite database nor a JSON trace; {HINT}")
 
 
-def open_trace(path, *, cache: bool = True) -> Trace:
-    """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache."""
+def open_trace(path, *, cache: bool = True, accounting: bool = True) -> Trace:
+    """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache.
+    `accounting=False`: the GPUs' idle time is not worked out beside the attribution (a query of
+    kernels or ranges alone needs no wall-time accounting; it is worked out later if asked for)."""
     path = Path(path)
     fmt = sniff(path)
     if cache:
@@ -181,10 +183,10 @@ def open_trace(path, *, cache: bool = True) -> Trace:
             return Trace(path=path, format=fmt, source=facts["source"], version=facts["version"],
                          manifest=facts["manifest"], manifest_source=facts["manifest_source"], gpu=Gpu(**facts["gpu"]),
                          warnings=facts["warnings"], totals=Totals(**facts["totals"]), tables=tables, meta=facts["meta"])
-    return compute(path, fmt)
+    return compute(path, fmt, accounting)
 
 
-def compute(path: Path, fmt: str) -> Trace:
+def compute(path: Path, fmt: str, accounting: bool = True) -> Trace:
     from dsocr_perf.analyze.accounting import idle_time
     from dsocr_perf.analyze.attribute import attribute
     from dsocr_perf.analyze.tables import Tables
@@ -193,12 +195,12 @@ def compute(path: Path, fmt: str) -> Trace:
     # the GPUs' idle time needs the raw tables only: a second thread works it out beside the
     # attribution (NumPy lets go of the interpreter lock in its loops; the machine has two cores)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsocr-idle") as pool:
-        idle = pool.submit(idle_time, raw)
+        idle = pool.submit(idle_time, raw) if accounting else None
         try:
             att = attribute(raw)
         except ValueError as e:
             raise TraceError(f"{path}: {e}; it cannot be attributed") from None
-        return _trace(path, fmt, raw, att, Tables(raw, att, open_source, idle.result()))
+        return _trace(path, fmt, raw, att, Tables(raw, att, open_source, idle.result() if idle else None))
 
 
 def read(path: Path, fmt: str):

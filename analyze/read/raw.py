@@ -81,11 +81,18 @@ class ApiCalls:
     @property
     def pid(self) -> np.ndarray:
         """OS process ids (nsys: from globalTid, computed when asked)."""
-        return self.os_ids[0] if self.os_ids is not None else (self.thread >> TID_BITS) & TID_MASK
+        return self.pid_of(slice(None))
 
     @property
     def tid(self) -> np.ndarray:
-        return self.os_ids[1] if self.os_ids is not None else self.thread & TID_MASK
+        return self.tid_of(slice(None))
+
+    def pid_of(self, calls) -> np.ndarray:
+        """The OS process ids of some calls (indexes or a slice)."""
+        return self.os_ids[0][calls] if self.os_ids is not None else (self.thread[calls] >> TID_BITS) & TID_MASK
+
+    def tid_of(self, calls) -> np.ndarray:
+        return self.os_ids[1][calls] if self.os_ids is not None else self.thread[calls] & TID_MASK
 
     @staticmethod
     def empty() -> "ApiCalls":
