@@ -75,15 +75,20 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall": wall, "cpu": float(user) + float(system), "rss": int(peak_kib) * 1024, "out": proc.stdout}
 
 
-def repeated(cmd: list[str], repeat: int, env: dict | None = None, before=None) -> dict:
+def repeated(cmd: list[str], repeat: int, env: dict | None = None) -> dict:
     """`repeat` runs: median wall and CPU, largest RSS, every wall, the last stdout."""
-    runs = []
+    return interleaved([cmd], repeat, env)[0]
+
+
+def interleaved(cmds: list[list[str]], repeat: int, env: dict | None = None) -> list[dict]:
+    """`repeat` rounds of one run of each command in turn (a shared machine's speed drifts: the
+    commands compared see the same drift): per command its median wall and CPU, largest RSS, walls."""
+    runs: list[list[dict]] = [[] for _ in cmds]
     for _ in range(repeat):
-        if before:
-            before()
-        runs.append(timed(cmd, env))
-    return {"wall": statistics.median(r["wall"] for r in runs), "cpu": statistics.median(r["cpu"] for r in runs),
-            "rss": max(r["rss"] for r in runs), "walls": [r["wall"] for r in runs], "out": runs[-1]["out"]}
+        for i, cmd in enumerate(cmds):
+            runs[i].append(timed(cmd, env))
+    return [{"wall": statistics.median(r["wall"] for r in rs), "cpu": statistics.median(r["cpu"] for r in rs),
+             "rss": max(r["rss"] for r in rs), "walls": [r["wall"] for r in rs], "out": rs[-1]["out"]} for rs in runs]
 
 
 class Code:
@@ -179,9 +184,8 @@ for table, columns in (("CUPTI_ACTIVITY_KIND_KERNEL", ops), ("CUPTI_ACTIVITY_KIN
 """
 
 
-def floor(source: Path, repeat: int, parquet: bool = False) -> dict:
-    script = FLOOR_PARQUET if parquet else FLOOR_SQLITE
-    return repeated([sys.executable, "-c", script, str(source)], repeat)
+def floor_command(source: Path, parquet: bool = False) -> list[str]:
+    return [sys.executable, "-c", FLOOR_PARQUET if parquet else FLOOR_SQLITE, str(source)]
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -191,15 +195,18 @@ def range_rows(doc: dict) -> list[dict]:
     return doc["ranges"]
 
 
-def cold(code: Code, trace: Path, repeat: int, env: dict) -> dict:
-    result = repeated([*code.analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"], repeat, env)
-    out = result.pop("out")
-    start = 0 if out.startswith("{") else out.find("\n{") + 1
-    if start:
-        raise BenchError(f"--json stdout starts with text that is not JSON: {out[:60]!r}")
-    rows = range_rows(json.loads(out[start:]))
-    result["totals"] = {r["name"]: (int(r["inclusive_ns"]), int(r["kernels"]), int(r["instances"])) for r in rows}
-    return result
+def cold(codes: list[Code], trace: Path, repeat: int, env: dict, parquet: bool = False) -> list[dict]:
+    """The reader's floor, then the cold stage table of each code, their runs interleaved."""
+    results = interleaved([floor_command(trace, parquet)] +
+                          [[*code.analyze(), str(trace), "--json", "--ranges", "all", "--no-cache"] for code in codes],
+                          repeat, env)
+    for result in results[1:]:
+        out = result.pop("out")
+        if not out.startswith("{"):
+            raise BenchError(f"--json stdout starts with text that is not JSON: {out[:60]!r}")
+        rows = range_rows(json.loads(out))
+        result["totals"] = {r["name"]: (int(r["inclusive_ns"]), int(r["kernels"]), int(r["instances"])) for r in rows}
+    return results
 
 
 def sql_runs(code: Code, trace: Path, repeat: int, env: dict) -> tuple[dict, dict]:
@@ -280,7 +287,7 @@ def row(what: str, ours: dict, baseline: tuple[str, dict | None] | None = None, 
         if rss:
             goal += f", <= {rss / 1e9:.1f} GB"
             verdicts.append("PASS" if ours["rss"] <= rss else "FAIL")
-        if factor and baseline and baseline[1]:
+        if factor and baseline and baseline[1] and baseline[0] == "nsys stats":
             goal += f", >= {factor:.0f}x {baseline[0]}"
             verdicts.append("PASS" if baseline[1]["wall"] / ours["wall"] >= factor else "FAIL")
     base_name, base = baseline if baseline else ("–", None)
@@ -402,11 +409,13 @@ def run(sizes: list[int], seed: int, repeat: int, code: Code, base: Code | None,
             label = f"{size:.0e}".replace("+0", "")
             print(f"# {trace}: {truth['kernels']:,} kernels, {trace.stat().st_size / MB:,.0f} MB; "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
-            low = floor(trace, repeat)
+            if base and size < 10**7:
+                low, mine, old = cold([code, base], trace, repeat, env)
+            else:
+                low, mine = cold([code], trace, repeat, env)
+                old = cold([base], trace, 1, env)[1] if base else None
             print(f"  floor (read the columns used): {seconds(low)} of {runs(low)}", flush=True)
-            mine = cold(code, trace, repeat, env)
             print(f"  cold: {seconds(mine)} of {runs(mine)}; peak RSS {mine['rss'] / MB:,.0f} MB", flush=True)
-            old = cold(base, trace, 1 if size >= 10**7 else repeat, env) if base else None
             if old:
                 print(f"  cold at {base.ref}: {seconds(old)} of {runs(old)}; peak RSS {old['rss'] / MB:,.0f} MB",
                       flush=True)
@@ -431,8 +440,7 @@ def run(sizes: list[int], seed: int, repeat: int, code: Code, base: Code | None,
                      row(f"cached sql {label}", cached)]
             if size == 10**6:
                 folder = parquet_for(trace)
-                pq = cold(code, folder, repeat, env)
-                pq_floor = floor(folder, repeat, parquet=True)
+                pq_floor, pq = cold([code], folder, repeat, env, parquet=True)
                 print(f"  parquet cold: {seconds(pq)} of {runs(pq)}; floor {seconds(pq_floor)}", flush=True)
                 problems += differences(truth, pq, None, "dsocr-analyze (Parquet)")
                 rows.append(row(f"parquet {label}", pq, ("SQLite cold", mine), pq_floor))
@@ -445,7 +453,7 @@ def run(sizes: list[int], seed: int, repeat: int, code: Code, base: Code | None,
     print("|---|---:|---:|---|---|---:|---:|---:|")
     print("\n".join(rows))
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; medians of {repeat} runs "
-          f"(baseline at 1e7: 1 run)")
+          f"(the baseline's cold runs interleaved with ours; at 1e7 one run after ours)")
     for f in failures:
         print(f"DIFFER {f}", file=sys.stderr)
     return 1 if failures else 0
