@@ -229,9 +229,9 @@ class _Counts:
         k, d = len(CALL_KINDS), len(DIRECTIONS)
         calls, idle = self.calls.reshape(self.n, k), np.rint(self.idle).astype(np.int64).reshape(self.n, k)
         copies = self.copies.reshape(self.n, d)
-        return {**{f"{name}_calls": np.ascontiguousarray(calls[:, i]) for i, name in enumerate(CALL_KINDS)},
-                **{f"idle_{name}": np.ascontiguousarray(idle[:, i]) for i, name in enumerate(CALL_KINDS)},
-                **{f"memcpy_{name}": np.ascontiguousarray(copies[:, i]) for i, name in enumerate(DIRECTIONS)}}
+        return {**{f"{name}_calls": calls[:, i] for i, name in enumerate(CALL_KINDS)},
+                **{f"idle_{name}": idle[:, i] for i, name in enumerate(CALL_KINDS)},
+                **{f"memcpy_{name}": copies[:, i] for i, name in enumerate(DIRECTIONS)}}
 
 
 def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> dict:
@@ -249,7 +249,11 @@ def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> d
     scaled = {k: np.rint(v * scale).astype(np.int64) for k, v in causes.items()}
     # rounding: the largest cause takes the remainder, so the causes sum to idle_ns exactly
     stacked = np.stack([scaled[k] for k in CAUSES])
-    top = np.argmax(stacked, axis=0)
+    top, largest = np.zeros(idle.size, np.int64), stacked[0].copy()
+    for i in range(1, len(CAUSES)):                # np.argmax(stacked, axis=0), without its strided walk
+        larger = stacked[i] > largest
+        top[larger] = i
+        np.maximum(largest, stacked[i], out=largest)
     stacked[top, np.arange(idle.size)] += idle - stacked.sum(axis=0)
     out = {"wall_ns": wall, "idle_ns": idle, "gpu_idle_ns": np.minimum(window_idle, wall)}
     out.update({f"idle_{k}_ns": stacked[i] for i, k in enumerate(CAUSES)})

@@ -71,10 +71,14 @@ def _positions(values: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, bool]
 
 
 def accumulate(total: np.ndarray, group: np.ndarray, weights: np.ndarray | None = None) -> None:
-    """total[g] += weight (1 without weights) for every g of `group`; counted over the window of
-    groups the rows touch (rows in time order touch a few neighbouring ranges, not all of them)."""
+    """total[g] += weight (1 without weights) for every g of `group`: counted over the window of
+    groups the rows touch (rows in time order touch a few neighbouring ranges), or added one by one
+    where they are few for their window (calls of several threads, memcpy calls)."""
     if not group.size:
         return
     lo, hi = int(group.min()), int(group.max()) + 1
+    if hi - lo > 4 * group.size:
+        np.add.at(total, group, 1 if weights is None else weights)
+        return
     counts = np.bincount(group - lo, weights=weights, minlength=hi - lo)
     np.add(total[lo:hi], counts, out=total[lo:hi], casting="unsafe")
