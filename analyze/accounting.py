@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsocr_perf.analyze import attribute as A
+from dsocr_perf.analyze.keys import accumulate, dense_index, index_in, spans
 from dsocr_perf.analyze.read.raw import KERNEL, MEMCPY, MEMCPY_DIRECTIONS, MEMSET, Raw
 
 CALL_KINDS = ("launch", "sync", "memcpy", "memset", "other")
@@ -53,57 +54,78 @@ class CallFacts:
     gpu_busy_ns: int          # union of all GPU operations, per process, summed
 
 
-def call_facts(raw: Raw, att: A.Attribution) -> tuple[CallFacts, dict]:
+@dataclass
+class IdleTime:
+    """When the GPUs of each process run nothing (raw tables only: computed beside the attribution)."""
+    per_call: np.ndarray      # per API call: its overlap with its process's GPU-idle time
+    per_range: np.ndarray     # per range: the GPU-idle time of its process inside its window
+    busy_ns: int              # union of all GPU operations, per process, summed
+
+
+def idle_time(raw: Raw) -> IdleTime:
+    calls, ranges = raw.calls, raw.nvtx.ranges
+    idle = GpuIdle(raw.ops)
+    per_call = np.empty(len(calls), np.int64)
+    for sl in spans(len(calls)):
+        per_call[sl] = idle.overlap(calls.process[sl], calls.start[sl], calls.end[sl])
+    per_range = idle.overlap(raw.nvtx.process, ranges.column("start_ns").to_numpy(),
+                             ranges.column("end_ns").to_numpy())
+    return IdleTime(per_call=per_call, per_range=per_range, busy_ns=idle.busy_ns())
+
+
+def call_facts(raw: Raw, att: A.Attribution, idle: IdleTime | None = None) -> tuple[CallFacts, dict]:
     """Per-call kind, direction, innermost range and GPU-idle overlap; and per range the counts and
     the per-cause idle time of the calls inside it (rolled up)."""
     ops, calls = raw.ops, raw.calls
     n_calls, n_ranges = len(calls), att.ranges.start.size
-    launched = att.op_call >= 0
-    gpu_ops = np.bincount(att.op_call[launched], minlength=n_calls).astype(np.int64) if n_calls else np.zeros(0, np.int64)
-    kind = _call_kinds(raw, att, launched)
+    gpu_ops = att.calls_ops.counts
+    kind = _call_kinds(raw, att)
     direction = np.full(n_calls, -1, np.int8)
-    copies = launched & (ops.kind == MEMCPY)
-    if copies.any():
+    copies = np.flatnonzero((ops.kind == MEMCPY) & (att.op_call >= 0))
+    if copies.size:
         table = np.full(256, DIRECTIONS.index("other"), np.int8)
         for copy_kind, name in MEMCPY_DIRECTIONS.items():
             table[copy_kind] = DIRECTIONS.index(name)
         direction[att.op_call[copies]] = table[np.maximum(ops.copy_kind[copies], 0).astype(np.int64)]
     direction[(kind == COPY) & (direction < 0)] = DIRECTIONS.index("other")
 
-    idle = GpuIdle(ops)
-    idle_ns = idle.overlap(calls.process, calls.start, calls.end)
+    idle = idle_time(raw) if idle is None else idle
+    idle_ns = idle.per_call
 
     # per range: the calls inside it, by kind, at each call's innermost range per lane (from the
     # engine), rolled up the trees; start/end ranges take their calls as one slice each
     lanes, order = att.lanes, att.calls
-    per_range = _empty_counts(n_ranges)
-    groups, members = [], []
-    for per_call in order.lane_at:
-        ids = np.flatnonzero(per_call >= 0)
-        groups.append(per_call[ids])
-        members.append(ids)
-    if groups:
-        t = _call_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), kind, direction, idle_ns)
-        _roll_up_counts(t, lanes)
-        _store(per_range, lanes.pp, t)
+    per_range = {name: np.zeros(n_ranges, np.int64) for name in COUNTS}
+    if order.lane_at:
+        per_pp = _Counts(len(lanes.pp))
+        for sl in spans(n_calls):
+            for per_call in order.lane_at:
+                at = per_call[sl]
+                mine = np.flatnonzero(at >= 0)
+                ids = mine + sl.start
+                per_pp.add(at[mine], kind[ids], direction[ids], idle_ns[ids])
+        for name, values in per_pp.columns().items():
+            for level in range(int(lanes.depth.max(initial=0)), 0, -1):
+                sel = np.flatnonzero(lanes.depth == level)
+                np.add.at(values, lanes.parent[sel], values[sel])
+            per_range[name][lanes.pp] = values
     se = order.startend
     if se.size:
-        r = att.ranges
-        g, ids = A.calls_inside(order.order, order.sorted_key, calls.end, se, r.thread, r.start, r.end, lanes.t0)
-        _store(per_range, se, _call_totals(se.size, g, ids, kind, direction, idle_ns))
-    inner = order.inner
+        per_se = _Counts(se.size)
+        for g, ids in order.inside(se, att.ranges, calls.end, lanes.t0):
+            per_se.add(g, kind[ids], direction[ids], idle_ns[ids])
+        for name, values in per_se.columns().items():
+            per_range[name][se] = values
 
-    window_idle = idle.overlap(raw.nvtx.process, att.ranges.start, att.ranges.end)
-    facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=inner, idle_ns=idle_ns,
-                      gpu_busy_ns=idle.busy_ns())
-    return facts, _range_accounting(att, per_range, window_idle)
+    facts = CallFacts(kind=kind, direction=direction, gpu_ops=gpu_ops, inner=order.inner, idle_ns=idle_ns,
+                      gpu_busy_ns=idle.busy_ns)
+    return facts, _range_accounting(att, per_range, idle.per_range)
 
 
-def _call_kinds(raw: Raw, att: A.Attribution, launched: np.ndarray) -> np.ndarray:
+def _call_kinds(raw: Raw, att: A.Attribution) -> np.ndarray:
     """One kind per call: memcpy > memset > sync > launch > other (a blocking copy is a copy)."""
     ops, calls = raw.ops, raw.calls
     n = len(calls)
-    kind = np.full(n, OTHER, np.int8)
     names = calls.names
     by_name = np.full(len(names) + 1, OTHER, np.int8)   # last slot: unknown name (-1)
     for i, name in enumerate(names):
@@ -114,14 +136,17 @@ def _call_kinds(raw: Raw, att: A.Attribution, launched: np.ndarray) -> np.ndarra
         elif raw.source == "kineto" and name in SYNC_NAMES:
             by_name[i] = SYNC
     kind = by_name[calls.name_id]
-    launches = att.op_call[launched & (ops.kind == KERNEL)]
+    op_call = att.op_call
+    launches = np.compress((ops.kind == KERNEL) & (op_call >= 0), op_call)
     kind[launches[kind[launches] == OTHER]] = LAUNCH
     if raw.sync_keys.size and n:
-        key = (calls.process << 32) | (calls.correlation & 0xFFFFFFFF)
-        is_sync = np.isin(key, raw.sync_keys)
+        key = calls.process << 32
+        key |= calls.correlation & 0xFFFFFFFF
+        at = np.minimum(np.searchsorted(raw.sync_keys, key), raw.sync_keys.size - 1)
+        is_sync = raw.sync_keys[at] == key
         kind[is_sync & (kind != COPY) & (kind != SET)] = SYNC
     for op_kind, call_kind in ((MEMCPY, COPY), (MEMSET, SET)):
-        made = att.op_call[launched & (ops.kind == op_kind)]
+        made = op_call[(ops.kind == op_kind) & (op_call >= 0)]
         kind[made] = call_kind
     return kind
 
@@ -130,11 +155,11 @@ class GpuIdle:
     """Per process, the intervals in which none of its GPU operations runs, with prefix sums."""
 
     def __init__(self, ops):
-        self.procs = np.unique(ops.process) if len(ops) else np.zeros(0, np.int64)
+        self.procs, proc = dense_index(ops.process)
         self.gaps = []
-        for p in self.procs:
-            mine = np.flatnonzero(ops.process == p)
-            s, e = ops.start[mine], ops.end[mine]
+        for p in range(self.procs.size):
+            mine = np.flatnonzero(proc == p) if self.procs.size > 1 else None
+            s, e = (ops.start, ops.end) if mine is None else (ops.start[mine], ops.end[mine])
             if not (s[1:] >= s[:-1]).all():
                 order = np.argsort(s, kind="stable")
                 s, e = s[order], e[order]
@@ -166,46 +191,47 @@ class GpuIdle:
         out = end - start
         if not self.procs.size:
             return out
-        pos = np.minimum(np.searchsorted(self.procs, process), self.procs.size - 1)
-        known = self.procs[pos] == process
+        pos = index_in(process, self.procs)
         for i in range(self.procs.size):
-            mine = np.flatnonzero(known & (pos == i))
+            if self.procs.size == 1 and (pos == 0).all():
+                out = self.cumulative(i, end) - self.cumulative(i, start)
+                break
+            mine = np.flatnonzero(pos == i)
             if mine.size:
                 out[mine] = self.cumulative(i, end[mine]) - self.cumulative(i, start[mine])
         return out
 
 
-def _empty_counts(n: int) -> dict:
-    out = {f"{k}_calls": np.zeros(n, np.int64) for k in CALL_KINDS}
-    out.update({f"memcpy_{d}": np.zeros(n, np.int64) for d in DIRECTIONS})
-    out.update({f"idle_{k}": np.zeros(n, np.int64) for k in CALL_KINDS})
-    return out
+COUNTS = tuple(f"{k}_calls" for k in CALL_KINDS) + tuple(f"idle_{k}" for k in CALL_KINDS) + \
+    tuple(f"memcpy_{d}" for d in DIRECTIONS)
 
 
-def _call_totals(n: int, group: np.ndarray, ids: np.ndarray, kind, direction, idle_ns) -> dict:
-    out = {}
-    k = kind[ids]
-    for i, name in enumerate(CALL_KINDS):
-        sel = k == i
-        out[f"{name}_calls"] = np.bincount(group[sel], minlength=n).astype(np.int64)
-        out[f"idle_{name}"] = np.rint(np.bincount(group[sel], weights=idle_ns[ids[sel]], minlength=n)).astype(np.int64)
-    d = direction[ids]
-    for i, name in enumerate(DIRECTIONS):
-        out[f"memcpy_{name}"] = np.bincount(group[d == i], minlength=n).astype(np.int64)
-    return out
+class _Counts:
+    """Per group, the COUNTS columns: calls and their GPU-idle ns by kind, memcpy calls by direction;
+    summed chunk by chunk."""
 
+    def __init__(self, n: int):
+        self.n = n
+        self.calls = np.zeros(n * len(CALL_KINDS), np.int64)
+        self.idle = np.zeros(n * len(CALL_KINDS), np.float64)
+        self.copies = np.zeros(n * len(DIRECTIONS), np.int64)
 
-def _roll_up_counts(t: dict, lanes: A.Lanes) -> None:
-    for level in range(int(lanes.depth.max(initial=0)), 0, -1):
-        sel = np.flatnonzero(lanes.depth == level)
-        up = lanes.parent[sel]
-        for values in t.values():
-            np.add.at(values, up, values[sel])
+    def add(self, group: np.ndarray, kind: np.ndarray, direction: np.ndarray, idle_ns: np.ndarray) -> None:
+        key = group.astype(np.int64) * len(CALL_KINDS)
+        key += kind
+        accumulate(self.calls, key)
+        accumulate(self.idle, key, idle_ns)
+        copies = np.flatnonzero(direction >= 0)
+        accumulate(self.copies, group[copies].astype(np.int64) * len(DIRECTIONS) + direction[copies])
 
-
-def _store(per_range: dict, rows: np.ndarray, t: dict) -> None:
-    for name, values in t.items():
-        per_range[name][rows] = values
+    def columns(self) -> dict[str, np.ndarray]:
+        """The COUNTS columns, one array each."""
+        k, d = len(CALL_KINDS), len(DIRECTIONS)
+        calls, idle = self.calls.reshape(self.n, k), np.rint(self.idle).astype(np.int64).reshape(self.n, k)
+        copies = self.copies.reshape(self.n, d)
+        return {**{f"{name}_calls": calls[:, i] for i, name in enumerate(CALL_KINDS)},
+                **{f"idle_{name}": idle[:, i] for i, name in enumerate(CALL_KINDS)},
+                **{f"memcpy_{name}": copies[:, i] for i, name in enumerate(DIRECTIONS)}}
 
 
 def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> dict:
@@ -223,7 +249,11 @@ def _range_accounting(att: A.Attribution, c: dict, window_idle: np.ndarray) -> d
     scaled = {k: np.rint(v * scale).astype(np.int64) for k, v in causes.items()}
     # rounding: the largest cause takes the remainder, so the causes sum to idle_ns exactly
     stacked = np.stack([scaled[k] for k in CAUSES])
-    top = np.argmax(stacked, axis=0)
+    top, largest = np.zeros(idle.size, np.int64), stacked[0].copy()
+    for i in range(1, len(CAUSES)):                # np.argmax(stacked, axis=0), without its strided walk
+        larger = stacked[i] > largest
+        top[larger] = i
+        np.maximum(largest, stacked[i], out=largest)
     stacked[top, np.arange(idle.size)] += idle - stacked.sum(axis=0)
     out = {"wall_ns": wall, "idle_ns": idle, "gpu_idle_ns": np.minimum(window_idle, wall)}
     out.update({f"idle_{k}_ns": stacked[i] for i, k in enumerate(CAUSES)})

@@ -13,20 +13,25 @@ How, without a join over the big tables:
 2. Push/pop ranges nest per thread: each thread's ranges form a tree ("lane"), parents found by
    climbing from the previous range. Ranges of different NVTX domains may interleave on one thread;
    then that thread gets one lane per domain. A lane that still does not nest is left out (warned).
-3. Each op's innermost range in each lane of its thread: `searchsorted` of the packed key
-   (lane << 46 | call start) in the lane's ranges, climbed until the range outlasts the call.
+3. The calls of threads with ranges, in (thread, start) order (a stable sort by thread: the runtime
+   table is in time order), each asked once for its innermost range in each lane of its thread:
+   `searchsorted` of the packed key (lane << 46 | call start) in the lane's ranges, climbed until the
+   range outlasts the call. Ops take their call's answer.
 4. Per range totals at the innermost ranges, rolled up to every ancestor level by level.
-5. Start/end ranges (few): the ops of their thread launched between their start and end are one
-   slice of the ops sorted by (thread, call start).
+5. Start/end ranges (few): the calls of their thread made between their start and end are one
+   slice of the calls in (thread, start) order; their ops are taken through the calls.
 6. Busy = inclusive kernel time for a range whose kernels ran on one stream that never overlaps
    itself; else the exact union of its kernels' intervals.
+Passes over the ops and calls go in chunks (analyze.keys.CHUNK), sums accumulated chunk by chunk.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
+from dsocr_perf.analyze.keys import INDEX, accumulate, dense_index, distinct, index_in, spans
 from dsocr_perf.analyze.read.raw import KERNEL, Raw
 
 TIME_BITS = 46      # packed (lane << 46 | time - t0): ~19.5 h of trace, 2**17 lanes
@@ -53,34 +58,51 @@ class Attribution:
     ranges: Ranges
     threads: np.ndarray       # dense thread index -> thread key of the trace
     op_call: np.ndarray       # per op: call index, -1 none
-    op_inner: np.ndarray      # per op: tightest enclosing range, -1
     calls: object             # CallOrder: the calls on ranged threads and their ranges
     calls_ops: object         # CallsOps: the ops of each call
     stats: dict               # per range: inclusive_ns, exclusive_ns, busy_ns, span_ns, first_ns, last_ns,
                               #   kernels, gpu_ops, launches, cpu_ns, outermost_of_name
     lanes: object             # the lane trees
     warnings: list
+    calls_end: np.ndarray
+    attributed_ns: int        # kernel time launched inside some range
+
+    @property
+    def op_inner(self) -> np.ndarray:
+        """Per op: its tightest enclosing range, -1."""
+        return _through(self.calls.inner, self.op_call)
 
     def op_lane_inner(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per lane rank: (ops, their innermost push/pop range in that lane)."""
         out = []
-        launched = np.flatnonzero(self.op_call >= 0)
         for per_call in self.calls.lane_at:
-            at = per_call[self.op_call[launched]]
-            out.append((launched[at >= 0], self.lanes.pp[at[at >= 0]]))
+            at = _through(per_call, self.op_call)
+            ops = np.flatnonzero(at >= 0)
+            out.append((ops, self.lanes.pp[at[ops]]))
         return out
 
     def op_startend(self) -> tuple[np.ndarray, np.ndarray]:
         """(op, start/end range) for every op launched inside a start/end range."""
-        se, c = self.calls.startend, self.calls
-        if not se.size:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        r = self.ranges
-        g, call = calls_inside(c.order, c.sorted_key, self.calls_end, se, r.thread, r.start, r.end, self.lanes.t0)
-        g, ops = self.calls_ops.expand(g, call)
-        return ops, se[g]
+        se = self.calls.startend
+        g, ops = self.calls_ops.expand(*self.calls_in(se))
+        return ops.astype(np.int64), se[g]
 
-    calls_end: np.ndarray = None
+    def calls_in(self, rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in rs, call) for every call made inside range rs[i] on its thread."""
+        pairs = list(self.calls.inside(rs, self.ranges, self.calls_end, self.lanes.t0))
+        if not pairs:
+            return np.zeros(0, np.int64), np.zeros(0, INDEX)
+        return np.concatenate([g for g, _ in pairs]), np.concatenate([c for _, c in pairs])
+
+
+def _through(per_call: np.ndarray, op_call: np.ndarray) -> np.ndarray:
+    """Per op: per_call[its call] (int64), -1 where it has none."""
+    out = np.full(op_call.size, -1, np.int64)
+    for sl in spans(op_call.size):
+        oc = op_call[sl]
+        hit = oc >= 0
+        out[sl][hit] = per_call[oc[hit]]
+    return out
 
 
 # ------------------------------------------------------------------------------------- op -> call
@@ -90,24 +112,26 @@ class CallIndex:
     table when they stay small, else sorted keys."""
 
     def __init__(self, process: np.ndarray, correlation: np.ndarray):
-        self.procs = np.unique(process)
-        proc = np.searchsorted(self.procs, process)
+        self.procs = distinct(process)
         n = correlation.size
         self.duplicates = 0
         top = int(correlation.max()) + 1 if n else 1
-        usable = correlation >= 0
         if self.procs.size * top <= 4 * n + 4096:
             self.width = top
-            slot = proc * top + correlation
-            table = np.full(self.procs.size * top, -1, np.int64)
-            calls = np.flatnonzero(usable)[::-1]      # reversed: the FIRST call of a key is written last
-            table[slot[calls]] = calls
-            self.duplicates = int(usable.sum() - np.count_nonzero(table >= 0))
+            table = np.full(self.procs.size * top, -1, INDEX)
+            usable = 0
+            for sl in reversed(spans(n)):                # backwards: the FIRST call of a key is written last
+                corr = correlation[sl]
+                ids = np.flatnonzero(corr >= 0)[::-1]
+                usable += ids.size
+                table[index_in(process[sl][ids], self.procs) * top + corr[ids]] = ids + sl.start
+            self.duplicates = int(usable - np.count_nonzero(table >= 0))
             self.table = table
             return
         self.table = None
+        proc = index_in(process, self.procs)
         key = (proc.astype(np.int64) << 32) | (correlation & 0xFFFFFFFF)
-        key = np.where(usable, key, -1)
+        key = np.where(correlation >= 0, key, -1)
         order = np.argsort(key, kind="stable")
         sorted_keys = key[order]
         first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] & (sorted_keys >= 0)
@@ -116,14 +140,13 @@ class CallIndex:
 
     def lookup(self, process: np.ndarray, correlation: np.ndarray) -> np.ndarray:
         """Per op: the index of its call, -1 where it has none."""
-        pos = np.minimum(np.searchsorted(self.procs, process), max(self.procs.size - 1, 0))
-        known = (self.procs.size > 0) & (correlation >= 0)
-        known &= self.procs[pos] == process if self.procs.size else False
+        pos = index_in(process, self.procs)
+        known = (pos >= 0) & (correlation >= 0)
         if self.table is not None:
             inside = known & (correlation < self.width)
             slot = np.where(inside, pos * self.width + correlation, 0)
             return np.where(inside, self.table[slot] if self.table.size else -1, -1)
-        key = (pos.astype(np.int64) << 32) | (correlation & 0xFFFFFFFF)
+        key = (np.maximum(pos, 0) << 32) | (correlation & 0xFFFFFFFF)
         if not self.sorted_keys.size:
             return np.full(correlation.size, -1, np.int64)
         at = np.minimum(np.searchsorted(self.sorted_keys, key), self.sorted_keys.size - 1)
@@ -178,9 +201,10 @@ def build_lanes(r_start, r_end, r_thread, r_domain, pushpop, live, n_threads, wa
     split = np.zeros(n_threads, bool)
     while True:
         lane_key = r_thread[pp] * domains + np.where(split[r_thread[pp]], r_domain[pp] + 1, 0)
-        order = np.lexsort((pp, lane_key))          # pp in range_id order: by start, longer first
-        pp, lane_key = pp[order], lane_key[order]
-        lane = np.unique(lane_key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        if lane_key.size and not (lane_key[1:] >= lane_key[:-1]).all():   # pp in range_id order: by start, longer first
+            order = np.lexsort((pp, lane_key))
+            pp, lane_key = pp[order], lane_key[order]
+        _, lane = dense_index(lane_key)
         parent, crossing = _tree(r_start[pp], r_end[pp], lane)
         if not crossing.any():
             break
@@ -225,7 +249,9 @@ def _depths(parent: np.ndarray) -> np.ndarray:
 
 
 def packed(lane: np.ndarray, t: np.ndarray, t0: int) -> np.ndarray:
-    return (lane << TIME_BITS) | (t - t0)
+    out = t - t0
+    out |= lane.astype(np.int64, copy=False) << TIME_BITS
+    return out
 
 
 def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
@@ -233,33 +259,31 @@ def innermost(lanes: Lanes, lane: np.ndarray, t_start: np.ndarray, t_end: np.nda
     lanes.pp, -1 none. Fastest with items sorted by (lane, t_start)."""
     if not lanes.pp.size or not lane.size:
         return np.full(lane.size, -1, np.int64)
-    cand = np.searchsorted(lanes.key, packed(lane, t_start, lanes.t0), side="right") - 1
-    cand[(cand >= 0) & (lanes.lane[np.maximum(cand, 0)] != lane)] = -1
-    at = cand.copy()
+    at = np.searchsorted(lanes.key, packed(lane, t_start, lanes.t0), side="right") - 1
+    other = at >= 0
+    other &= lanes.lane[np.maximum(at, 0)] != lane
+    at[other] = -1
     todo = np.flatnonzero(at >= 0)
+    todo = todo[lanes.end[at[todo]] < t_end[todo]]      # candidates that end before the item: climb
     while todo.size:
-        r = at[todo]
-        outlasts = lanes.end[r] >= t_end[todo]
-        todo = todo[~outlasts]
-        at[todo] = lanes.parent[r[~outlasts]]
+        at[todo] = lanes.parent[at[todo]]
         todo = todo[at[todo] >= 0]
+        todo = todo[lanes.end[at[todo]] < t_end[todo]]
     return at
 
 
 # ------------------------------------------------------------------------------------------- engine
 
 def attribute(raw: Raw) -> Attribution:
-    ops, calls, nvtx = raw.ops, raw.calls, raw.nvtx
+    calls, nvtx = raw.calls, raw.nvtx
     warnings: list[str] = []
-    n_ops, n_calls = len(ops), len(calls)
+    n_calls = len(calls)
 
-    # 1. op -> call
+    # 1. calls by (process, correlation), for the op -> call lookup
     index = CallIndex(calls.process, calls.correlation)
-    op_call = index.lookup(ops.process, ops.correlation) if n_ops else np.zeros(0, np.int64)
     if index.duplicates:
         warnings.append(f"{index.duplicates:,} API calls repeat the (process, correlation id) of an earlier call: "
                         "their GPU operations are joined to the first call only")
-    del index
 
     # ranges, their threads (dense ids), the lanes
     r_start = nvtx.ranges.column("start_ns").to_numpy()
@@ -270,66 +294,55 @@ def attribute(raw: Raw) -> Attribution:
     live = (r_thread >= 0) & (nvtx.pushpop | nvtx.same_thread)
     lanes = build_lanes(r_start, r_end, r_thread, nvtx.domain_id, nvtx.pushpop, live, threads.size, warnings)
 
-    # 2. the calls made on threads that have ranges, in (thread, start) order: every containment
-    # question is asked once per call, and its ops take the answer through op_call
-    call_thread = dense_thread(threads, calls.thread)
-    ranged = np.flatnonzero(call_thread >= 0)
-    times = [r_start[live], r_end[live], calls.start[ranged], calls.end[ranged]]
-    t0 = int(min((t.min() for t in times if t.size), default=0))
-    t1 = int(max((t.max() for t in times if t.size), default=0))
-    if t1 - t0 >= 1 << TIME_BITS:
-        raise ValueError("the trace spans more than 19 hours")  # packed keys would overflow
-    lanes.t0, lanes.key = t0, packed(lanes.lane, lanes.start, t0)
-    key = packed(call_thread[ranged], calls.start[ranged], t0)
-    order = np.argsort(key, kind="stable")            # calls come in time order: nearly sorted already
-    call_order, call_sorted = ranged[order], key[order]
-    del ranged, key, order
+    # 2./3. the calls made on threads that have ranges, in (thread, start) order, each asked once for
+    # its innermost range per lane; its ops take the answer through op_call
+    order = CallOrder.of(calls, threads, r_start[live], r_end[live], lanes, n_calls)
+    lanes.t0, lanes.key = order.t0, packed(lanes.lane, lanes.start, order.t0)
+    order.find_innermost(calls, lanes, r_start, r_end)
 
-    # 3. innermost push/pop range of each call in each lane of its thread
-    call_inner = np.full(n_calls, -1, np.int64)
-    lane_at = []                                       # per lane rank: per call, index into lanes.pp or -1
-    th = call_thread[call_order]
-    for rank in range(int(lanes.thread_lanes[:, 1].max(initial=0))):
-        has = lanes.thread_lanes[th, 1] > rank
-        ids = call_order[has]
-        at = innermost(lanes, lanes.thread_lanes[th[has], 0] + rank, calls.start[ids], calls.end[ids])
-        per_call = np.full(n_calls, -1, np.int64)
-        per_call[ids] = at
-        lane_at.append(per_call)
-        hit = at >= 0
-        _tighten(call_inner, ids[hit], lanes.pp[at[hit]], r_start, r_end)
-    del th
+    # the ops: everything so far needed only the calls and ranges, read before the biggest table
+    ops = raw.ops
+    n_ops = len(ops)
+    op_call = np.empty(n_ops, INDEX)
+    for sl in spans(n_ops):
+        op_call[sl] = index.lookup(ops.process[sl], ops.correlation[sl])
+    del index
+    calls_of = CallsOps(op_call, n_calls)
 
     # 4. per op totals, at each op's innermost range per lane, rolled up the trees
-    dur = ops.end - ops.start
-    is_kernel = ops.kind == KERNEL
-    per_op = (ops, dur, is_kernel, _first_of_call(op_call, n_calls), ops.stream_key,
-              _self_overlapping_streams(ops, ops.stream_key, is_kernel))
-    launched = np.flatnonzero(op_call >= 0)
+    overlap = _self_overlapping(ops)
     totals = _Totals(n_ranges)
-    groups, members = [], []
-    for per_call in lane_at:
-        at = per_call[op_call[launched]]
-        groups.append(at[at >= 0])
-        members.append(launched[at >= 0])
-    if groups:
-        per_pp = _op_totals(len(lanes.pp), np.concatenate(groups), np.concatenate(members), *per_op)
-        _roll_up(per_pp, lanes)
-        totals.add(lanes.pp, per_pp)
-    del groups, members
+    if order.lane_at:
+        per_pp = _Totals(len(lanes.pp))
+        for sl in spans(n_ops):
+            oc = op_call[sl]
+            for per_call in order.lane_at:
+                at = np.full(oc.size, -1, np.int64)
+                hit = oc >= 0
+                at[hit] = per_call[oc[hit]]
+                mine = np.flatnonzero(at >= 0)
+                per_pp.add(at[mine], mine + sl.start, ops, calls_of, overlap)
+        per_pp.roll_up(lanes)
+        totals.store(lanes.pp, per_pp)
 
     # 5. start/end ranges: the calls of their thread between their start and end, one slice each
-    se = np.flatnonzero(live & ~nvtx.pushpop)
-    calls_of = CallsOps(op_call, n_calls)
-    if se.size:
-        g, c = calls_inside(call_order, call_sorted, calls.end, se, r_thread, r_start, r_end, t0)
-        _tighten(call_inner, c, se[g], r_start, r_end)
-        g_ops, ids = calls_of.expand(g, c)
-        totals.add(se, _op_totals(se.size, g_ops, ids, *per_op))
-
-    # tree shape of every range: push/pop from the lanes, start/end under the tightest push/pop range
     parent = np.full(n_ranges, -1, np.int64)
     depth = np.zeros(n_ranges, np.int64)
+    ranges = Ranges(start=r_start, end=r_end, thread=r_thread, pushpop=nvtx.pushpop, live=live, parent=parent,
+                    depth=depth, name_id=nvtx.name_id, names=nvtx.names)
+    se = order.startend = np.flatnonzero(live & ~nvtx.pushpop)
+    if se.size:
+        per_se = _Totals(se.size)
+        tightest = np.full(n_calls, -1, INDEX)
+        for g, c in order.inside(se, ranges, calls.end, order.t0):
+            _tighten(tightest, c, se[g], r_start, r_end, ties_to_later=True)
+            g_ops, op_ids = calls_of.expand(g, c)
+            per_se.add(g_ops, op_ids, ops, calls_of, overlap)
+        totals.store(se, per_se)
+        order.take_tighter(tightest, r_start, r_end)
+        del tightest
+
+    # tree shape of every range: push/pop from the lanes, start/end under the tightest push/pop range
     parent[lanes.pp] = np.where(lanes.parent >= 0, lanes.pp[np.maximum(lanes.parent, 0)], -1)
     depth[lanes.pp] = lanes.depth
     if se.size and lanes.pp.size:
@@ -343,14 +356,19 @@ def attribute(raw: Raw) -> Attribution:
     busy = totals.inclusive.copy()
     multi = np.flatnonzero((totals.stream_lo < totals.stream_hi) | (totals.overlap > 0))
     if multi.size:
-        g, c = calls_inside(call_order, call_sorted, calls.end, multi, r_thread, r_start, r_end, t0)
-        busy[multi] = _union_busy(ops, is_kernel, calls_of.expand(g, c), multi.size)
+        pairs = list(order.inside(multi, ranges, calls.end, order.t0))
+        g = np.concatenate([g for g, _ in pairs])
+        c = np.concatenate([c for _, c in pairs])
+        busy[multi] = _union_busy(ops, calls_of.expand(g, c), multi.size)
 
     # exclusive: each kernel in its tightest range
-    op_inner = np.where(op_call >= 0, call_inner[np.maximum(op_call, 0)], -1) if n_calls else \
-        np.full(n_ops, -1, np.int64)
-    ek = is_kernel & (op_inner >= 0)
-    exclusive = np.bincount(op_inner[ek], weights=dur[ek], minlength=n_ranges)
+    exclusive = np.zeros(n_ranges, np.float64)
+    for sl in spans(n_ops):
+        oc = op_call[sl]
+        kernel = np.flatnonzero((oc >= 0) & (ops.kind[sl] == KERNEL))
+        inner = order.inner[oc[kernel]]
+        hit = inner >= 0
+        accumulate(exclusive, inner[hit], (ops.end[sl] - ops.start[sl])[kernel[hit]])
 
     # instances nested in an instance of the same name count their kernels once per name
     self_nested = np.zeros(n_ranges, bool)
@@ -371,98 +389,240 @@ def attribute(raw: Raw) -> Attribution:
         "kernels": totals.kernels, "gpu_ops": totals.gpu_ops, "launches": totals.launches,
         "outermost_of_name": ~self_nested,
     }
-    ranges = Ranges(start=r_start, end=r_end, thread=r_thread, pushpop=nvtx.pushpop, live=live, parent=parent,
-                    depth=depth, name_id=nvtx.name_id, names=nvtx.names)
-    calls_index = CallOrder(order=call_order, sorted_key=call_sorted, thread=call_thread, lane_at=lane_at,
-                            inner=call_inner, startend=se)
-    return Attribution(ranges=ranges, threads=threads, op_call=op_call, op_inner=op_inner, calls=calls_index,
-                       calls_ops=calls_of, stats=stats, lanes=lanes, warnings=warnings, calls_end=calls.end)
+    return Attribution(ranges=ranges, threads=threads, op_call=op_call, calls=order, calls_ops=calls_of,
+                       stats=stats, lanes=lanes, warnings=warnings, calls_end=calls.end,
+                       attributed_ns=int(round(float(exclusive.sum()))))
 
 
-def dense_thread(threads: np.ndarray, thread_keys: np.ndarray) -> np.ndarray:
-    """Per key: its index in `threads` (the threads that have ranges), -1 elsewhere."""
-    if not threads.size or not thread_keys.size:
-        return np.full(thread_keys.size, -1, np.int64)
-    pos = np.minimum(np.searchsorted(threads, thread_keys), threads.size - 1)
-    return np.where(threads[pos] == thread_keys, pos, -1)
-
-
-def _tighten(inner: np.ndarray, ids: np.ndarray, rng: np.ndarray, r_start, r_end) -> None:
+def _tighten(inner: np.ndarray, ids: np.ndarray, rng: np.ndarray, r_start, r_end, ties_to_later=False) -> None:
     """inner[ids] = rng where rng is tighter (starts later; at an equal start, ends earlier) than the
-    range there now; with repeated ids the tightest wins."""
+    range there now (or as tight, with `ties_to_later`); with repeated ids the tightest wins, and of
+    equally tight ones the later."""
     if not ids.size:
         return
     current = inner[ids]
     has = current >= 0
     cur = np.maximum(current, 0)
-    tighter = ~has | (r_start[rng] > r_start[cur]) | ((r_start[rng] == r_start[cur]) & (r_end[rng] < r_end[cur]))
+    same_start = r_start[rng] == r_start[cur]
+    ends_before = r_end[rng] <= r_end[cur] if ties_to_later else r_end[rng] < r_end[cur]
+    tighter = ~has | (r_start[rng] > r_start[cur]) | (same_start & ends_before)
     ids, rng = ids[tighter], rng[tighter]
-    order = np.lexsort((-r_end[rng], r_start[rng]))      # ascending tightness: the last write wins
-    inner[ids[order]] = rng[order]
+    if ids.size > 1 and np.bincount(ids).max() > 1:
+        order = np.lexsort((-r_end[rng], r_start[rng]))      # ascending tightness: the last write wins
+        ids, rng = ids[order], rng[order]
+    inner[ids] = rng
 
 
 class CallsOps:
-    """The GPU ops of each call: usually one; a CUDA-graph launch makes many (ops sorted by call)."""
+    """The GPU ops of each call: usually one; a CUDA-graph launch makes many (then ops sorted by call)."""
 
     def __init__(self, op_call: np.ndarray, n_calls: int):
         self.op_call, self.n_calls = op_call, n_calls
-        self._order = None
+        self.counts = np.zeros(n_calls, INDEX)                   # GPU ops per call
+        for sl in spans(op_call.size):
+            oc = op_call[sl]
+            accumulate(self.counts, oc[oc >= 0])
+        self.single = int(self.counts.max(initial=0)) <= 1       # no call launched two ops
+        self._order = self._op_of = self._first = None
+
+    def first_op(self, op: np.ndarray) -> np.ndarray:
+        """Per op (indexes): whether it is the first op of its call (one 'launch' per call)."""
+        if self.single:
+            return self.op_call[op] >= 0
+        if self._first is None:
+            first = np.zeros(self.op_call.size, bool)
+            launched = np.flatnonzero(self.op_call >= 0)
+            seen = np.full(self.n_calls, -1, np.int64)
+            seen[self.op_call[launched[::-1]]] = launched[::-1]     # the first op of each call is written last
+            first[seen[seen >= 0]] = True
+            self._first = first
+        return self._first[op]
 
     def expand(self, group: np.ndarray, call: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(group, op) pairs for (group, call) pairs."""
+        if self.single:
+            if self._op_of is None:
+                self._op_of = np.full(self.n_calls, -1, INDEX)
+                for sl in spans(self.op_call.size):
+                    oc = self.op_call[sl]
+                    mine = np.flatnonzero(oc >= 0)
+                    self._op_of[oc[mine]] = mine + sl.start
+            op = self._op_of[call]
+            keep = op >= 0
+            return np.compress(keep, group), np.compress(keep, op)
         if self._order is None:
             launched = np.flatnonzero(self.op_call >= 0)
             self._order = launched[np.argsort(self.op_call[launched], kind="stable")]
-            counts = np.bincount(self.op_call[launched], minlength=self.n_calls)
-            self._first = np.cumsum(counts) - counts
-            self._count = counts
-        counts = self._count[call]
+            self._starts = np.cumsum(self.counts, dtype=np.int64) - self.counts
+        counts = self.counts[call].astype(np.int64)
         g = np.repeat(group, counts)
-        offset = np.repeat(self._first[call] - np.cumsum(counts) + counts, counts)
+        offset = np.repeat(self._starts[call] - np.cumsum(counts) + counts, counts)
         return g, self._order[np.arange(g.size) + offset]
 
 
-@dataclass
 class CallOrder:
     """The API calls on threads with ranges, in (thread, start) order, with their ranges."""
-    order: np.ndarray         # call indexes
-    sorted_key: np.ndarray    # packed (thread, start) of order
-    thread: np.ndarray        # per call: dense thread index, -1
-    lane_at: list             # per lane rank: per call, its innermost push/pop range (index into lanes.pp), -1
-    inner: np.ndarray         # per call: its tightest range (push/pop or start/end), -1
-    startend: np.ndarray      # the start/end ranges that take part
+
+    def __init__(self, order, sorted_key, t0, lane_at, inner, startend):
+        self.order = order            # call indexes
+        self.sorted_key = sorted_key  # packed (thread, start) of order
+        self.t0 = t0
+        self.lane_at = lane_at        # per lane rank: per call, its innermost push/pop range (index into lanes.pp), -1
+        self.inner = inner            # per call: its tightest range (push/pop or start/end), -1
+        self.startend = startend      # the start/end ranges that take part
+
+    @classmethod
+    def of(cls, calls, threads, live_start, live_end, lanes, n_calls) -> "CallOrder":
+        small = np.int16 if threads.size < 1 << 15 else np.int64
+        thread = np.empty(n_calls, small)
+        for sl in spans(n_calls):
+            thread[sl] = index_in(calls.thread[sl], threads)
+        order = thread_order(thread, calls.start, threads.size)
+        lows, highs = [], []
+        gathered = (t[order[sl]] for sl in spans(order.size) for t in (calls.start, calls.end))
+        for times in itertools.chain((live_start, live_end), gathered):
+            if times.size:
+                lows.append(int(times.min()))
+                highs.append(int(times.max()))
+        t0, t1 = min(lows, default=0), max(highs, default=0)
+        if t1 - t0 >= 1 << TIME_BITS:
+            raise ValueError("the trace spans more than 19 hours")  # packed keys would overflow
+        sorted_key = np.empty(order.size, np.int64)
+        for sl in spans(order.size):
+            sorted_key[sl] = packed(thread[order[sl]], calls.start[order[sl]], t0)
+        self = cls(order, sorted_key, t0, [], np.full(n_calls, -1, INDEX), np.zeros(0, np.int64))
+        self._thread = thread
+        return self
+
+    def find_innermost(self, calls, lanes: Lanes, r_start, r_end) -> None:
+        """lane_at and inner: each call's innermost push/pop range per lane, and its tightest."""
+        ranks = int(lanes.thread_lanes[:, 1].max(initial=0))
+        self.lane_at = [np.full(self.inner.size, -1, INDEX) for _ in range(ranks)]
+        for sl in spans(self.order.size):
+            ids = self.order[sl]
+            th = self._thread[ids]
+            start, end = calls.start[ids], calls.end[ids]
+            for rank in range(ranks):
+                has = np.flatnonzero(lanes.thread_lanes[th, 1] > rank)
+                at = innermost(lanes, lanes.thread_lanes[th[has], 0] + rank, start[has], end[has])
+                self.lane_at[rank][ids[has]] = at
+                hit = at >= 0
+                if rank == 0:
+                    self.inner[ids[has[hit]]] = lanes.pp[at[hit]]
+                else:
+                    _tighten(self.inner, ids[has[hit]], lanes.pp[at[hit]], r_start, r_end)
+        del self._thread
+
+    def take_tighter(self, tightest: np.ndarray, r_start, r_end) -> None:
+        """inner = the tightest start/end range of a call where it is tighter than its push/pop one."""
+        for sl in spans(self.inner.size):
+            se = tightest[sl]
+            mine = np.flatnonzero(se >= 0)
+            _tighten(self.inner[sl], mine, se[mine], r_start, r_end)
+
+    def inside(self, rs: np.ndarray, ranges: Ranges, call_end: np.ndarray, t0: int):
+        """Chunks of (position in rs, call) for every call made inside range rs[i] on its thread: a
+        slice of the calls in (thread, start) order, less calls that end after the range."""
+        lo = np.searchsorted(self.sorted_key, packed(ranges.thread[rs], ranges.start[rs], t0), side="left")
+        hi = np.searchsorted(self.sorted_key, packed(ranges.thread[rs], ranges.end[rs], t0), side="right")
+        counts = np.maximum(hi - lo, 0)
+        ends = np.cumsum(counts)
+        r_end = ranges.end[rs]
+        for sl in spans(int(ends[-1]) if ends.size else 0):
+            q = np.arange(sl.start, sl.stop)
+            g = np.searchsorted(ends, q, side="right")
+            ids = self.order[lo[g] + (q - (ends[g] - counts[g]))]
+            keep = call_end[ids] <= r_end[g]
+            yield (g, ids) if keep.all() else (np.compress(keep, g), np.compress(keep, ids))
 
 
-def _first_of_call(op_call: np.ndarray, n_calls: int) -> np.ndarray:
-    """One op per launching call is its 'launch' (a CUDA-graph launch makes many ops): the first."""
-    first = np.zeros(op_call.size, bool)
-    launched = np.flatnonzero(op_call >= 0)
-    if launched.size:
-        seen = np.full(n_calls, -1, np.int64)
-        seen[op_call[launched[::-1]]] = launched[::-1]     # the first op of each call is written last
-        first[seen[seen >= 0]] = True
-    return first
+def thread_order(call_thread: np.ndarray, start: np.ndarray, n_threads: int) -> np.ndarray:
+    """The calls with a thread (call_thread >= 0) in (thread, start) order, ties in table order: a
+    counting sort on the thread alone when each thread's calls are in time order already (nsys writes
+    the runtime table in time order), else a sort on both."""
+    sizes = np.zeros(n_threads, np.int64)
+    for sl in spans(call_thread.size):
+        th = call_thread[sl]
+        accumulate(sizes, th[th >= 0])
+    if n_threads == 1 and sizes[0] == call_thread.size:
+        order = np.arange(call_thread.size, dtype=INDEX)
+    else:
+        order = np.empty(int(sizes.sum()), INDEX)
+        filled = np.cumsum(sizes) - sizes                  # where each thread's next call goes
+        for sl in spans(call_thread.size):
+            th = call_thread[sl]
+            for t in np.unique(th[th >= 0]).tolist():
+                mine = np.flatnonzero(th == t)
+                order[filled[t]:filled[t] + mine.size] = mine + sl.start
+                filled[t] += mine.size
+    if _in_time_order(order, call_thread, start):
+        return order
+    mine = np.flatnonzero(call_thread >= 0)
+    return mine[np.lexsort((start[mine], call_thread[mine]))].astype(INDEX)
 
 
-def _self_overlapping_streams(ops, stream_key, is_kernel) -> np.ndarray:
+def _in_time_order(order, call_thread, start) -> bool:
+    """Whether each thread's calls in `order` start in time order."""
+    last_start, last_thread = None, None
+    for sl in spans(order.size):
+        s, th = start[order[sl]], call_thread[order[sl]]
+        if not ((s[1:] >= s[:-1]) | (th[1:] != th[:-1])).all():
+            return False
+        if last_thread is not None and th[0] == last_thread and s[0] < last_start:
+            return False
+        last_start, last_thread = s[-1], th[-1]
+    return True
+
+
+def _self_overlapping(ops) -> np.ndarray | None:
     """Per op: a kernel on a stream where two kernels overlap in time (programmatic dependent
-    launch, or a damaged trace); the union of intervals then differs from the sum of durations."""
+    launch, or a damaged trace); the union of intervals then differs from the sum of durations.
+    None when no stream overlaps itself."""
+    k = ops.kind == KERNEL
+    n_kernels = int(np.count_nonzero(k))
+    if n_kernels < 2:
+        return None
+    kernels = slice(0, n_kernels) if k[:n_kernels].all() else np.flatnonzero(k)   # readers put kernels first
+    streams = distinct(ops.stream_key[kernels])
+    bad = _overlapping_streams(ops, kernels, n_kernels, streams)
+    if not bad:
+        return None
     out = np.zeros(len(ops), bool)
-    k = np.flatnonzero(is_kernel)
-    if k.size < 2:
-        return out
-    order = k[np.lexsort((ops.start[k], stream_key[k]))]
-    s, e, key = ops.start[order], ops.end[order], stream_key[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(key.size), 0))
-    v = e - s[group_start]
-    offset = _group_offset(key, v)
-    reach = np.maximum.accumulate(v + offset) - offset + s[group_start]   # furthest end so far, per stream
-    overlaps = ~first[1:] & (s[1:] < reach[:-1])
-    if overlaps.any():
-        bad = np.unique(key[1:][overlaps])
-        out[k] = np.isin(stream_key[k], bad)
+    out[k] = np.isin(ops.stream_key[k], streams[bad])
     return out
+
+
+def _overlapping_streams(ops, kernels, n, streams) -> list[int]:
+    """Indexes (into streams) of the streams on which a kernel starts before an earlier one ends.
+    Kernels come in start order (nsys lists them so; checked): a running end per stream, chunk by
+    chunk; else each stream's kernels sorted."""
+    reach = np.full(streams.size, np.iinfo(np.int64).min, np.int64)    # furthest end so far, per stream
+    bad, last_start = set(), np.iinfo(np.int64).min
+    for sl in spans(n):
+        rows = slice(kernels.start + sl.start, kernels.start + sl.stop) if isinstance(kernels, slice) else kernels[sl]
+        s, e = ops.start[rows], ops.end[rows]
+        if s[0] < last_start or not (s[1:] >= s[:-1]).all():
+            return _overlapping_streams_sorted(ops, kernels, streams)
+        last_start = s[-1]
+        stream = index_in(ops.stream_key[rows], streams)
+        for i in np.unique(stream).tolist() if streams.size > 1 else [0]:
+            mine = np.flatnonzero(stream == i) if streams.size > 1 else slice(None)
+            ends = np.maximum.accumulate(e[mine])
+            np.maximum(ends, reach[i], out=ends)
+            if s[mine][0] < reach[i] or (s[mine][1:] < ends[:-1]).any():
+                bad.add(i)
+            reach[i] = ends[-1]
+    return sorted(bad)
+
+
+def _overlapping_streams_sorted(ops, kernels, streams) -> list[int]:
+    k = np.arange(ops.start.size)[kernels]
+    _, stream = dense_index(ops.stream_key[k])
+    order = np.lexsort((ops.start[k], stream))
+    s, e, stream = ops.start[k][order], ops.end[k][order], stream[order]
+    bounds = np.r_[0, np.flatnonzero(stream[1:] != stream[:-1]) + 1, stream.size]
+    return [int(stream[lo]) for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist())
+            if (s[lo + 1:hi] < np.maximum.accumulate(e[lo:hi])[:-1]).any()]
 
 
 def _group_offset(key: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -475,7 +635,11 @@ def _group_offset(key: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class _Totals:
-    """Per-range sums filled lane by lane and by the start/end pass."""
+    """Per group (range): kernel ns and counts, launches, first/last op, streams of its kernels, and
+    how many of them ran on a stream that overlaps itself; summed chunk by chunk."""
+    SUMS = ("inclusive", "kernels", "gpu_ops", "launches", "overlap")
+    LOWEST = ("first", "stream_lo")
+    HIGHEST = ("last", "stream_hi")
 
     def __init__(self, n: int):
         self.inclusive = np.zeros(n, np.float64)
@@ -488,66 +652,44 @@ class _Totals:
         self.stream_hi = np.full(n, -BIG, np.int64)
         self.overlap = np.zeros(n, np.int64)
 
-    def add(self, rows: np.ndarray, t: dict) -> None:
-        self.inclusive[rows] = t["inclusive"]
-        self.kernels[rows] = t["kernels"]
-        self.gpu_ops[rows] = t["gpu_ops"]
-        self.launches[rows] = t["launches"]
-        self.first[rows], self.last[rows] = t["first"], t["last"]
-        self.stream_lo[rows], self.stream_hi[rows] = t["stream_lo"], t["stream_hi"]
-        self.overlap[rows] = t["overlap"]
+    def add(self, group: np.ndarray, op: np.ndarray, ops, calls_of: CallsOps, overlap) -> None:
+        """Adds the ops `op` to their groups."""
+        kernel = ops.kind[op] == KERNEL
+        g_k, op_k = np.compress(kernel, group), np.compress(kernel, op)
+        accumulate(self.inclusive, g_k, ops.end[op_k] - ops.start[op_k])
+        accumulate(self.kernels, g_k)
+        accumulate(self.gpu_ops, group)
+        accumulate(self.launches, group if calls_of.single else np.compress(calls_of.first_op(op), group))
+        if overlap is not None:
+            accumulate(self.overlap, np.compress(overlap[op], group))
+        np.minimum.at(self.first, group, ops.start[op])
+        np.maximum.at(self.last, group, ops.end[op])
+        streams = ops.stream_key[op_k]
+        np.minimum.at(self.stream_lo, g_k, streams)
+        np.maximum.at(self.stream_hi, g_k, streams)
+
+    def roll_up(self, lanes: Lanes) -> None:
+        """Totals of each range's subtree: children into parents, deepest level first."""
+        for level in range(int(lanes.depth.max(initial=0)), 0, -1):
+            sel = np.flatnonzero(lanes.depth == level)
+            up = lanes.parent[sel]
+            for name in self.SUMS:
+                np.add.at(getattr(self, name), up, getattr(self, name)[sel])
+            for name in self.LOWEST:
+                np.minimum.at(getattr(self, name), up, getattr(self, name)[sel])
+            for name in self.HIGHEST:
+                np.maximum.at(getattr(self, name), up, getattr(self, name)[sel])
+
+    def store(self, rows: np.ndarray, other: "_Totals") -> None:
+        for name in self.SUMS + self.LOWEST + self.HIGHEST:
+            getattr(self, name)[rows] = getattr(other, name)
 
 
-ROLL_UP = {"inclusive": np.add, "kernels": np.add, "gpu_ops": np.add, "launches": np.add, "first": np.minimum,
-           "last": np.maximum, "stream_lo": np.minimum, "stream_hi": np.maximum, "overlap": np.add}
-
-
-def _op_totals(n: int, group: np.ndarray, ids: np.ndarray, ops, dur, is_kernel, first_of_call, stream_key,
-               overlap) -> dict:
-    """Per group (range): kernel ns and counts, launches, first/last op, streams of its kernels, and
-    how many of them ran on a stream that overlaps itself."""
-    kg = is_kernel[ids]
-    t = {"inclusive": np.bincount(group[kg], weights=dur[ids[kg]], minlength=n),
-         "kernels": np.bincount(group[kg], minlength=n).astype(np.int64),
-         "gpu_ops": np.bincount(group, minlength=n).astype(np.int64),
-         "launches": np.bincount(group[first_of_call[ids]], minlength=n).astype(np.int64),
-         "first": np.full(n, BIG, np.int64), "last": np.full(n, -BIG, np.int64),
-         "stream_lo": np.full(n, BIG, np.int64), "stream_hi": np.full(n, -BIG, np.int64),
-         "overlap": np.bincount(group[overlap[ids]], minlength=n).astype(np.int64)}
-    np.minimum.at(t["first"], group, ops.start[ids])
-    np.maximum.at(t["last"], group, ops.end[ids])
-    np.minimum.at(t["stream_lo"], group[kg], stream_key[ids[kg]])
-    np.maximum.at(t["stream_hi"], group[kg], stream_key[ids[kg]])
-    return t
-
-
-def _roll_up(t: dict, lanes: Lanes) -> None:
-    """Totals of each range's subtree: children into parents, deepest level first."""
-    for level in range(int(lanes.depth.max(initial=0)), 0, -1):
-        sel = np.flatnonzero(lanes.depth == level)
-        up = lanes.parent[sel]
-        for name, ufunc in ROLL_UP.items():
-            ufunc.at(t[name], up, t[name][sel])
-
-
-def calls_inside(call_order, call_sorted, call_end, rs, r_thread, r_start, r_end, t0) -> tuple[np.ndarray, np.ndarray]:
-    """(position in rs, call) for every call made inside range rs[i] on its thread: a slice of the
-    calls in (thread, start) order, less calls that end after the range."""
-    lo = np.searchsorted(call_sorted, packed(r_thread[rs], r_start[rs], t0), side="left")
-    hi = np.searchsorted(call_sorted, packed(r_thread[rs], r_end[rs], t0), side="right")
-    counts = hi - lo
-    group = np.repeat(np.arange(rs.size), counts)
-    offset = np.repeat(lo - np.cumsum(counts) + counts, counts)
-    ids = call_order[np.arange(group.size) + offset]
-    keep = call_end[ids] <= r_end[rs][group]
-    return group[keep], ids[keep]
-
-
-def _union_busy(ops, is_kernel, inside: tuple[np.ndarray, np.ndarray], n_groups: int) -> np.ndarray:
+def _union_busy(ops, inside: tuple[np.ndarray, np.ndarray], n_groups: int) -> np.ndarray:
     """Per group, the length of the union of its kernels' intervals: sorted by start, each kernel
     adds what reaches past the furthest end before it in the same group."""
     g, ids = inside
-    kg = is_kernel[ids]
+    kg = ops.kind[ids] == KERNEL
     g, ids = g[kg], ids[kg]
     s, e = ops.start[ids], ops.end[ids]
     order = np.lexsort((e, s, g))

@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 from dsocr_perf.analyze.paths import signals_held
 
 CACHE_FORMAT = 1
+BACKGROUND_OPS = 1_000_000
 TABLES = ("kernels", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps", "gpu_metrics", "gpus",
           "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
 STALE_TEMP_S = 3600
@@ -122,25 +125,26 @@ def load(path: Path, key: str | None = None):
             con.close()
             return None
         facts, recorded = json.loads(row[1]), json.loads(row[2])
-        if set(recorded) != set(TABLES):
-            con.close()
-            return None
-        for name, expected in recorded.items():
-            columns = [r[0] for r in con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [name]).fetchall()]
-            if columns != expected["columns"]:
-                con.close()
-                return None
-            if con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] != expected["rows"]:
-                con.close()
-                return None
-        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'kernel_ranges'").fetchall()[0][0]:
+        if set(recorded) != set(TABLES) or not _intact(con, recorded):
             con.close()
             return None
     except (duckdb.Error, ValueError, TypeError, KeyError):
         con.close()
         return None
     return facts, CachedTables(con, facts)
+
+
+def _intact(con, recorded: dict) -> bool:
+    """Every table with the columns and rows recorded when it was written, and the kernel_ranges view."""
+    columns: dict[str, list[str]] = {}
+    for table, column in con.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main' "
+                                     "AND NOT internal ORDER BY table_name, column_index").fetchall():
+        columns.setdefault(table, []).append(column)
+    counts = " UNION ALL ".join(f"SELECT '{name}', count(*) FROM \"{name}\"" for name in recorded)
+    rows = dict(con.execute(counts).fetchall())
+    views = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'kernel_ranges'").fetchall()[0][0]
+    return views == 1 and all(columns.get(name) == expected["columns"] and rows.get(name) == expected["rows"]
+                              for name, expected in recorded.items())
 
 
 class CachedTables:
@@ -152,6 +156,8 @@ class CachedTables:
         self._arrow: dict = {}
 
     def get(self, name: str):
+        if name == "ranges_core":
+            return self.get("ranges").drop_columns(["payload"])
         if name not in self._arrow:
             self._arrow[name] = self.con.table(name).to_arrow_table()
         return self._arrow[name]
@@ -164,6 +170,35 @@ class CachedTables:
 
     def connection(self):
         return self.con
+
+
+def store_after_answer(trace) -> None:
+    """Write the cache once a command has answered: at once for a small trace; for a big one (more
+    than BACKGROUND_OPS GPU ops: ~10 s of writing per 10^6) from a detached process that opens the
+    trace afresh (analyze.build_cache), so the command returns with its answer."""
+    if isinstance(trace.tables, CachedTables):
+        return
+    if trace.totals.gpu_ops < BACKGROUND_OPS:
+        store(trace)
+        return
+    folder = cache_dir()
+    marker = building_marker(trace.path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pid = int(marker.read_text() or 0) if marker.exists() else 0
+        if pid > 0 and _process_exists(pid):
+            return                                   # a builder is at work already
+        builder = subprocess.Popen([sys.executable, "-m", "dsocr_perf.analyze.build_cache", os.path.abspath(trace.path)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        marker.write_text(str(builder.pid))
+    except (OSError, ValueError):
+        pass
+
+
+def building_marker(path: Path) -> Path:
+    """While a detached builder writes the cache of `path`: this file, holding its process id."""
+    return cache_dir() / f".{cache_file(path).stem}.building"
 
 
 def store(trace) -> None:
@@ -222,6 +257,7 @@ def _write(trace, tmp: Path, key: str) -> None:
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _source')
             con.unregister("_source")
             recorded[name] = {"columns": table.column_names, "rows": table.num_rows}
+            trace.tables.forget(name)       # written: its memory goes before the next table is built
         con.execute(sql.KERNEL_RANGES)
         facts = {"source": trace.source, "version": trace.version, "manifest": trace.manifest,
                  "manifest_source": trace.manifest_source, "gpu": vars(trace.gpu), "warnings": trace.warnings,

@@ -13,6 +13,8 @@ every failure becomes one `Error:` line and a documented exit status (analyze.er
 """
 from __future__ import annotations
 
+import atexit
+import importlib
 import json
 import os
 import signal
@@ -23,14 +25,21 @@ from types import SimpleNamespace
 import click
 
 from dsocr_perf.analyze import errors as E
-from dsocr_perf.analyze.out import dataset, diff, ncu, parquet, perfetto, query, report, stages, writeback
+
+# NumPy's OpenBLAS starts a thread per core at import (~65 ms of CPU here); the analysis never calls BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DEFAULT_COMMAND = "stages"
-COMMAND_MODULES = (stages, query, report, dataset, diff, perfetto, writeback, parquet, ncu)
+# command -> the module that registers it (imported when the command runs or --help lists it: the
+# stage table does not pay for the report's or the diff's imports)
+COMMAND_MODULES = {"stages": "stages", "kernels": "stages", "sql": "query", "report": "report", "dataset": "dataset",
+                   "diff": "diff", "export-perfetto": "perfetto", "writeback": "writeback",
+                   "export-parquet": "parquet", "ncu": "ncu"}
 
 
 class AnalyzeGroup(click.Group):
-    """A group whose first argument may be a trace instead of a command (then: the stage table)."""
+    """A group whose first argument may be a trace instead of a command (then: the stage table), and
+    whose commands are registered by their modules on first use (click's lazy-loading pattern)."""
 
     def parse_args(self, ctx, args):
         if not args:
@@ -39,6 +48,16 @@ class AnalyzeGroup(click.Group):
         if args[0] not in ("--help", "-h", "--version") and args[0] not in self.list_commands(ctx):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx, name):
+        if name in COMMAND_MODULES and name not in self.commands:
+            module = importlib.import_module(f"dsocr_perf.analyze.out.{COMMAND_MODULES[name]}")
+            if name not in self.commands:
+                module.register(self, common)
+        return super().get_command(ctx, name)
 
 
 class PositiveNumber(click.ParamType):
@@ -78,12 +97,13 @@ TO_CACHE: list = []      # traces whose tables are written to the cache once the
 WARNINGS: list = []      # printed once the command has answered: a failing command prints its one Error line only
 
 
-def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool = True):
+def open_for_command(path: Path, no_cache: bool, quiet: bool = False, keep: bool = True, accounting: bool = True):
     """Open a trace for a command; its warnings go to stderr unless the output is machine-readable.
-    `keep`: write the cache after the answer (commands that read more than the stage table)."""
+    `keep`: write the cache after the answer (commands that read more than the stage table);
+    `accounting`: the command reads the wall-time accounting (analyze.trace.open_trace)."""
     from dsocr_perf.analyze.trace import open_trace
 
-    trace = open_trace(path, cache=not no_cache)
+    trace = open_trace(path, cache=not no_cache, accounting=accounting)
     if not quiet:
         print_warnings(trace)
     if keep and not no_cache:
@@ -122,8 +142,6 @@ common = SimpleNamespace(
     positive_number=PositiveNumber(),
 )
 
-for module in COMMAND_MODULES:
-    module.register(cli, common)
 
 
 def main(argv=None) -> None:
@@ -142,6 +160,8 @@ def main(argv=None) -> None:
         sys.stdout.flush()
         _flush_warnings()
         _store_caches()
+        if argv is None:            # the console command (not a caller in this process): leave at once
+            _exit_now()
     except click.exceptions.Exit as e:
         sys.stdout.flush()
         sys.exit(e.exit_code)
@@ -175,11 +195,20 @@ def main(argv=None) -> None:
               "for the traceback and report it", 70)
 
 
+def _exit_now() -> None:
+    """The answer is out: exit without tearing the trace's arrays down one by one (~1 s for 10^7
+    kernels); the exit handlers (temporary files) still run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
 def _store_caches() -> None:
     from dsocr_perf.analyze import cache
 
     while TO_CACHE:
-        cache.store(TO_CACHE.pop())
+        cache.store_after_answer(TO_CACHE.pop())
 
 
 def threading_main() -> bool:

@@ -49,7 +49,7 @@ def gpu_gaps(raw, att, facts, stage_names) -> pa.Table:
     table = {"gap_id": np.arange(total.size, dtype=np.int64),
              "pid": process & ((1 << 24) - 1), "device": dev, "start_ns": starts, "end_ns": ends, "dur_ns": total,
              "next_op_id": nxt,
-             "tid": pa.array(np.where(has_call, calls.tid[c] if len(calls) else 0, 0), pa.int64(), mask=~has_call),
+             "tid": pa.array(np.where(has_call, calls.tid_of(c) if len(calls) else 0, 0), pa.int64(), mask=~has_call),
              "range_id": pa.array(np.maximum(inner, 0), pa.int64(), mask=inner < 0),
              "stage": stage_names(inner),
              "cause": pa.DictionaryArray.from_arrays(pa.array(cause.astype(np.int32)), pa.array(GAP_CAUSES))}

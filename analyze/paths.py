@@ -23,6 +23,13 @@ from dsocr_perf.analyze.errors import OutputError, TraceError
 
 TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json", ".sqlite.gz", ".sqlite", ".nsys-rep", ".json.gz", ".json",
                   ".parquetdir", ".arrowdir")
+TABLE_FILE_SUFFIXES = (".parquet", ".arrow")    # one file per nsys table: `nsys export --type parquetdir|arrowdir`
+
+
+def is_table_folder(path: Path) -> bool:
+    """A folder holding nsys tables as Parquet/Arrow files (StringIds is in every export)."""
+    path = Path(path)
+    return path.is_dir() and any((path / f"StringIds{s}").is_file() for s in TABLE_FILE_SUFFIXES)
 
 
 def stem(path: Path) -> str:

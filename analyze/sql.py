@@ -16,6 +16,7 @@ VIEWS = ("kernels", "launches", "cuda_api", "ranges", "marks", "kernel_ranges", 
          "meta", "gpu_gaps", "decode_model", "gpu_metrics", "ncu")
 DEPENDS = {"kernel_ranges": ("_op_lane_inner", "_op_startend", "_range_ancestors")}
 MAX_SQL_BYTES = 64 << 10    # the longest ready-made query is 2 kB; DuckDB's planner grows quadratically on a huge one
+ACCOUNTING_VIEWS = ("cuda_api", "range_stats", "stages", "gpu_gaps")     # built on the wall-time accounting
 MEMORY_LIMIT = "3GB"
 SANDBOX_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
                   "autoload_known_extensions": False, "allow_community_extensions": False}

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from dsocr_perf.analyze import accounting
 from dsocr_perf.analyze.attribute import Attribution
+from dsocr_perf.analyze.columns import nullable
 from dsocr_perf.analyze.read.raw import OP_KINDS, Raw
 from dsocr_perf.dsocr import stages as S
 
@@ -48,19 +49,24 @@ def bare(name: str) -> str:
 class Tables:
     """Canonical tables of one trace, built lazily from Raw + Attribution."""
 
-    def __init__(self, raw: Raw, att: Attribution, open_source=None):
+    def __init__(self, raw: Raw, att: Attribution, open_source=None, idle=None):
         self.raw, self.att = raw, att
         self._open_source = open_source
+        self._idle = idle                  # accounting.IdleTime, when worked out already
         self._built: dict[str, pa.Table] = {}
         self._calls = None
 
-    NAMES = ("kernels", "kernels_core", "launches", "cuda_api", "ranges", "marks", "range_stats", "stages", "gpu_gaps",
-             "gpu_metrics", "gpus", "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
+    NAMES = ("kernels", "kernels_core", "launches", "cuda_api", "ranges", "ranges_core", "marks", "range_stats", "stages",
+             "gpu_gaps", "gpu_metrics", "gpus", "meta", "_op_lane_inner", "_op_startend", "_range_ancestors")
 
     def get(self, name: str) -> pa.Table:
         if name not in self._built:
             self._built[name] = getattr(self, "_" + name.lstrip("_"))()
         return self._built[name]
+
+    def forget(self, name: str) -> None:
+        """Let a built table go (it is built again if asked for)."""
+        self._built.pop(name, None)
 
     # -- shared pieces
     def range_name_list(self) -> list[str]:
@@ -68,7 +74,8 @@ class Tables:
 
     def call_facts(self):
         if self._calls is None:
-            self._calls = accounting.call_facts(self.raw, self.att)
+            self._calls = accounting.call_facts(self.raw, self.att, self._idle)
+            self._idle = None
         return self._calls
 
     def gpu_busy_ns(self) -> int:
@@ -126,25 +133,26 @@ class Tables:
         call = att.op_call
         launched = call >= 0
         c = np.maximum(call, 0)
-        pid = np.where(launched, calls.pid[c] if len(calls) else 0, ops.process & PID_MASK)
-        tid = np.where(launched, calls.tid[c] if len(calls) else 0, -1)
+        pid = np.where(launched, calls.pid_of(c) if len(calls) else 0, ops.process & PID_MASK)
+        tid = np.where(launched, calls.tid_of(c) if len(calls) else 0, -1)
         kind = pa.DictionaryArray.from_arrays(pa.array(ops.kind.astype(np.int32)), pa.array(OP_KINDS))
         table = {
             "op_id": np.arange(n, dtype=np.int64), "kind": kind, "start_ns": ops.start, "end_ns": ops.end,
             "dur_ns": ops.end - ops.start,
-            "device": _nullable(ops.device, pa.int32()), "stream": _nullable(ops.stream, pa.int64()),
-            "pid": _nullable(pid, pa.int64()), "tid": _nullable(tid, pa.int64()),
-            "correlation": _nullable(ops.correlation, pa.int64()),
-            "graph_node": _nullable(ops.graph_node, pa.int64()),
+            "device": nullable(ops.device, pa.int32()), "stream": nullable(ops.stream, pa.int64()),
+            "pid": nullable(pid, pa.int64()), "tid": nullable(tid, pa.int64()),
+            "correlation": nullable(ops.correlation, pa.int64()),
+            "graph_node": nullable(ops.graph_node, pa.int64()),
         }
         # not `range_id`/`stage`: joins written `USING (range_id)` across kernels and ranges must stay valid
-        table["innermost_range_id"] = _nullable(att.op_inner, pa.int64())
-        table["innermost_stage"] = self._stage_names(att.op_inner)
+        inner = att.op_inner
+        table["innermost_range_id"] = nullable(inner, pa.int64())
+        table["innermost_stage"] = self._stage_names(inner)
         return pa.table(table)
 
     def _launches(self) -> pa.Table:
         calls = self.raw.calls
-        return pa.table({"correlation": _nullable(calls.correlation, pa.int64()), "pid": calls.pid, "tid": calls.tid,
+        return pa.table({"correlation": nullable(calls.correlation, pa.int64()), "pid": calls.pid, "tid": calls.tid,
                          "start_ns": calls.start, "end_ns": calls.end, "api_name": _api_names(calls)})
 
     def _cuda_api(self) -> pa.Table:
@@ -154,21 +162,23 @@ class Tables:
         direction = pa.DictionaryArray.from_arrays(pa.array(facts.direction.astype(np.int32), mask=facts.direction < 0),
                                                    pa.array(accounting.DIRECTIONS))
         return pa.table({
-            "call_id": np.arange(len(calls), dtype=np.int64), "correlation": _nullable(calls.correlation, pa.int64()),
+            "call_id": np.arange(len(calls), dtype=np.int64), "correlation": nullable(calls.correlation, pa.int64()),
             "pid": calls.pid, "tid": calls.tid, "start_ns": calls.start, "end_ns": calls.end,
             "dur_ns": calls.end - calls.start, "api_name": _api_names(calls), "kind": kind,
-            "gpu_ops": facts.gpu_ops, "memcpy_direction": direction, "gpu_idle_ns": facts.idle_ns,
-            "range_id": _nullable(facts.inner, pa.int64()), "stage": self._stage_names(facts.inner)})
+            "gpu_ops": facts.gpu_ops.astype(np.int64), "memcpy_direction": direction, "gpu_idle_ns": facts.idle_ns,
+            "range_id": nullable(facts.inner, pa.int64()), "stage": self._stage_names(facts.inner)})
 
     def _ranges(self) -> pa.Table:
-        r, nvtx = self.att.ranges, self.raw.nvtx
-        payload = _payloads(nvtx, self._open_source)[0]
-        base = nvtx.ranges
+        return self.get("ranges_core").append_column("payload", _payloads(self.raw.nvtx, self._open_source)[0])
+
+    def _ranges_core(self) -> pa.Table:
+        """The ranges table without its payloads (a second read of the export)."""
+        r, base = self.att.ranges, self.raw.nvtx.ranges
         return pa.table({
             "range_id": base.column("range_id"), "name": base.column("name"), "domain": base.column("domain"),
             "start_ns": r.start, "end_ns": r.end, "pid": base.column("pid"), "tid": base.column("tid"),
-            "depth": r.depth, "parent_id": _nullable(r.parent, pa.int64()), "path": self.paths(),
-            "style": base.column("style"), "end_tid": base.column("end_tid"), "payload": payload})
+            "depth": r.depth, "parent_id": nullable(r.parent, pa.int64()), "path": self.paths(),
+            "style": base.column("style"), "end_tid": base.column("end_tid")})
 
     def paths(self) -> pa.Array:
         """'prefill/sam': the bare names from the root down, per range (dictionary-encoded); one
@@ -205,8 +215,8 @@ class Tables:
             "range_id": base.column("range_id"), "name": base.column("name"), "depth": r.depth, "path": self.paths(),
             "outermost_of_name": st["outermost_of_name"],
             **{k: st[k] for k in ("cpu_ns", "inclusive_ns", "exclusive_ns", "busy_ns", "span_ns")},
-            "gpu_start_ns": _nullable(st["first_ns"], pa.int64(), st["gpu_ops"] == 0),
-            "gpu_end_ns": _nullable(st["last_ns"], pa.int64(), st["gpu_ops"] == 0),
+            "gpu_start_ns": nullable(st["first_ns"], pa.int64(), st["gpu_ops"] == 0),
+            "gpu_end_ns": nullable(st["last_ns"], pa.int64(), st["gpu_ops"] == 0),
             **{k: st[k] for k in ("kernels", "gpu_ops", "launches")},
             **{k: acc[k] for k in ACCOUNTING_TIMES + ACCOUNTING_COUNTS},
             **self._metric_shares(),
@@ -331,11 +341,6 @@ def take(values: np.ndarray, index: np.ndarray, missing: int = -1) -> np.ndarray
     if not values.size:
         return np.full(index.size, missing, np.int64)
     return np.where(index >= 0, values[np.maximum(index, 0)], missing)
-
-
-def _nullable(values: np.ndarray, dtype, mask: np.ndarray | None = None) -> pa.Array:
-    mask = values < 0 if mask is None else mask
-    return pa.array(np.where(mask, 0, values), dtype, mask=mask if mask.any() else None)
 
 
 UNKNOWN_NAME = "(name not in the export)"

@@ -19,11 +19,12 @@ import shutil
 import stat
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsocr_perf.analyze.errors import TraceError
-from dsocr_perf.analyze.paths import check_input
+from dsocr_perf.analyze.paths import check_input, is_table_folder
 from dsocr_perf.dsocr import stages as S
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -143,8 +144,6 @@ class Trace:
 
 def sniff(path: Path) -> str:
     """'sqlite' | 'sqlite.gz' | 'json' | 'json.gz' | 'parquet', or TraceError."""
-    from dsocr_perf.analyze.read.parquet import is_table_folder
-
     check_input(path)
     if path.is_dir():
         if is_table_folder(path):
@@ -176,8 +175,10 @@ def sniff(path: Path) -> str:
     raise TraceError(f"{path} is neither an SQLite database nor a JSON trace; {HINT}")
 
 
-def open_trace(path, *, cache: bool = True) -> Trace:
-    """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache."""
+def open_trace(path, *, cache: bool = True, accounting: bool = True) -> Trace:
+    """Open a trace (see the module docstring); `cache=False` neither reads nor writes the cache.
+    `accounting=False`: the GPUs' idle time is not worked out beside the attribution (a query of
+    kernels or ranges alone needs no wall-time accounting; it is worked out later if asked for)."""
     path = Path(path)
     fmt = sniff(path)
     if fmt == "sqlite":
@@ -195,24 +196,29 @@ def open_trace(path, *, cache: bool = True) -> Trace:
             return Trace(path=path, format=fmt, source=facts["source"], version=facts["version"],
                          manifest=facts["manifest"], manifest_source=facts["manifest_source"], gpu=Gpu(**facts["gpu"]),
                          warnings=facts["warnings"], totals=Totals(**facts["totals"]), tables=tables, meta=facts["meta"])
-        trace = compute(path, fmt)
+        trace = compute(path, fmt, accounting)
         trace.cache_key = key
         return trace
-    return compute(path, fmt)
+    return compute(path, fmt, accounting)
 
 
-def compute(path: Path, fmt: str) -> Trace:
+def compute(path: Path, fmt: str, accounting: bool = True) -> Trace:
+    from dsocr_perf.analyze.accounting import idle_time
     from dsocr_perf.analyze.attribute import attribute
     from dsocr_perf.analyze.tables import Tables
 
     raw, open_source = read(path, fmt)
     _check_clock(path, raw)
-    try:
-        att = attribute(raw)
-    except ValueError as e:
-        raise TraceError(f"{path}: {e}; it cannot be attributed: capture it again (or report it if the capture is "
-                         "sound)") from None
-    return _trace(path, fmt, raw, att, Tables(raw, att, open_source))
+    # the GPUs' idle time needs the raw tables only: a second thread works it out beside the
+    # attribution (NumPy lets go of the interpreter lock in its loops; the machine has two cores)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsocr-idle") as pool:
+        idle = pool.submit(idle_time, raw) if accounting else None
+        try:
+            att = attribute(raw)
+        except ValueError as e:
+            raise TraceError(f"{path}: {e}; it cannot be attributed: capture it again (or report it if the capture is "
+                             "sound)") from None
+        return _trace(path, fmt, raw, att, Tables(raw, att, open_source, idle.result() if idle else None))
 
 
 def read(path: Path, fmt: str):
@@ -285,7 +291,7 @@ def _trace(path: Path, fmt: str, raw, att, tables) -> Trace:
     is_kernel = ops.kind == 0
     dur = ops.end - ops.start
     totals = Totals(kernels=int(is_kernel.sum()), kernel_ns=int(dur[is_kernel].sum()),
-                    attributed_ns=int(dur[is_kernel & (att.op_inner >= 0)].sum()), gpu_ops=len(ops),
+                    attributed_ns=att.attributed_ns, gpu_ops=len(ops),
                     gpu_op_ns=int(dur.sum()),
                     ranges=int(att.ranges.start.size), first_ns=int(ops.start.min()) if len(ops) else None,
                     last_ns=int(ops.end.max()) if len(ops) else None)

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from dsocr_perf.analyze import accounting
+from dsocr_perf.analyze.columns import filled, named_rows
 from dsocr_perf.analyze.metrics import efficiency
 from dsocr_perf.analyze.metrics.flops import RATE_KEYS, stage_metrics
 from dsocr_perf.analyze.tables import METRIC_SHARES, bare
@@ -38,6 +39,9 @@ RANGE_KEYS = STAT_KEYS + ("stage", "parent", "depth", "inclusive_frac", "wall_ns
                           "memsets", "flops", "bytes") + RATE_KEYS + METRIC_SHARES + ("bound",)
 STEP_KEYS = ("request", "step", "kv_length", "start_ns", "wall_ns", "busy_ns", "idle_ns", "idle_causes_ns", "kernels",
              "gpu_ops", "launches", "kernel_launches", "host_syncs", "memcpy", "api_calls")
+STEP_NAMES = frozenset({S.DECODE_STEP, f"{S.DOMAIN}:{S.DECODE_STEP}"})
+STEP_COUNTS = ("wall_ns", "busy_ns", "idle_ns", "kernels", "gpu_ops", "launches", "kernel_launches", "host_syncs",
+               "api_calls")
 SLOW_STEP = 1.5          # a step above 1.5x the median wall time is flagged
 SHIFT_SHARE = 0.2        # a level shift: mean wall time before and after differs by 20% of the median
 MIN_SEGMENT = 5
@@ -88,7 +92,7 @@ def document(trace, which: str = "stages", *, peak_tflops=None, peak_gbs=None, p
     stage_index = {r["stage"]: r for r in _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs)}
     doc["opportunities"] = opportunities(stage_index, doc, trace)
     add_measured(doc, ncu, trace, policy)
-    return clean(doc)
+    return {k: v if k == "steps" else clean(v) for k, v in doc.items()}
 
 
 def select(rows: list[dict], which: str) -> list[dict]:
@@ -138,67 +142,52 @@ def _with_metrics(all_rows, rows, ranges, trace, policy, peak_tflops, peak_gbs) 
 
 def decode_steps(trace) -> list[dict]:
     """One entry per decode_step range instance, in time order; step = its position in its decode
-    range; request = the request range that holds it; kv_length from the manifest."""
-    import pyarrow.compute as pc
-
+    range; request = the request range that holds it; kv_length from the manifest. Values are plain
+    Python numbers already (the document's `clean` need not walk thousands of steps)."""
     stats = trace.table("range_stats")
-    names = stats.column("name")
-    names = names.cast(names.type.value_type) if hasattr(names.type, "value_type") else names
-    is_step = pc.is_in(names, value_set=_pa_strings([S.DECODE_STEP, f"{S.DOMAIN}:{S.DECODE_STEP}"]))
-    steps = stats.filter(is_step)
-    if not steps.num_rows:
+    rows = named_rows(stats.column("name"), STEP_NAMES)
+    if not rows.size:
         return []
-    ranges = trace.table("ranges")
-    rid = steps.column("range_id").to_numpy()
+    ranges = trace.table("ranges_core")
+    rid = stats.column("range_id").to_numpy()[rows]
     start = ranges.column("start_ns").to_numpy()[rid]
-    parent = ranges.column("parent_id").fill_null(-1).to_numpy()[rid]
+    parent = filled(ranges.column("parent_id"), -1)[rid]
     order = np.lexsort((start, parent))
     position = np.empty(rid.size, np.int64)
     first = np.r_[True, parent[order][1:] != parent[order][:-1]]
     position[order] = np.arange(rid.size) - np.maximum.accumulate(np.where(first, np.arange(rid.size), 0))
     by_time = np.argsort(start, kind="stable")
-    requests = _request_of(trace, start)
+    start = start[by_time]
+    requests = _request_of(trace, ranges, start)
     kv = _kv_lengths(trace.manifest)
-    column = {c: steps.column(c).take(by_time).to_pylist() for c in
-              ("wall_ns", "busy_ns", "idle_ns", "kernels", "gpu_ops", "launches", "kernel_launches", "host_syncs",
-               "api_calls", *(f"idle_{c}_ns" for c in accounting.CAUSES),
-               *(f"memcpy_{d}" for d in accounting.DIRECTIONS))}
+    take = rows[by_time]
+    column = {c: stats.column(c).to_numpy()[take].tolist() for c in
+              (*STEP_COUNTS, *(f"idle_{c}_ns" for c in accounting.CAUSES), *(f"memcpy_{d}" for d in accounting.DIRECTIONS))}
+    causes = [(c, column[f"idle_{c}_ns"]) for c in accounting.CAUSES]
+    memcpy = [(d, column[f"memcpy_{d}"]) for d in accounting.DIRECTIONS]
     out = []
-    for i, (step, req, t0) in enumerate(zip(position[by_time].tolist(), [requests[j] for j in by_time.tolist()],
-                                            start[by_time].tolist())):
+    for i, (step, req, t0) in enumerate(zip(position[by_time].tolist(), requests, start.tolist())):
         lengths = kv.get(req, kv.get(None, []))
         out.append({
             "request": req, "step": step, "kv_length": lengths[step] if 0 <= step < len(lengths) else None,
             "start_ns": t0, "wall_ns": column["wall_ns"][i], "busy_ns": column["busy_ns"][i],
             "idle_ns": column["idle_ns"][i],
-            "idle_causes_ns": {c: column[f"idle_{c}_ns"][i] for c in accounting.CAUSES},
+            "idle_causes_ns": {c: values[i] for c, values in causes},
             "kernels": column["kernels"][i], "gpu_ops": column["gpu_ops"][i], "launches": column["launches"][i],
             "kernel_launches": column["kernel_launches"][i], "host_syncs": column["host_syncs"][i],
-            "memcpy": {d: column[f"memcpy_{d}"][i] for d in accounting.DIRECTIONS},
+            "memcpy": {d: values[i] for d, values in memcpy},
             "api_calls": column["api_calls"][i]})
     return out
 
 
-def _pa_strings(values):
-    import pyarrow as pa
-
-    return pa.array(values, pa.string())
-
-
-def _request_of(trace, times: np.ndarray) -> list:
+def _request_of(trace, ranges, times: np.ndarray) -> list:
     """The request index (its position among request ranges, in time order) holding each time."""
-    stats = trace.table("stages").to_pylist()
-    names = [r["name"] for r in stats if bare(r["name"]) == S.REQUEST]
+    names = {n for n in trace.range_names() if bare(n) == S.REQUEST}
     if not names:
         return [None] * times.size
-    ranges = trace.table("ranges")
-    name_col = ranges.column("name")
-    import pyarrow.compute as pc
-
-    sel = ranges.filter(pc.is_in(name_col.cast(name_col.type.value_type) if hasattr(name_col.type, "value_type")
-                                 else name_col, value_set=_pa_strings(names)))
-    rs = sel.column("start_ns").to_numpy()
-    re_ = sel.column("end_ns").to_numpy()
+    rows = named_rows(ranges.column("name"), names)
+    rs = ranges.column("start_ns").to_numpy()[rows]
+    re_ = ranges.column("end_ns").to_numpy()[rows]
     order = np.argsort(rs, kind="stable")
     rs, re_ = rs[order], re_[order]
     k = np.searchsorted(rs, times, side="right") - 1

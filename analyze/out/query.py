@@ -34,7 +34,8 @@ def register(cli, common) -> None:
         from dsocr_perf.analyze import sql
 
         sql.statements(query)           # refuse what is not a query before opening the trace
-        trace = common.open(trace_path, no_cache, quiet=as_json or as_csv)
+        trace = common.open(trace_path, no_cache, quiet=as_json or as_csv,
+                            accounting=bool(sql.referenced(query, sql.ACCOUNTING_VIEWS)))
         columns, rows = run_query(trace, query)
         print_rows(columns, rows, as_csv, as_json, common.echo, common.echo_json)
 

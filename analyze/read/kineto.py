@@ -377,16 +377,15 @@ def read_kineto(path: Path):
     names = sorted(set(calls_t.column("api_name").to_pylist()))
     index = {n: i for i, n in enumerate(names)}
     calls = R.ApiCalls(start=ints(calls_t, "start_ns"), end=ints(calls_t, "end_ns"), process=ints(calls_t, "gpid"),
-                       thread=call_thread.astype(np.int64), pid=ints(calls_t, "pid"), tid=ints(calls_t, "tid"),
-                       correlation=ints(calls_t, "correlation"),
+                       thread=call_thread.astype(np.int64), correlation=ints(calls_t, "correlation"),
                        name_id=np.array([index[n] for n in calls_t.column("api_name").to_pylist()], np.int32),
-                       names=names)
+                       names=names, os_ids=(ints(calls_t, "pid"), ints(calls_t, "tid")))
     meta = list(zip(tables["meta"].column("key").to_pylist(), tables["meta"].column("value").to_pylist()))
     warnings = [v for key, v in meta if key == "warning"]
     meta = [(key, v) for key, v in meta if key != "warning"]
     nvtx = nvtx_from_ranges(ranges, tables["marks"], range_thread.astype(np.int64))
     details = k.select(["name", "short_name", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
                         "registers", "shared_mem", "bytes"])
-    return R.Raw(source="kineto", format="kineto-json", ops=ops, calls=calls, nvtx=nvtx,
+    return R.Raw(source="kineto", format="kineto-json", gpu_ops=ops, calls=calls, nvtx=nvtx,
                  sync_keys=np.zeros(0, np.int64), gpus=tables["gpus"], meta=meta + [("source", "kineto")],
                  warnings=warnings, details=lambda: details)

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.keys import dense_index
+from dsocr_perf.analyze.paths import is_table_folder
 from dsocr_perf.analyze.read import raw as R
 from dsocr_perf.analyze.read.nvtx import read_nvtx
 from dsocr_perf.analyze.read.sqlite import INT_NULL
@@ -30,7 +32,7 @@ KNOWN = ("CUPTI_ACTIVITY_KIND_KERNEL", RUNTIME, "NVTX_EVENTS", "TARGET_INFO_GPU"
          "EXPORT_META_DATA")
 REEXPORT = "re-export the report with `nsys export --type sqlite`"
 GRAPH_LAUNCH = ("cudaGraphLaunch", "cuGraphLaunch")
-TID_BITS = 24
+TID_BITS = R.TID_BITS
 
 
 def read_nsys(open_source, name: str, fmt: str) -> R.Raw:
@@ -49,30 +51,25 @@ def _read(open_source, src, name: str, fmt: str) -> R.Raw:
                          "NVTX tables); export a report with `nsys export --type sqlite REPORT.nsys-rep`")
     strings = Strings(src, strings_table)
     graphs = strings.any_prefix(GRAPH_LAUNCH)
-    results: dict = {}
-    threads = [threading.Thread(target=_in_thread, args=(results, key, reader, open_source, graphs), daemon=True,
-                                name=f"dsocr-read-{key}")
-               for key, reader in (("ops", _read_ops), ("calls", _read_calls))]
-    for thread in threads:
-        thread.start()
-    try:
-        nvtx = read_nvtx(src, strings.lookup)
-        gpus = read_gpus(src)
-        warnings: list[str] = list(nvtx.warnings)
-        meta = read_meta(src, warnings)
-        sync_keys = read_sync_keys(src)
-    finally:
-        for thread in threads:
-            thread.join()
-    if "error" in results:
-        raise results["error"]
-    ops, op_warnings, parts = results["ops"]
-    calls_columns = results["calls"]
-    calls = _calls(calls_columns, strings)
-    warnings += op_warnings
+    ops_read = _Later(_with_source, open_source, _read_ops, graphs, name="dsocr-read-ops")
+    calls_read = _Later(_with_source, open_source, _read_calls, graphs, name="dsocr-read-calls")
+    nvtx = read_nvtx(src, strings.lookup)
+    gpus = read_gpus(src)
+    warnings: list[str] = list(nvtx.warnings)
+    meta = read_meta(src, warnings)
+    sync_keys = read_sync_keys(src)
+    calls = _calls(calls_read.get(), strings)
+    ops_warnings_at = len(warnings)
     _graph_warning(src, meta, calls, warnings)
 
+    def ops() -> R.GpuOps:
+        """The GPU ops, once their thread is done (it may still read while the engine starts on the calls)."""
+        gpu_ops, op_warnings, _ = ops_read.get()
+        warnings[ops_warnings_at:ops_warnings_at] = op_warnings
+        return gpu_ops
+
     def details():
+        parts = ops_read.get()[2]
         detail_source = open_source()
         try:
             return read_details(detail_source, parts, Strings(detail_source, strings_table))
@@ -88,20 +85,38 @@ def _read(open_source, src, name: str, fmt: str) -> R.Raw:
         finally:
             metrics_source.close()
 
-    return R.Raw(source="nsys", format=fmt, ops=ops, calls=calls, nvtx=nvtx, sync_keys=sync_keys, gpus=gpus,
+    return R.Raw(source="nsys", format=fmt, gpu_ops=ops, calls=calls, nvtx=nvtx, sync_keys=sync_keys, gpus=gpus,
                  meta=meta, warnings=warnings, details=details,
                  gpu_metrics=gpu_metrics if src.table("GPU_METRICS") else None)
 
 
-def _in_thread(results: dict, key: str, reader, open_source, graphs: bool) -> None:
-    try:
-        src = open_source()
+class _Later:
+    """A value a daemon thread works out; get() waits for it and raises the thread's error if it failed."""
+
+    def __init__(self, function, *args, name: str):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(function, args), daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self, function, args) -> None:
         try:
-            results[key] = reader(src, graphs)
-        finally:
-            src.close()
-    except BaseException as e:  # re-raised in the caller's thread
-        results.setdefault("error", e)
+            self._value = function(*args)
+        except BaseException as e:  # re-raised in the thread that asks
+            self._error = e
+
+    def get(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _with_source(open_source, reader, graphs: bool):
+    src = open_source()
+    try:
+        return reader(src, graphs)
+    finally:
+        src.close()
 
 
 class Strings:
@@ -127,12 +142,12 @@ class Strings:
 
     def codes(self, ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Dense codes (int32, -1 unknown) for string ids, and the distinct strings they index."""
-        distinct, inverse = np.unique(ids, return_inverse=True)
+        distinct, inverse = dense_index(ids)
         text = self.lookup(distinct.tolist())
         names = [text.get(int(i)) for i in distinct]
         known = np.array([n is not None for n in names], bool)
         code_of_distinct = np.where(known, np.cumsum(known) - 1, -1).astype(np.int32)
-        return code_of_distinct[inverse.reshape(-1)], [n for n in names if n is not None]
+        return code_of_distinct[inverse], [n for n in names if n is not None]
 
     def any_prefix(self, prefixes) -> bool:
         return any(v is not None and v.startswith(prefixes) for v in self.values)
@@ -141,9 +156,9 @@ class Strings:
 # ---------------------------------------------------------------------------------------------- GPU ops
 
 def _read_ops(src, graphs: bool):
-    """KERNEL, MEMCPY and MEMSET rows, the columns attribution needs; `parts` says which rows of
-    which table each op is, for reading its details later."""
-    columns, parts, warnings = [], [], []
+    """KERNEL, MEMCPY and MEMSET rows, the columns attribution needs, read into one set of arrays;
+    `parts` says which rows of which table each op is, for reading its details later."""
+    tables, parts, warnings = [], [], []
     for table_name, kind in OPS_TABLES:
         table = src.table(table_name)
         if table is None:
@@ -156,26 +171,36 @@ def _read_ops(src, graphs: bool):
         wanted = {"start": "start", "end": "end", "correlation": "correlationid", "gpid": "globalpid"}
         if graphs:
             wanted["graph_node"] = "graphnodeid"
-        if kind == R.MEMCPY:
-            wanted["copy_kind"] = "copykind"
         present = {k: c[v] for k, v in wanted.items() if v in c}
         if "deviceid" in c and "streamid" in c:
             present["stream_key"] = (c["deviceid"], c["streamid"])
-        data = src.ints(table, present)
-        n = len(data["start"])
-        keep = _plausible_ops(data, table, warnings)
-        if "correlation" not in data or "gpid" not in data:
+        tables.append((table, kind, present, c.get("copykind") if kind == R.MEMCPY else None))
+    if not tables:
+        return R.GpuOps.empty(), warnings, parts
+    names = ("start", "end", "correlation", "gpid", "stream_key") + (("graph_node",) if graphs else ())
+    out = {name: np.empty(sum(src.row_bound(t) for t, _, _, _ in tables), np.int64) for name in names}
+    pieces, copy_kinds, at = [], [], 0
+    for table, kind, present, copy_column in tables:
+        n = src.read_into(table, present, out, at)
+        for name in names:
+            if name not in present:
+                out[name][at:at + n] = -1
+        if "correlation" not in present or "gpid" not in present:
             warnings.append(f"{table} has no correlationId/globalPid column: its {n:,} operations cannot be joined "
                             "to the calls that launched them and are in no range")
-        part = {k: (v if keep is None else v[keep]) for k, v in data.items()}
+        keep = _plausible_ops(out["start"][at:at + n], out["end"][at:at + n], table, warnings)
+        if copy_column is not None:
+            copy_kinds.append((at, src.ints(table, {"copy_kind": copy_column}, rows_hint=n)["copy_kind"]))
         parts.append((table, kind, n, keep))
-        columns.append((kind, part))
-    return _concat_ops(columns), warnings, parts
+        pieces.append((kind, at, n, keep))
+        at += n
+    return _ops(out, at, pieces, copy_kinds), warnings, parts
 
 
-def _plausible_ops(data: dict, table: str, warnings: list[str]) -> np.ndarray | None:
+def _plausible_ops(start: np.ndarray, end: np.ndarray, table: str, warnings: list[str]) -> np.ndarray | None:
     """Rows to keep (None: all): a start and an end, and end >= start."""
-    start, end = data["start"], data["end"]
+    if not start.size or (int(start.min()) != INT_NULL and bool((end >= start).all())):
+        return None
     missing = (start == INT_NULL) | (end == INT_NULL)
     backwards = ~missing & (end < start)
     bad = missing | backwards
@@ -188,29 +213,31 @@ def _plausible_ops(data: dict, table: str, warnings: list[str]) -> np.ndarray | 
     return ~bad
 
 
-def _concat_ops(columns) -> R.GpuOps:
-    if not columns:
-        return R.GpuOps.empty()
-
-    def column(name, fill=None, dtype=np.int64):
-        arrays = []
-        for _, part in columns:
-            a = part.get(name)
-            if a is None:
-                a = np.full(len(part["start"]), INT_NULL if fill is None else fill, dtype)
-            elif fill is not None and a.size and a.min() == INT_NULL:
-                a = np.where(a == INT_NULL, fill, a)
-            arrays.append(a.astype(dtype, copy=False))
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-    kind = np.concatenate([np.full(len(p["start"]), k, np.int8) for k, p in columns])
-    gpid = column("gpid", -1)
-    process = np.where(gpid >= 0, gpid >> TID_BITS, -1)
-    copy = column("copy_kind", -1)
-    copy = np.where((kind == R.MEMCPY) & (copy >= 0) & (copy < 128), copy, -1).astype(np.int8)
-    return R.GpuOps(start=column("start"), end=column("end"), kind=kind, process=process,
-                    correlation=column("correlation", -1), stream_key=column("stream_key", -1),
-                    graph_node=column("graph_node", -1), copy_kind=copy)
+def _ops(out: dict, rows: int, pieces: list, copy_kinds: list) -> R.GpuOps:
+    """The GPU ops from the arrays read (NULL -> -1), implausible rows left out."""
+    kind = np.empty(rows, np.int8)
+    copy = np.full(rows, -1, np.int8)
+    for k, at, n, _ in pieces:
+        kind[at:at + n] = k
+    for at, values in copy_kinds:
+        copy[at:at + values.size] = np.where((values >= 0) & (values < 128), values, -1)
+    columns = {name: a[:rows] for name, a in out.items()}
+    for name in ("correlation", "gpid", "stream_key", "graph_node"):
+        if name in columns and rows and int(columns[name].min()) == INT_NULL:
+            columns[name] = np.where(columns[name] == INT_NULL, -1, columns[name])
+    if any(keep is not None for *_, keep in pieces):
+        keep = np.concatenate([np.ones(n, bool) if k is None else k for _, _, n, k in pieces])
+        columns = {name: a[keep] for name, a in columns.items()}
+        kind, copy = kind[keep], copy[keep]
+    gpid = columns["gpid"]
+    process = gpid >> TID_BITS
+    if gpid.size and int(gpid.min()) < 0:
+        process[gpid < 0] = -1
+    graph_node = columns.get("graph_node")
+    return R.GpuOps(start=columns["start"], end=columns["end"], kind=kind, process=process,
+                    correlation=columns["correlation"], stream_key=columns["stream_key"],
+                    graph_node=np.broadcast_to(np.int64(-1), (kind.size,)) if graph_node is None else graph_node,
+                    copy_kind=copy)
 
 
 # --------------------------------------------------------------------------------------------- API calls
@@ -230,11 +257,11 @@ def _read_calls(src, graphs: bool) -> dict:
 def _calls(data: dict, strings: Strings) -> R.ApiCalls:
     if not data or not len(data["start"]):
         return R.ApiCalls.empty()
-    gtid = data["gtid"]
-    keep = (data["start"] != INT_NULL) & (data["end"] != INT_NULL) & (gtid != INT_NULL) & (data["end"] >= data["start"])
-    if not keep.all():
+    start, end, gtid = data["start"], data["end"], data["gtid"]
+    if int(start.min()) == INT_NULL or int(gtid.min()) == INT_NULL or not (end >= start).all():
+        keep = (start != INT_NULL) & (end != INT_NULL) & (gtid != INT_NULL) & (end >= start)
         data = {k: v[keep] for k, v in data.items()}
-        gtid = data["gtid"]
+        start, end, gtid = data["start"], data["end"], data["gtid"]
     name = data.get("name")
     if name is None:
         name_id, names = np.full(len(gtid), -1, np.int32), []
@@ -243,9 +270,10 @@ def _calls(data: dict, strings: Strings) -> R.ApiCalls:
         names = [_strip_version(n) for n in names]
         names, name_id = _merge_equal(names, name_id)
     correlation = data["correlation"]
-    return R.ApiCalls(start=data["start"], end=data["end"], process=gtid >> TID_BITS, thread=gtid,
-                      pid=(gtid >> TID_BITS) & ((1 << TID_BITS) - 1), tid=gtid & ((1 << TID_BITS) - 1),
-                      correlation=np.where(correlation == INT_NULL, -1, correlation), name_id=name_id, names=names)
+    if correlation.size and int(correlation.min()) == INT_NULL:
+        correlation = np.where(correlation == INT_NULL, -1, correlation)
+    return R.ApiCalls(start=start, end=end, process=gtid >> TID_BITS, thread=gtid, correlation=correlation,
+                      name_id=name_id, names=names)
 
 
 def _strip_version(name: str) -> str:
@@ -422,7 +450,7 @@ def _names(ids: np.ndarray | None, rows: int, strings: Strings) -> pa.Array:
 
 def open_export(path: Path, name: str):
     """A table source for an nsys export: SQLite file or Parquet/Arrow folder."""
-    from dsocr_perf.analyze.read.parquet import ParquetDir, is_table_folder
+    from dsocr_perf.analyze.read.parquet import ParquetDir
     from dsocr_perf.analyze.read.sqlite import SqliteFile
 
     if is_table_folder(path):

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from dsocr_perf.analyze.columns import filled
 from dsocr_perf.analyze.errors import TraceError
+from dsocr_perf.analyze.keys import dense_index
 from dsocr_perf.analyze.read.raw import int_column, valid_text
 
 RANGE_TYPES = (59, 60, 70, 71)   # PushPop, StartEnd, NVTXT PushPop, NVTXT StartEnd
@@ -44,6 +45,7 @@ class Nvtx:
 
 
 EVENT_COLUMNS = ("start", "end", "eventType", "globalTid", "endGlobalTid", "text", "textId", "domainId")
+EVENT_KINDS = RANGE_TYPES + (MARK, DOMAIN_CREATE)
 
 
 def read_nvtx(source, strings) -> Nvtx:
@@ -51,92 +53,161 @@ def read_nvtx(source, strings) -> Nvtx:
     resolves registered strings (StringIds). Payloads are read when asked (`Nvtx.payloads`)."""
     table = source.table("NVTX_EVENTS")
     if table is None:
-        return _build(_empty_events(), {})
+        return _build(Events.empty(), {})
     columns = source.columns(table)
     if not {"start", "eventtype"} <= set(columns):
         raise TraceError(f"{source.name}: NVTX_EVENTS lacks its start or eventType column; re-export the report "
                          "with `nsys export --type sqlite`")
-    kinds = (columns["eventtype"], RANGE_TYPES + (MARK, DOMAIN_CREATE))
+    kinds = (columns["eventtype"], EVENT_KINDS)
     present = [columns[n.lower()] for n in EVENT_COLUMNS if n.lower() in columns]
-    events = source.select(table, present, where_in=kinds)
-    events = events.rename_columns([_canonical(n, EVENT_COLUMNS) for n in events.column_names])
-    events, keep, warnings = _plausible(_normalise(events))
-    nvtx = _build(events, strings(pc.unique(events.column("textId").drop_null()).to_pylist()))
+    events = Events.of(source.select(table, present, where_in=kinds))
+    keep, warnings = events.plausible()
+    events = events.rows(keep)
+    nvtx = _build(events, strings(np.unique(events.text_id[~events.text_id_null]).tolist()))
     nvtx.warnings += warnings
     payload_columns = [columns[n.lower()] for n in PAYLOAD_COLUMNS if n.lower() in columns]
 
     def payloads(open_source) -> tuple[pa.Array, pa.Array]:
         """Payload text of every range and mark, in their table order (read again, same rows)."""
+        import pyarrow.compute as pc
+
         if not payload_columns:
             return pa.nulls(nvtx.ranges.num_rows, pa.string()), pa.nulls(nvtx.marks.num_rows, pa.string())
         src = open_source()
         try:
-            data = src.select(table, payload_columns, where_in=kinds)
+            data = src.select(table, payload_columns + [columns["eventtype"]], where_in=kinds)
         finally:
             src.close()
-        text = pc.coalesce(*[valid_text(c) for c in data.columns])
-        if keep is not None:
-            text = text.filter(keep)
+        wanted = np.isin(filled(data.column(data.num_columns - 1), -1), EVENT_KINDS)
+        text = pc.coalesce(*[valid_text(c) for c in data.columns[:-1]])
+        text = text.filter(pa.array(wanted if keep is None else _subset(wanted, keep)))
         return text.take(nvtx.range_rows), text.take(nvtx.mark_rows)
 
     nvtx.payloads = payloads
     return nvtx
 
 
-def _plausible(events: pa.Table) -> tuple[pa.Table, pa.Array | None, list[str]]:
-    """Leave out events without a start and ranges that end before they start, and say how many."""
-    kind = events.column("eventType")
-    no_start = pc.is_null(events.column("start"))
-    backwards = pc.and_(pc.is_in(kind, pa.array(RANGE_TYPES, pa.int64())),
-                        pc.fill_null(pc.less(events.column("end"), events.column("start")), False))
-    warnings = []
-    for mask, what in ((no_start, "NVTX events without a start time"), (backwards, "NVTX ranges that end before they start")):
-        n = pc.sum(mask.cast(pa.int64())).as_py() or 0
-        if n:
-            warnings.append(f"{n} {what} left out")
-    keep = None
-    if warnings:
-        keep = pc.invert(pc.or_(no_start, backwards))
-        events = events.filter(keep)
-    return events, keep, warnings
+def _subset(wanted: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`wanted` with the rows of it that `keep` (a mask over the wanted rows) drops switched off."""
+    out = wanted.copy()
+    out[np.flatnonzero(wanted)[~keep]] = False
+    return out
+
+
+class Events:
+    """NVTX_EVENTS rows as NumPy columns: integers with a NULL mask each, the inline text as codes."""
+    INTS = ("start", "end", "eventType", "globalTid", "endGlobalTid", "textId", "domainId")
+
+    def __init__(self, ints: dict, nulls: dict, text_code: np.ndarray, texts: list[str]):
+        self.start, self.end, self.kind = ints["start"], ints["end"], ints["eventType"]
+        self.gtid, self.end_gtid = ints["globalTid"], ints["endGlobalTid"]
+        self.text_id, self.domain_id = ints["textId"], ints["domainId"]
+        self.start_null, self.end_null = nulls["start"], nulls["end"]
+        self.gtid_null, self.end_gtid_null = nulls["globalTid"], nulls["endGlobalTid"]
+        self.text_id_null, self.domain_null = nulls["textId"], nulls["domainId"]
+        self.text_code, self.texts = text_code, texts
+        self._ints, self._nulls = ints, nulls
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "Events":
+        by_name = {_canonical(n, EVENT_COLUMNS): n for n in table.column_names}
+        n = table.num_rows
+        ints, nulls = {}, {}
+        for name in cls.INTS:
+            if name in by_name:
+                ints[name], nulls[name] = int_values(table.column(by_name[name]))
+            else:
+                ints[name], nulls[name] = np.zeros(n, np.int64), np.ones(n, bool)
+        codes, texts = text_codes(table.column(by_name["text"])) if "text" in by_name else \
+            (np.full(n, -1, np.int64), [])
+        kept = np.isin(ints["eventType"], EVENT_KINDS) & ~nulls["eventType"]   # a Parquet source filters nothing
+        events = cls(ints, nulls, codes, texts)
+        return events if kept.all() else events.rows(kept)
+
+    @classmethod
+    def empty(cls) -> "Events":
+        return cls({k: np.zeros(0, np.int64) for k in cls.INTS}, {k: np.zeros(0, bool) for k in cls.INTS},
+                   np.zeros(0, np.int64), [])
+
+    def rows(self, keep: np.ndarray | None) -> "Events":
+        if keep is None:
+            return self
+        return Events({k: v[keep] for k, v in self._ints.items()}, {k: v[keep] for k, v in self._nulls.items()},
+                      self.text_code[keep], self.texts)
+
+    def plausible(self) -> tuple[np.ndarray | None, list[str]]:
+        """Rows to keep (None: all) and warnings: events without a start, ranges that end before they start."""
+        backwards = np.isin(self.kind, RANGE_TYPES) & ~self.end_null & (self.end < self.start) & ~self.start_null
+        warnings = []
+        for mask, what in ((self.start_null, "NVTX events without a start time"),
+                           (backwards, "NVTX ranges that end before they start")):
+            n = int(np.count_nonzero(mask))
+            if n:
+                warnings.append(f"{n} {what} left out")
+        return (~(self.start_null | backwards) if warnings else None), warnings
 
 
 def _canonical(name: str, wanted) -> str:
     return next((w for w in wanted if w.lower() == name.lower()), name)
 
 
-def _normalise(events: pa.Table) -> pa.Table:
-    """The columns _build reads, typed: ints as int64 (NULL kept), text valid UTF-8."""
-    n = events.num_rows
-    out = {}
-    for name in ("start", "end", "eventType", "globalTid", "endGlobalTid", "textId", "domainId"):
-        column = events.column(name) if name in events.column_names else pa.nulls(n, pa.int64())
-        out[name] = int_column(column)
-    text = events.column("text") if "text" in events.column_names else pa.nulls(n, pa.string())
-    out["text"] = valid_text(text)
-    return pa.table(out)
+def int_values(column) -> tuple[np.ndarray, np.ndarray]:
+    """(values as int64, NULL -> 0; NULL mask) of any column: what is not an integer (text, a
+    fractional REAL, a number beyond int64) counts as NULL (analyze.read.raw.int_column)."""
+    column = int_column(column)
+    return filled(column, 0).astype(np.int64, copy=False), _nulls(column)
 
 
-def _empty_events() -> pa.Table:
-    ints = ("start", "end", "eventType", "globalTid", "endGlobalTid", "textId", "domainId")
-    return pa.table({**{n: pa.array([], pa.int64()) for n in ints}, "text": pa.array([], pa.string())})
+def text_codes(column) -> tuple[np.ndarray, list[str]]:
+    """A string column as codes into its distinct values (first appearance order), -1 for NULL; valid
+    UTF-8 guaranteed (analyze.read.raw.valid_text). The values are compared as fixed-width byte
+    strings (length first, then the bytes) by NumPy: no Python string per row (texts of more than
+    256 bytes: a dictionary in Python)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    column = valid_text(column)
+    n = len(column)
+    codes = np.full(n, -1, np.int64)
+    rows = np.flatnonzero(~_nulls(column))
+    if not rows.size:
+        return codes, []
+    width_type = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], width_type)[column.offset:column.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(column.buffers()[2], np.uint8) if column.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[rows], np.diff(offsets)[rows]
+    width = int(lengths.max())
+    if width > 256:                                    # long texts: a key per row would be large
+        index: dict[str, int] = {}
+        codes[rows] = [index.setdefault(v, len(index)) for v in column.take(pa.array(rows)).to_pylist()]
+        return codes, list(index)
+    key = np.zeros((rows.size, 4 + width), np.uint8)
+    key[:, :4] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
+    for j in range(width):
+        longer = np.flatnonzero(lengths > j)
+        key[longer, 4 + j] = data[starts[longer] + j]
+    distinct, first, inverse = np.unique(key.view(f"S{4 + width}").reshape(-1), return_index=True,
+                                         return_inverse=True)
+    by_appearance = np.argsort(first, kind="stable")
+    rank = np.empty(distinct.size, np.int64)
+    rank[by_appearance] = np.arange(distinct.size)
+    codes[rows] = rank[inverse.reshape(-1)]
+    texts = [column[int(rows[first[i]])].as_py() for i in by_appearance.tolist()]
+    return codes, texts
 
 
-def _ints(column: pa.ChunkedArray, fill: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """(values as int64 with NULLs replaced by `fill`, NULL mask)."""
-    column = column.cast(pa.int64()) if column.type != pa.int64() else column
-    null = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else np.zeros(len(column), bool)
-    return np.asarray(column.fill_null(fill).to_numpy(), dtype=np.int64), null
+def _nulls(column: pa.Array) -> np.ndarray:
+    """The NULL mask of an Arrow array."""
+    n = len(column)
+    if not column.null_count:
+        return np.zeros(n, bool)
+    bits = np.unpackbits(np.frombuffer(column.buffers()[0], np.uint8), count=column.offset + n, bitorder="little")
+    return ~bits[column.offset:].astype(bool)
 
 
-def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
-    n = events.num_rows
-    kind, _ = _ints(events.column("eventType"))
-    start, _ = _ints(events.column("start"))
-    end, end_null = _ints(events.column("end"))
-    gtid, gtid_null = _ints(events.column("globalTid"))
-    end_gtid, end_gtid_null = _ints(events.column("endGlobalTid"))
-    domain_id, domain_null = _ints(events.column("domainId"), fill=0)
+def _build(events: Events, registered: dict[int, str]) -> Nvtx:
+    n = events.start.size
+    kind, start, end, end_null = events.kind, events.start, events.end, events.end_null
+    gtid, gtid_null, domain_id, domain_null = events.gtid, events.gtid_null, events.domain_id, events.domain_null
     pool, text_code = _texts(events, registered)
     gpid = gtid & ~TID_MASK
 
@@ -162,21 +233,16 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
         domain_code[rows] = codes[inverse.reshape(-1)]
 
     # qualified name per row, computed once per distinct (domain, text) pair
-    pair, pair_of_row = _unique(domain_code * (len(pool) + 1) + text_code)
+    pair, pair_of_row = dense_index(domain_code * (len(pool) + 1) + text_code)
     qualified = [_qualify(domains[p // (len(pool) + 1)], pool[p % (len(pool) + 1)]) for p in pair.tolist()]
     names = sorted(set(qualified))
     index = {name: i for i, name in enumerate(names)}
     name_code = np.array([index[q] for q in qualified], np.int64)[pair_of_row.reshape(-1)]
     domain_text = pa.array(domains, pa.string())
 
-    is_range = np.isin(kind, RANGE_TYPES)
     last = max(int(start.max()) if n else 0, int(end[~end_null].max()) if (~end_null).any() else -(1 << 62))
-    rows = np.flatnonzero(is_range)
-    big = np.iinfo(np.int64).max
-    order = np.lexsort((np.where(end_null[rows], np.iinfo(np.int64).min, -end[rows]),
-                        np.where(gtid_null[rows], big, gtid[rows]), start[rows]))
-    rows = rows[order]
-    used, name_id = _unique(name_code[rows])
+    rows = _range_order(events)
+    used, name_id = dense_index(name_code[rows])
     range_name_list = [names[i] for i in used.tolist()]
     pushpop = np.isin(kind[rows], PUSHPOP_TYPES)
 
@@ -185,6 +251,7 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
         return {"gpid": pa.array(g & ~TID_MASK, mask=nul), "pid": pa.array((g >> 24) & TID_MASK, mask=nul),
                 "tid": pa.array(g & TID_MASK, mask=nul)}
 
+    end_gtid_null = events.end_gtid_null[rows]
     ranges = pa.table({
         "range_id": np.arange(rows.size, dtype=np.int64),
         "name": pa.DictionaryArray.from_arrays(name_id, pa.array(range_name_list, pa.string())),
@@ -192,7 +259,7 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
         "start_ns": start[rows], "end_ns": np.where(end_null[rows], last, end[rows]),
         **process_columns(rows),
         "style": pa.DictionaryArray.from_arrays(pushpop.astype(np.int8), pa.array(["startend", "pushpop"])),
-        "end_tid": pa.array(end_gtid[rows] & TID_MASK, mask=end_gtid_null[rows]),
+        "end_tid": pa.array(events.end_gtid[rows] & TID_MASK, mask=end_gtid_null),
     })
     marks_rows = np.flatnonzero(kind == MARK)
     marks = pa.table({
@@ -204,39 +271,43 @@ def _build(events: pa.Table, registered: dict[int, str]) -> Nvtx:
     return Nvtx(ranges=ranges, marks=marks, range_rows=pa.array(rows), mark_rows=pa.array(marks_rows),
                 names=range_name_list, name_id=name_id,
                 thread=np.where(gtid_null[rows], -1, gtid[rows]), pushpop=pushpop,
-                same_thread=end_gtid_null[rows], domain_id=domain_code[rows],
+                same_thread=end_gtid_null, domain_id=domain_code[rows],
                 process=np.where(gtid_null[rows], -1, gtid[rows] >> 24))
 
 
-def _texts(events: pa.Table, registered: dict[int, str]) -> tuple[list[str], np.ndarray]:
+def _range_order(events: Events) -> np.ndarray:
+    """The range rows by start, then globalTid (none last), then end descending (never closed first):
+    a parent before the children it encloses. Exports list events by start: only ties are sorted."""
+    rows = np.flatnonzero(np.isin(events.kind, RANGE_TYPES))
+    start = events.start[rows]
+    if (start[1:] >= start[:-1]).all():
+        tie = np.flatnonzero(start[1:] == start[:-1])
+        if not tie.size:
+            return rows
+        rows = rows.copy()
+        rows[np.union1d(tie, tie + 1)] = _by_range_order(events, rows[np.union1d(tie, tie + 1)])
+        return rows
+    return _by_range_order(events, rows)
+
+
+def _by_range_order(events: Events, rows: np.ndarray) -> np.ndarray:
+    end_key = np.where(events.end_null[rows], np.iinfo(np.int64).min, -events.end[rows])
+    thread_key = np.where(events.gtid_null[rows], np.iinfo(np.int64).max, events.gtid[rows])
+    return rows[np.lexsort((end_key, thread_key, events.start[rows]))]
+
+
+def _texts(events: Events, registered: dict[int, str]) -> tuple[list[str], np.ndarray]:
     """Each row's text as a code into a pool of strings: the registered string of its textId, else
     its inline text, else ''."""
-    text_id, no_id = _ints(events.column("textId"))
-    encoded = pc.dictionary_encode(events.column("text").combine_chunks())
-    inline = encoded.dictionary.to_pylist()
     ids = sorted(registered)
-    pool = [""] + [registered[i] for i in ids] + inline
-    code = np.zeros(events.num_rows, np.int64)
-    has_inline = ~encoded.indices.is_null().to_numpy(zero_copy_only=False)
-    code[has_inline] = encoded.indices.to_numpy(zero_copy_only=False)[has_inline].astype(np.int64) + 1 + len(ids)
+    pool = [""] + [registered[i] for i in ids] + events.texts
+    code = np.where(events.text_code >= 0, events.text_code + 1 + len(ids), 0)
     if ids:
         id_array = np.array(ids, np.int64)
-        pos = np.minimum(np.searchsorted(id_array, text_id), len(ids) - 1)
-        found = ~no_id & (id_array[pos] == text_id)
+        pos = np.minimum(np.searchsorted(id_array, events.text_id), len(ids) - 1)
+        found = ~events.text_id_null & (id_array[pos] == events.text_id)
         code[found] = pos[found] + 1
     return pool, code
-
-
-def _unique(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(codes, return_inverse=True) for non-negative codes; without sorting when their
-    range is small (names are a few distinct values over ~10^5 rows)."""
-    if codes.size and codes.max() < 4 * codes.size + 1024:
-        present = np.bincount(codes) > 0
-        values = np.flatnonzero(present)
-        rank = np.cumsum(present) - 1
-        return values, rank[codes]
-    values, inverse = np.unique(codes, return_inverse=True)
-    return values, inverse.reshape(-1)
 
 
 def _qualify(domain: str, text: str) -> str:
@@ -248,9 +319,9 @@ def nvtx_from_ranges(ranges: pa.Table, marks: pa.Table, thread: np.ndarray) -> N
     columns) in the shape the engine reads; `thread` is the thread key of each range."""
     n = ranges.num_rows
     start = np.asarray(ranges.column("start_ns").to_numpy(), np.int64)
-    end = ranges.column("end_ns")
-    last = int(max(start.max(initial=0), pc.max(end).as_py() or 0)) if n else 0
-    end = np.asarray(end.fill_null(last).to_numpy(), np.int64)
+    end, no_end = int_values(ranges.column("end_ns"))
+    last = int(max(start.max(initial=0), end[~no_end].max(initial=0))) if n else 0
+    end = np.where(no_end, last, end)
     order = np.lexsort((-end, thread, start))
     names_of_row = ranges.column("name").to_pylist()
     names = sorted(set(names_of_row))

@@ -10,6 +10,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,6 +18,8 @@ import numpy as np
 
 KERNEL, MEMCPY, MEMSET = 0, 1, 2
 STREAM_BITS = 40
+TID_BITS = 24                 # nsys globalTid: ... | pid << 24 | tid
+TID_MASK = (1 << TID_BITS) - 1
 OP_KINDS = ("kernel", "memcpy", "memset")
 
 # ENUM_CUDA_MEMCPY_OPER ids (identical in every export that has the enum); names as nsys >= 2024 prints them.
@@ -67,26 +70,41 @@ class ApiCalls:
     end: np.ndarray
     process: np.ndarray
     thread: np.ndarray
-    pid: np.ndarray           # OS ids
-    tid: np.ndarray
     correlation: np.ndarray
     name_id: np.ndarray       # int32 index into `names`; -1 unknown
     names: list[str]          # API names without the `_vNNNN` suffix
+    os_ids: tuple | None = None   # (pid, tid) where `thread` is no nsys globalTid (Kineto)
 
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def pid(self) -> np.ndarray:
+        """OS process ids (nsys: from globalTid, computed when asked)."""
+        return self.pid_of(slice(None))
+
+    @property
+    def tid(self) -> np.ndarray:
+        return self.tid_of(slice(None))
+
+    def pid_of(self, calls) -> np.ndarray:
+        """The OS process ids of some calls (indexes or a slice)."""
+        return self.os_ids[0][calls] if self.os_ids is not None else (self.thread[calls] >> TID_BITS) & TID_MASK
+
+    def tid_of(self, calls) -> np.ndarray:
+        return self.os_ids[1][calls] if self.os_ids is not None else self.thread[calls] & TID_MASK
+
     @staticmethod
     def empty() -> "ApiCalls":
         z = np.zeros(0, np.int64)
-        return ApiCalls(z, z, z, z, z, z, z, z.astype(np.int32), [])
+        return ApiCalls(z, z, z, z, z, z.astype(np.int32), [])
 
 
 @dataclass
 class Raw:
     source: str                       # 'nsys' | 'kineto'
     format: str                       # 'sqlite' | 'parquet' | 'kineto-json'
-    ops: GpuOps
+    gpu_ops: object                   # GpuOps, or a function returning them while a reader thread still reads
     calls: ApiCalls
     nvtx: object                      # analyze.read.nvtx.Nvtx (ranges and marks)
     sync_keys: np.ndarray             # (process << 32 | correlation) of NVIDIA's synchronisation records
@@ -96,6 +114,16 @@ class Raw:
     # op details (names, geometry, bytes) in op order, read only when a command needs them
     details: Callable[[], object] | None = None
     gpu_metrics: Callable[[], object] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def ops(self) -> GpuOps:
+        """The GPU ops; the first use waits for the reader thread (the engine asks after the calls and
+        ranges: their work overlaps the read of the biggest table)."""
+        with self._lock:
+            if callable(self.gpu_ops):
+                self.gpu_ops = self.gpu_ops()
+            return self.gpu_ops
 
 
 def valid_text(column):

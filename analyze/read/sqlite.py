@@ -80,7 +80,8 @@ class SqliteFile:
 
     def select(self, table: str, columns: list[str], where_in: tuple[str, tuple[int, ...]] | None = None) -> pa.Table:
         """Columns of a table (names as `columns` returns them) as Arrow; `where_in` = (column,
-        integer values) keeps the rows whose column holds one of the values."""
+        integer values) keeps the rows whose column holds one of the values. Other sources may
+        return more rows (analyze.read.parquet): callers that pass `where_in` filter again."""
         where = f" WHERE {_quote(where_in[0])} IN ({', '.join(str(int(v)) for v in where_in[1])})" if where_in else ""
         sql = f'SELECT {", ".join(_quote(c) for c in columns)} FROM {_quote(table)}{where}'
         try:
@@ -122,39 +123,46 @@ class SqliteFile:
         once (no second copy of a big table in memory). `columns`: output name -> real column name,
         or a pair of names (a, b) read as one packed column (a << 40 | b): one column less to move.
         NULLs become INT_NULL."""
+        size = rows_hint if rows_hint is not None else self.row_bound(table)
+        out = {name: np.empty(size, np.int64) for name in columns}
+        rows = self.read_into(table, columns, out, 0)
+        return {name: a[:rows] for name, a in out.items()}
+
+    def read_into(self, table: str, columns: dict, out: dict[str, np.ndarray], offset: int) -> int:
+        """As `ints`, into out[name][offset:]; when they are too short every array of `out` is grown
+        (the grown arrays replace those in `out`). Returns the number of rows read."""
         try:
-            return self._ints(table, columns, rows_hint, cast=False)
+            return self._read_into(table, columns, out, offset, cast=False)
         except ReadError as e:
             if "type mismatch" not in str(e.cause).lower():
                 raise TraceError(f"{self.name}: cannot read {table} ({reason(e.cause)}): the file is truncated or "
                                  f"corrupt; {REEXPORT}") from None
         try:
-            return self._ints(table, columns, rows_hint, cast=True)
+            return self._read_into(table, columns, out, offset, cast=True)
         except ReadError as e:
             raise TraceError(f"{self.name}: cannot read {table} ({reason(e.cause)}): the file is truncated or "
                              f"corrupt; {REEXPORT}") from None
 
-    def _ints(self, table, columns, rows_hint, cast: bool) -> dict[str, np.ndarray]:
+    def _read_into(self, table, columns, out, offset, cast: bool) -> int:
         def expr(c):
             if isinstance(c, tuple):
                 a, b = (_integer(x) if cast else _quote(x) for x in c)
                 return f"(({a} << {PACK_BITS}) | ({b} & {(1 << PACK_BITS) - 1}))"
             return _integer(c) if cast else _quote(c)
 
-        exprs = [expr(c) for c in columns.values()]
-        sql = f'SELECT {", ".join(exprs)} FROM {_quote(table)}'
-        size = rows_hint if rows_hint is not None else self.row_bound(table)
-        out = [np.empty(size, np.int64) for _ in columns]
-        filled = 0
+        sql = f'SELECT {", ".join(expr(c) for c in columns.values())} FROM {_quote(table)}'
+        names = list(columns)
+        filled = offset
         for batch in self.batches(sql):
             n = batch.num_rows
-            if filled + n > size:  # the bound was low: grow
-                size = max(2 * size, filled + n)
-                out = [np.resize(a, size) for a in out]
-            for i, column in enumerate(batch.columns):
-                out[i][filled:filled + n] = to_int64(column)
+            if filled + n > out[names[0]].size:  # the bound was low: grow
+                size = max(2 * out[names[0]].size, filled + n)
+                for name in out:
+                    out[name] = np.resize(out[name], size)
+            for name, column in zip(names, batch.columns):
+                out[name][filled:filled + n] = to_int64(column)
             filled += n
-        return {name: a[:filled] for name, a in zip(columns, out)}
+        return filled - offset
 
     def row_bound(self, table: str) -> int:
         """max(rowid): the row count of an export's table (rows 1..n), read in O(log n); capped by
