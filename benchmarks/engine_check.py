@@ -11,6 +11,9 @@ One model (seeded random weights unless --weights), one page (default: the bundl
     compares the argmax of the two logit vectors, the top-k expert set of every MoE layer (faithful:
     `decoder.route` on the MoE input; fast: the ids its step computed, read from the graph's buffers)
     and the largest absolute logit difference.
+    The same comparison between the faithful engine and itself with another attention kernel (PyTorch's
+    math SDPA instead of the fused one it picks) measures the floor: how often a rounding choice alone flips
+    a near tie with these weights. Random weights make logits nearly flat, so the floor is not 100 %.
 (b) decode speed, no profiler: greedy decode of --speed-tokens on that prompt, per engine; a token's time
     is the host wall time from one step call to the next (each step ends with the host read of the
     token it picked, so the GPU work is inside); the first --warmup-tokens steps are left out, the rest
@@ -145,6 +148,47 @@ def agreement(check: Check, reference: list[int]) -> dict:
             "max_abs_logit_diff": max_diff, "max_abs_logit": max_logit, "argmax_mismatches": mismatches}
 
 
+def rounding_floor(check: Check, reference: list[int]) -> dict:
+    """The faithful engine against itself with the math SDPA kernel, teacher-forced on `reference`:
+    the share of steps whose argmax and top-k expert sets survive a change of attention kernel alone."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dsocr_perf.dsocr.decoder import MoE, route
+
+    device = check.session.device
+    moe_layers = [layer.mlp for layer in check.model.model.layers if isinstance(layer.mlp, MoE)]
+    a_logits, a_step, _ = check.start("faithful", len(reference))
+    with sdpa_kernel(SDPBackend.MATH):
+        b_logits, b_step, _ = check.start("faithful", len(reference))
+    routing: list[torch.Tensor] = []
+    hooks = [moe.register_forward_pre_hook(lambda m, args: routing.append(
+        route(args[0].reshape(-1, args[0].shape[-1]), m.gate.weight, m.top_k)[1].sort(dim=-1).values))
+        for moe in moe_layers]
+    argmax_same, routing_same, layer_steps_same, max_diff = 0, 0, 0, 0.0
+    try:
+        for token in reference:
+            ids = torch.tensor([[token]], device=device)
+            routing.clear()
+            a = a_step(ids)
+            with sdpa_kernel(SDPBackend.MATH):
+                b = b_step(ids)
+            half = len(routing) // 2
+            same_sets = [torch.equal(x, y) for x, y in zip(routing[:half], routing[half:], strict=True)]
+            routing_same += all(same_sets)
+            layer_steps_same += sum(same_sets)
+            argmax_same += int(a.argmax()) == int(b.argmax())
+            max_diff = max(max_diff, float((a - b).abs().max()))
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(reference)
+    return {"steps": n, "argmax_agree": argmax_same, "argmax_agree_share": argmax_same / n,
+            "routing_agree_steps": routing_same, "routing_agree_share": routing_same / n,
+            "routing_agree_layer_steps": layer_steps_same, "routing_layer_steps": n * len(moe_layers),
+            "prefill_max_abs_logit_diff": float((a_logits - b_logits).abs().max()), "max_abs_logit_diff": max_diff}
+
+
 def speed(check: Check, engine: str, tokens: int, warmup: int, runs: int) -> dict:
     device = check.session.device
     per_run, token_ids = [], None
@@ -201,6 +245,13 @@ def run(args) -> dict:
         print(f"    argmax differs at steps {[m['step'] for m in a['argmax_mismatches']][:20]}; the faithful "
               f"logit margin there is at most {worst:.4g}")
 
+    floor = rounding_floor(check, reference)
+    print(f"    floor: the faithful engine against itself with the math attention kernel: argmax "
+          f"{floor['argmax_agree']}/{floor['steps']} ({100 * floor['argmax_agree_share']:.1f}%), expert sets "
+          f"{floor['routing_agree_steps']}/{floor['steps']} steps ({100 * floor['routing_agree_share']:.1f}%), "
+          f"{floor['routing_agree_layer_steps']}/{floor['routing_layer_steps']} layer-steps; max |logit diff| "
+          f"{floor['max_abs_logit_diff']:.4g}")
+
     timed = {engine: speed(check, engine, args.speed_tokens, args.warmup_tokens, args.runs)
              for engine in ("faithful", "fast")}
     ratio = timed["faithful"]["ms_per_token"] / timed["fast"]["ms_per_token"]
@@ -217,7 +268,7 @@ def run(args) -> dict:
         "preset": args.preset, "dtype": str(session.dtype).removeprefix("torch."), "device": str(device),
         "gpu": gpu, "torch": torch.__version__, "weights": session.weights_source, "seed": args.seed,
         "image": str(args.image), "workload": w.to_dict(),
-        "agreement": a,
+        "agreement": a, "rounding_floor": floor,
         "speed": {"tokens": args.speed_tokens, "warmup_tokens": args.warmup_tokens, "runs": args.runs,
                   "faithful": timed["faithful"], "fast": timed["fast"], "speedup": ratio,
                   "greedy_common_prefix": same},

@@ -18,7 +18,7 @@
 #       another card than the H100 of the committed example, the faithful engine on that spec too)
 #   c6  `nsys export --type parquetdir` of c5's report (the Parquet reader's real input)
 #   c7  what GPU metrics and operator ranges cost decode: 64 tokens x 2 without metrics, then with both
-# fast (about 3 minutes): c3-c6 again, after a change to the fast engine
+# fast (about 5 minutes): f1 and c3-c6 again, after a change to the fast engine; f7 one capture with operator ranges
 # ncu (about 9 minutes):
 #   n1  `make ncu` with 32 tokens (application-range replay): estimated and measured cost (target <= 2 min)
 #   n2  the committed example's spec under ncu (128 tokens, application-range): traces/examples/<card>-gundam.ncu.*
@@ -133,6 +133,9 @@ fast_part() {   # the fast engine again after a change: its GPU test, engine che
     run_step "c6 nsys export parquetdir" 60 20 nsys export --type parquetdir --force-overwrite true \
       --output "$WORK/$EXAMPLE-fast.parquetdir" "$WORK/$EXAMPLE-fast.nsys-rep"
   fi
+  run_step "f7 operator ranges ($SHORT_TOKENS tokens): a real trace for sql/host_operators_per_stage.sql" 120 60 \
+    $TRACE_CMD launch/assets/sample_page.png --max-new-tokens "$SHORT_TOKENS" --torch-ops-nvtx --no-torch-profiler \
+    --name m-on --out-dir "$WORK" --force $EXTRA
   ls -la "$WORK"
 }
 

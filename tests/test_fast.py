@@ -162,6 +162,9 @@ def test_engine_check_dry_run_on_the_cpu(tmp_path, capsys):
     a, s = result["agreement"], result["speed"]
     assert a["max_abs_logit_diff"] < 1e-4 and a["prefill_max_abs_logit_diff"] == 0.0 and a["argmax_mismatches"] == []
     assert len(s["faithful"]["runs_ms_per_token"]) == 2 and s["greedy_common_prefix"] == 6
+    floor = result["rounding_floor"]        # fp32 on the CPU: another attention kernel flips nothing
+    assert (floor["argmax_agree"], floor["routing_agree_layer_steps"], floor["routing_layer_steps"]) == (6, 12, 12)
+    assert floor["max_abs_logit_diff"] < 1e-4
     assert s["speedup"] == pytest.approx(s["faithful"]["ms_per_token"] / s["fast"]["ms_per_token"])
     assert engine_check.main(args) == 2                     # never overwrites without --force
     assert capsys.readouterr().err == f"Error: {out} exists; pass --force to overwrite it\n"
