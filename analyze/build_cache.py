@@ -13,7 +13,10 @@ from dsocr_perf.analyze.trace import open_trace
 def main(argv: list[str]) -> int:
     path = Path(argv[0])
     try:
-        cache.store(open_trace(path, cache=False))
+        key = cache.key_of(path)             # the trace as it is before the read: store() checks it again
+        trace = open_trace(path, cache=False)
+        trace.cache_key = key
+        cache.store(trace)
     except Exception:  # noqa: BLE001 - nobody reads this process's output; no cache is the only effect
         return 1
     finally:
