@@ -24,6 +24,7 @@ Prints one block per part and writes every number to --out (JSON; an existing fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -148,18 +149,34 @@ def agreement(check: Check, reference: list[int]) -> dict:
             "max_abs_logit_diff": max_diff, "max_abs_logit": max_logit, "argmax_mismatches": mismatches}
 
 
+@contextlib.contextmanager
+def math_attention():
+    """PyTorch's math SDPA kernel for the decoder: the decoder picks its backends itself on CUDA
+    (decoder.DECODER_SDPA_BACKENDS, an inner context that would override an outer one)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dsocr_perf.dsocr import decoder
+
+    chosen = decoder.DECODER_SDPA_BACKENDS
+    decoder.DECODER_SDPA_BACKENDS = [SDPBackend.MATH]
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        decoder.DECODER_SDPA_BACKENDS = chosen
+
+
 def rounding_floor(check: Check, reference: list[int]) -> dict:
     """The faithful engine against itself with the math SDPA kernel, teacher-forced on `reference`:
     the share of steps whose argmax and top-k expert sets survive a change of attention kernel alone."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from dsocr_perf.dsocr.decoder import MoE, route
 
     device = check.session.device
     moe_layers = [layer.mlp for layer in check.model.model.layers if isinstance(layer.mlp, MoE)]
     a_logits, a_step, _ = check.start("faithful", len(reference))
-    with sdpa_kernel(SDPBackend.MATH):
+    with math_attention():
         b_logits, b_step, _ = check.start("faithful", len(reference))
     routing: list[torch.Tensor] = []
     hooks = [moe.register_forward_pre_hook(lambda m, args: routing.append(
@@ -171,7 +188,7 @@ def rounding_floor(check: Check, reference: list[int]) -> dict:
             ids = torch.tensor([[token]], device=device)
             routing.clear()
             a = a_step(ids)
-            with sdpa_kernel(SDPBackend.MATH):
+            with math_attention():
                 b = b_step(ids)
             half = len(routing) // 2
             same_sets = [torch.equal(x, y) for x, y in zip(routing[:half], routing[half:], strict=True)]

@@ -1,6 +1,8 @@
 -- Which host operators run while the GPU waits, per stage: for traces with PyTorch operator ranges
--- (`dsocr-trace --torch-ops-nvtx`, written as NAME.ops-nvtx.sqlite), whose ranges (`aten::mm, seq = 12`, ...)
--- nest in the stage ranges in the default NVTX domain.
+-- (`dsocr-trace --torch-ops-nvtx`, written as NAME.ops-nvtx.sqlite), whose ranges (`aten::mm, op_id = 12`,
+-- ...) nest in the stage ranges in the default NVTX domain. The session's own profiler labels come out as
+-- ranges there too, a stage's twin inside it (`decode_step, op_id = 7` inside dsocr:decode_step): they hold
+-- the stage's operators and are not operators themselves.
 --
 --   dsocr-analyze sql TRACE -f sql/host_operators_per_stage.sql        (TRACE: traces/NAME.ops-nvtx.sqlite)
 --
@@ -16,11 +18,23 @@ WITH stage_ranges AS (
     FROM ranges
     WHERE domain = 'dsocr'
 ),
-operators AS (   -- outermost operator ranges: their parent is a stage range
-    SELECT o.range_id, o.tid, o.start_ns, o.end_ns, s.stage, regexp_replace(o.name, ',.*$', '') AS operator
-    FROM ranges o
-    JOIN stage_ranges s ON o.parent_id = s.range_id
-    WHERE coalesce(o.domain, '') = ''
+labelled AS (    -- default-domain ranges, named up to the first comma (the profiler appends ", op_id = N")
+    SELECT range_id, parent_id, tid, start_ns, end_ns, regexp_replace(name, ',.*$', '') AS label
+    FROM ranges
+    WHERE coalesce(domain, '') = ''
+),
+stage_twins AS (  -- a stage's profiler label inside it: `decode_step, op_id = 7` in dsocr:decode_step
+    SELECT l.range_id, s.stage
+    FROM labelled l
+    JOIN stage_ranges s ON l.parent_id = s.range_id AND l.label = s.stage
+),
+operators AS (    -- outermost operator ranges: their parent is a stage range or its twin
+    SELECT o.range_id, o.tid, o.start_ns, o.end_ns, coalesce(s.stage, t.stage) AS stage, o.label AS operator
+    FROM labelled o
+    LEFT JOIN stage_ranges s ON o.parent_id = s.range_id
+    LEFT JOIN stage_twins t ON o.parent_id = t.range_id
+    WHERE coalesce(s.stage, t.stage) IS NOT NULL
+      AND o.range_id NOT IN (SELECT range_id FROM stage_twins)
 ),
 operator_gaps AS (
     SELECT o.stage, o.operator, o.range_id,

@@ -158,10 +158,11 @@ def test_gpu_metrics_averaged_over_each_range(tmp_path, trace):
 @pytest.fixture(scope="module")
 def operators_trace(tmp_path_factory):
     """The export above with the range in domain dsocr (`decode_step`) and PyTorch operator ranges inside it,
-    in the default domain, as `--torch-ops-nvtx` records them:
-        aten::mm, seq = 1    [1050, 1330]   gaps inside: [1300, 1330] = 30
-        aten::item, seq = 2  [1335, 1720]   gaps inside: [1335, 1650] = 315, [1690, 1720] = 30
-        aten::mm, seq = 3    [1790, 2000]   gaps inside: [1790, 1830] = 40
+    in the default domain, as `--torch-ops-nvtx` records them: inside the session's own profiler label, the
+    stage's twin `decode_step, op_id = 1` [1001, 1780] (not an operator), or directly in the stage:
+        aten::mm, seq = 1         [1050, 1330]   gaps inside: [1300, 1330] = 30
+        aten::item, op_id = 2     [1335, 1720]   gaps inside: [1335, 1650] = 315, [1690, 1720] = 30
+        aten::mm, seq = 3         [1790, 2000]   gaps inside: [1790, 1830] = 40   (parent: the stage itself)
     GPU gaps [1300, 1650] (350) and [1690, 1830] (140): 490 in all, 75 of it between operators."""
     path = tmp_path_factory.mktemp("operators") / "ops.sqlite"
     db = sqlite3.connect(path)
@@ -180,8 +181,8 @@ def operators_trace(tmp_path_factory):
     db.execute("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
                "VALUES (1000, 2000, 59, 'decode_step', ?, 1)", [T])
     db.executemany("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid) VALUES (?, ?, 59, ?, ?)",
-                   [(1050, 1330, "aten::mm, seq = 1", T), (1335, 1720, "aten::item, seq = 2", T),
-                    (1790, 2000, "aten::mm, seq = 3", T)])
+                   [(1001, 1780, "decode_step, op_id = 1", T), (1050, 1330, "aten::mm, seq = 1", T),
+                    (1335, 1720, "aten::item, op_id = 2", T), (1790, 2000, "aten::mm, seq = 3", T)])
     db.commit()
     db.close()
     return open_trace(path, cache=False)
