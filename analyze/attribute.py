@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsocr_perf.analyze.keys import INDEX, accumulate, dense_index, distinct, index_in, spans
+from dsocr_perf.analyze.keys import CHUNK, INDEX, accumulate, dense_index, distinct, index_in, spans
 from dsocr_perf.analyze.read.raw import KERNEL, Raw
 
 TIME_BITS = 46      # packed (lane << 46 | time - t0): ~19.5 h of trace, 2**17 lanes
@@ -314,10 +314,12 @@ def attribute(raw: Raw) -> Attribution:
     totals = _Totals(n_ranges)
     if order.lane_at:
         per_pp = _Totals(len(lanes.pp))
+        buffer = np.empty(min(n_ops, CHUNK), np.int64)   # one buffer for every chunk: fresh pages cost more than the fill
         for sl in spans(n_ops):
             oc = op_call[sl]
             for per_call in order.lane_at:
-                at = np.full(oc.size, -1, np.int64)
+                at = buffer[:oc.size]
+                at.fill(-1)
                 hit = oc >= 0
                 at[hit] = per_call[oc[hit]]
                 mine = np.flatnonzero(at >= 0)
