@@ -236,6 +236,9 @@ def _sentence(text: str) -> str:
 
 
 def _fail(message: str, status: int) -> None:
+    from dsocr_perf.analyze.paths import discard_temporaries
+
+    discard_temporaries()
     _quiet_stdout_if_broken()
     try:
         click.echo(f"Error: {_one_line(message)}", err=True)

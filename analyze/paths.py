@@ -137,6 +137,21 @@ def signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+LIVE_TEMPORARIES: set[Path] = set()    # created beside an output, not yet renamed over it or removed
+
+
+def discard_temporaries() -> None:
+    """Remove every output temporary still alive: the last act of a failed or interrupted command. The
+    `finally` of atomic_output/atomic_path removes its own, except when a signal lands inside contextlib's
+    frames, between the body and the generator's resumption (seen once in the hostile corpus)."""
+    for path in list(LIVE_TEMPORARIES):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    LIVE_TEMPORARIES.clear()
+
+
 def temporary_beside(out: Path) -> tuple[int, Path]:
     """(fd, path) of a new file created exclusively beside `out`, named `.OUT.XXXX.part`. Call it inside
     `signals_held()` inside the try whose `finally` removes the file."""
@@ -145,6 +160,7 @@ def temporary_beside(out: Path) -> tuple[int, Path]:
     except OSError as e:
         raise OutputError(f"cannot write in {out.parent} ({e.strerror or e}); pass an output in a writable folder") \
             from None
+    LIVE_TEMPORARIES.add(Path(name))
     return fd, Path(name)
 
 
@@ -165,8 +181,9 @@ def atomic_output(out: Path, mode: str = "w", **kwargs):
         raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
                           "permissions") from None
     finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+            LIVE_TEMPORARIES.discard(tmp)
 
 
 def _usual_mode(tmp: Path) -> None:
@@ -192,5 +209,6 @@ def atomic_path(out: Path):
         raise OutputError(f"cannot write {out} ({getattr(e, 'strerror', None) or e}); check free space and "
                           "permissions") from None
     finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+            LIVE_TEMPORARIES.discard(tmp)

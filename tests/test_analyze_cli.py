@@ -326,3 +326,17 @@ def test_roofline_files_beside_the_stage_table(capsys, tmp_path):
     code, _, err = run(capsys, example, "--roofline", stem)
     assert code == 4 and "exists: pass --force" in err and stem.with_suffix(".png").stat().st_mtime_ns == before
     assert run(capsys, example, "--roofline", stem, "--force")[0] == 0
+
+
+def test_a_failing_command_removes_output_temporaries_whose_finally_never_ran(tmp_path, capsys):
+    """A signal inside contextlib's own frames can leave atomic_path's generator suspended (its finally
+    unrun); the CLI's one failure exit removes what is left."""
+    from dsocr_perf.analyze import cli, paths
+
+    suspended = paths.atomic_path(tmp_path / "out.json")
+    tmp = suspended.__enter__()                   # never exited, as when the interrupt lands in __exit__
+    assert tmp.exists() and tmp.name.startswith(".out.json.")
+    with pytest.raises(SystemExit) as stop:
+        cli._fail("interrupted; nothing was written", 130)
+    assert stop.value.code == 130 and sorted(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == "Error: interrupted; nothing was written\n"
