@@ -228,9 +228,13 @@ def _build(events: Events, registered: dict[int, str]) -> Nvtx:
             code_of_key.setdefault((int(gpid[i]), int(domain_id[i])), index_of[name])
     if code_of_key:
         rows = np.flatnonzero(keyed)
-        pairs, inverse = np.unique(np.stack([gpid[rows], domain_id[rows]], axis=1), axis=0, return_inverse=True)
-        codes = np.array([code_of_key.get((a, b), 0) for a, b in pairs.tolist()], np.int64)
-        domain_code[rows] = codes[inverse.reshape(-1)]
+        # one dense key per (process, domainId) pair (np.unique over row pairs sorts them as bytes: slow)
+        procs, proc = dense_index(gpid[rows])
+        ids, dom = dense_index(domain_id[rows])
+        pairs, inverse = dense_index(proc * ids.size + dom)
+        codes = np.array([code_of_key.get((int(procs[k // ids.size]), int(ids[k % ids.size])), 0)
+                          for k in pairs.tolist()], np.int64)
+        domain_code[rows] = codes[inverse]
 
     # qualified name per row, computed once per distinct (domain, text) pair
     pair, pair_of_row = dense_index(domain_code * (len(pool) + 1) + text_code)
